@@ -1,0 +1,134 @@
+"""ONNX export with named dynamic batch and sequence axes, checked by onnx.checker and against PyTorch.
+
+The exporter is torch.onnx's dynamo path (torch.export), so: examples of batch and sequence length at least
+2 and unequal (sizes 0 and 1 get specialised), masks built from the IDs, weights kept inside the one file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from .model import DIN, ModelInputs, ProbabilityModel
+
+BATCH_DIM = "batch"
+SEQUENCE_DIM = "seq_len"
+OUTPUT_NAME = "probability"
+EXAMPLE_BATCH, EXAMPLE_SEQUENCE = 4, 3
+ABSOLUTE_TOLERANCE = 1e-5
+
+
+class ExportError(RuntimeError):
+    """The exported graph failed a check; the message says which and by how much."""
+
+
+def random_feed(inputs: ModelInputs, batch: int, sequence: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Encoded inputs covering padding, out-of-vocabulary IDs, an all-padding first row and a full-length row."""
+    feed: dict[str, np.ndarray] = {}
+    lengths = rng.integers(0, sequence + 1, batch)
+    lengths[0] = 0
+    lengths[-1] = sequence if batch > 1 else lengths[-1]
+    positions = np.arange(sequence)[None, :] < lengths[:, None]
+    for name in inputs.names:
+        kind = inputs.kinds[name]
+        if kind == "categorical":
+            feed[name] = rng.integers(1, inputs.vocab_sizes[name], batch).astype(np.int64)
+        elif kind == "numeric":
+            feed[name] = rng.standard_normal(batch).astype(np.float32)
+        else:
+            ids = rng.integers(1, inputs.vocab_sizes[inputs.shares[name]], (batch, sequence))
+            feed[name] = np.where(positions, ids, 0).astype(np.int64)
+    return feed
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[str | int]:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+def describe_io(model: onnx.ModelProto) -> dict[str, Any]:
+    """Names, dtypes and dimensions (symbolic names where dynamic) of the graph's inputs and outputs."""
+    def entry(v: onnx.ValueInfoProto) -> dict[str, Any]:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+        return {"name": v.name, "dtype": dtype, "dims": _dims(v)}
+    return {"inputs": [entry(v) for v in model.graph.input], "outputs": [entry(v) for v in model.graph.output],
+            "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
+
+
+def export_onnx(din: DIN, path: Path) -> None:
+    """Write one self-contained model.onnx with symbolic batch and seq_len dimensions, then check its structure."""
+    inputs = din.inputs
+    wrapper = ProbabilityModel(din).eval()
+    example = random_feed(inputs, EXAMPLE_BATCH, EXAMPLE_SEQUENCE, np.random.default_rng(0))
+    batch = torch.export.Dim(BATCH_DIM, min=1)
+    sequence = torch.export.Dim(SEQUENCE_DIM, min=1)
+    dynamic_shapes = tuple({0: batch, 1: sequence} if inputs.kinds[n] == "sequence" else {0: batch} for n in inputs.names)
+    quiet = logging.getLogger("torch.onnx")
+    previous_level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, tuple(torch.from_numpy(example[n]) for n in inputs.names), str(path),
+                              dynamo=True, external_data=False, input_names=list(inputs.names),
+                              output_names=[OUTPUT_NAME], dynamic_shapes=(dynamic_shapes,), verbose=False)
+    except Exception as error:  # the exporter raises many types; all mean the same to the caller
+        raise ExportError(f"torch.onnx.export failed: {error}") from error
+    finally:
+        quiet.setLevel(previous_level)
+    _check_structure(path, inputs)
+
+
+def _check_structure(path: Path, inputs: ModelInputs) -> None:
+    strays = [p.name for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path]
+    if strays:
+        raise ExportError(f"the export wrote external data {strays}; one self-contained file must ship")
+    model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise ExportError(f"onnx.checker rejected the model: {error}") from None
+    io_description = describe_io(model)
+    names = [i["name"] for i in io_description["inputs"]]
+    if names != list(inputs.names):
+        raise ExportError(f"ONNX inputs {names} differ from the features {list(inputs.names)}")
+    for entry in io_description["inputs"]:
+        expected = [BATCH_DIM, SEQUENCE_DIM] if inputs.kinds[entry["name"]] == "sequence" else [BATCH_DIM]
+        if entry["dims"] != expected:
+            raise ExportError(f"input '{entry['name']}' has dimensions {entry['dims']}, expected symbolic {expected}")
+    if [o["dims"] for o in io_description["outputs"]] != [[BATCH_DIM]]:
+        raise ExportError(f"output dimensions {io_description['outputs']} are not [batch]")
+
+
+def parity_grid(max_len: int) -> list[tuple[int, int]]:
+    """(batch, sequence length) pairs unlike the export example: batch 1, length 1, length max_len, a large batch."""
+    return sorted({(1, 1), (1, max_len), (2, 1), (2, 2), (5, max_len), (257, max_len), (3, max(1, max_len // 2))})
+
+
+def verify_parity(din: DIN, path: Path, max_len: int, atol: float = ABSOLUTE_TOLERANCE) -> dict[str, Any]:
+    """Run ONNX Runtime (CPU) and PyTorch on the grid; raise ExportError past the tolerance or on a non-finite value."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    wrapper = ProbabilityModel(din).eval()
+    rng = np.random.default_rng(1)
+    worst, cases = 0.0, []
+    for batch, sequence in parity_grid(max_len):
+        feed = random_feed(din.inputs, batch, sequence, rng)
+        (onnx_out,) = session.run([OUTPUT_NAME], feed)
+        with torch.inference_mode():
+            torch_out = wrapper(*(torch.from_numpy(feed[n]) for n in din.inputs.names)).numpy()
+        if onnx_out.shape != (batch,) or not np.all(np.isfinite(onnx_out)):
+            raise ExportError(f"batch {batch}, length {sequence}: ONNX Runtime gave shape {onnx_out.shape} or non-finite values")
+        difference = float(np.max(np.abs(onnx_out - torch_out)))
+        if difference > atol:
+            raise ExportError(f"batch {batch}, length {sequence}: ONNX Runtime and PyTorch differ by {difference:.3g} > {atol}")
+        worst = max(worst, difference)
+        cases.append([batch, sequence])
+    return {"atol": atol, "max_abs_diff": worst, "cases": cases, "all_padding_row": True}

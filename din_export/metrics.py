@@ -1,0 +1,53 @@
+"""Evaluation metrics: AUC (tie-aware), GAUC (per-user AUC weighted by the user's rows), accuracy, logloss."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum formula, with tied scores sharing their average rank."""
+    labels = np.asarray(labels) > 0.5
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    _, inverse, counts = np.unique(np.asarray(scores)[order], return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    ranks = np.empty(len(order))
+    ranks[order] = average_rank[inverse]
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
+    """Per-group AUC weighted by the group's rows, over groups that hold both classes (as in the DIN paper)."""
+    order = np.argsort(groups, kind="mergesort")
+    bounds = np.flatnonzero(np.diff(groups[order])) + 1
+    total, weight = 0.0, 0
+    for rows in np.split(order, bounds):
+        value = auc(labels[rows], scores[rows])
+        if value == value:
+            total += value * len(rows)
+            weight += len(rows)
+    return total / weight if weight else float("nan")
+
+
+def logloss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    return float(np.mean((probabilities >= 0.5) == (labels > 0.5)))
+
+
+def evaluate(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray | None) -> dict[str, float | None]:
+    metrics = {
+        "auc": auc(labels, probabilities),
+        "accuracy": accuracy(labels, probabilities),
+        "logloss": logloss(labels, probabilities),
+        "rows": int(len(labels)),
+    }
+    if groups is not None:
+        metrics["gauc"] = gauc(labels, probabilities, groups)
+    return {k: None if v != v else v for k, v in metrics.items()}  # undefined (one class only) is None, not NaN

@@ -1,0 +1,118 @@
+"""Deep Interest Network (Zhou et al., KDD 2018), readable top to bottom.
+
+Inputs arrive positionally in the order of the manifest's encoding section (the ONNX input order):
+categorical IDs (batch,), numeric values (batch,), behaviour sequences (batch, seq_len). Every sequence
+shares the embedding table of one categorical feature; those shared categoricals form the candidate
+(the query of attention) and the sequences form the behaviours (its keys). Index 0 is padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import ACTIVATIONS, AttentionPooling, MeanPooling, mlp
+
+VARIANTS = ("din", "base")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters; `variant` picks attention pooling (din) or mean pooling (the paper's base model)."""
+
+    variant: str = "din"
+    embedding_dim: int = 16
+    attention_hidden: tuple[int, ...] = (80, 40)
+    attention_activation: str = "sigmoid"
+    attention_weighting: str = "raw"
+    mlp_hidden: tuple[int, ...] = (200, 80)
+    mlp_activation: str = "prelu"
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
+        for name in (self.attention_activation, self.mlp_activation):
+            if name not in ACTIVATIONS:
+                raise ValueError(f"activation must be one of {ACTIVATIONS}, not {name!r}")
+        if self.embedding_dim < 1:
+            raise ValueError("embedding_dim must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the model needs to know of the features: names in input order, kinds, vocabulary sizes, sharing."""
+
+    names: tuple[str, ...]
+    kinds: dict[str, str]
+    vocab_sizes: dict[str, int] = field(default_factory=dict)
+    shares: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_encoding(cls, encoding: list[dict[str, Any]]) -> ModelInputs:
+        return cls(
+            names=tuple(f["name"] for f in encoding),
+            kinds={f["name"]: f["kind"] for f in encoding},
+            vocab_sizes={f["name"]: len(f["keys"]) + 2 for f in encoding if f["kind"] == "categorical"},
+            shares={f["name"]: f["shares"] for f in encoding if f["kind"] == "sequence"},
+        )
+
+    def of_kind(self, kind: str) -> list[str]:
+        return [n for n in self.names if self.kinds[n] == kind]
+
+
+class DIN(nn.Module):
+    """Returns the click logit; ProbabilityModel adds the sigmoid for export."""
+
+    def __init__(self, inputs: ModelInputs, config: ModelConfig) -> None:
+        super().__init__()
+        self.inputs = inputs
+        self.config = config
+        self.sequences = inputs.of_kind("sequence")
+        self.candidates = [inputs.shares[s] for s in self.sequences]
+        self.context = [c for c in inputs.of_kind("categorical") if c not in self.candidates]
+        self.numerics = inputs.of_kind("numeric")
+
+        dim = config.embedding_dim
+        self.embeddings = nn.ModuleDict({
+            name: nn.Embedding(size, dim, padding_idx=0) for name, size in inputs.vocab_sizes.items()
+        })
+        behaviour_dim = dim * len(self.sequences)
+        if config.variant == "din":
+            self.pooling: nn.Module = AttentionPooling(behaviour_dim, config.attention_hidden,
+                                                       config.attention_activation, config.attention_weighting)
+        else:
+            self.pooling = MeanPooling()
+        mlp_in = dim * len(self.context) + 2 * behaviour_dim + len(self.numerics)
+        self.mlp = mlp(mlp_in, config.mlp_hidden, config.mlp_activation)
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        x = dict(zip(self.inputs.names, tensors))
+        query = torch.cat([self.embeddings[c](x[c]) for c in self.candidates], dim=-1)
+        keys = torch.cat([self.embeddings[self.inputs.shares[s]](x[s]) for s in self.sequences], dim=-1)
+        mask = x[self.sequences[0]] != 0  # built from the IDs, never from a Python-side length
+        interest = self.pooling(query, keys, mask)
+        parts = [self.embeddings[c](x[c]) for c in self.context] + [query, interest]
+        if self.numerics:
+            parts.append(torch.stack([x[n] for n in self.numerics], dim=-1))
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+class ProbabilityModel(nn.Module):
+    """The exported form: DIN's logit through a sigmoid."""
+
+    def __init__(self, din: DIN) -> None:
+        super().__init__()
+        self.din = din
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.din(*tensors))

@@ -1,0 +1,122 @@
+"""train-and-export as one function: read, split, fit the encoding, train, evaluate, export, verify, bundle."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import pyarrow as pa
+import torch
+from din_runtime.encoding import FeatureEncoder
+from din_runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, sha256_of
+
+from . import __version__
+from .bundle import CHECKPOINT_FILE, staged_bundle, write_json
+from .export import describe_io, export_onnx, verify_parity
+from .metrics import evaluate
+from .model import DIN, ModelConfig, ModelInputs
+from .preprocess import fit_encoding
+from .spec import Spec, load_spec
+from .synthetic import SPEC_PATH, generate
+from .tables import labels, raw_columns, read_table
+from .train import EncodedSplit, TrainConfig, predict, train
+
+SPLITS = ("train", "valid", "test")
+HELD_OUT_FRACTION = 0.1
+
+
+@dataclass
+class DataSource:
+    """Where the samples come from: files, or the built-in generator when no --data is given."""
+
+    data: Path | None = None
+    valid: Path | None = None
+    test: Path | None = None
+    synthetic_samples: int = 100_000
+
+    @property
+    def name(self) -> str:
+        return self.data.stem if self.data else "synthetic"
+
+
+def load_tables(source: DataSource, spec: Spec, seed: int) -> dict[str, pa.Table]:
+    """Train, valid and test tables; those not given are held out of the train table at random (seeded)."""
+    if source.data is None and (source.valid or source.test):
+        raise ValueError("--valid and --test need --data")
+    train_table = read_table(source.data, spec) if source.data else generate(source.synthetic_samples, seed=seed)
+    given = {"valid": source.valid, "test": source.test}
+    tables = {name: read_table(path, spec) for name, path in given.items() if path}
+    missing = [name for name in given if name not in tables]
+    if missing:
+        order = np.random.default_rng(seed).permutation(train_table.num_rows)
+        held = int(round(HELD_OUT_FRACTION * train_table.num_rows))
+        if train_table.num_rows - held * len(missing) < 2 or held < 1:
+            raise ValueError(f"{train_table.num_rows} rows are too few to hold out {missing}; pass --valid/--test")
+        for i, name in enumerate(missing):
+            tables[name] = train_table.take(order[i * held:(i + 1) * held])
+        train_table = train_table.take(np.sort(order[len(missing) * held:]))
+    tables["train"] = train_table
+    return tables
+
+
+def _groups(columns: dict[str, Any], spec: Spec) -> np.ndarray | None:
+    if spec.user is None:
+        return None
+    return np.unique(np.asarray(columns[spec.user]).astype(str), return_inverse=True)[1]
+
+
+def _versions() -> dict[str, str]:
+    return {"din_export": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "pyarrow": pa.__version__,
+            "python": platform.python_version()}
+
+
+def train_and_export(source: DataSource, out: Path, spec_path: Path | None = None,
+                     model_config: ModelConfig = ModelConfig(), train_config: TrainConfig = TrainConfig()) -> dict[str, Any]:
+    """Run the whole job and return the manifest written to `out`."""
+    spec = load_spec(spec_path or SPEC_PATH)
+    tables = load_tables(source, spec, train_config.seed)
+    columns = {name: raw_columns(tables[name], spec) for name in SPLITS}
+    encoding = fit_encoding(columns["train"], spec)
+    encoder = FeatureEncoder(encoding)
+    sequences = [f.name for f in spec.of_kind("sequence")]
+    splits = {name: EncodedSplit(encoder.encode(columns[name]), labels(tables[name], spec), _groups(columns[name], spec), sequences)
+              for name in SPLITS}
+
+    torch.manual_seed(train_config.seed)
+    din = DIN(ModelInputs.from_encoding(encoding), model_config)
+    result = train(din, splits["train"], splits["valid"], train_config)
+    metrics: dict[str, Any] = {name: evaluate(splits[name].labels, predict(din, splits[name]), splits[name].groups)
+                               for name in ("valid", "test")}
+    metrics.update(best_epoch=result.best_epoch, history=result.history)
+
+    max_len = max(f.max_len for f in spec.of_kind("sequence"))
+    with staged_bundle(out) as staging:
+        model_path = staging / MODEL_FILE
+        export_onnx(din, model_path)
+        parity = verify_parity(din, model_path, max_len)
+        torch.save({"model_config": model_config.to_dict(), "state_dict": din.state_dict()}, staging / CHECKPOINT_FILE)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "spec": spec.to_dict(),
+            "encoding": encoding,
+            "model": model_config.to_dict(),
+            "training": train_config.to_dict(),
+            "data": {"source": source.name, **{f"{name}_rows": tables[name].num_rows for name in SPLITS}},
+            "onnx": {"file": MODEL_FILE, "sha256": sha256_of(model_path), **describe_io(onnx.load(str(model_path))),
+                     "parity": parity},
+            "metrics": metrics,
+            "checkpoint": CHECKPOINT_FILE,
+            "versions": _versions(),
+            "command": " ".join(sys.argv),
+        }
+        write_json(staging / MANIFEST_FILE, manifest)
+    return manifest

@@ -1,0 +1,59 @@
+"""Fitting the encoding on the training split: vocabularies and numeric statistics, stored in the manifest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from din_runtime.encoding import Ragged, Vocabulary
+
+from .spec import Spec
+
+
+def _key_type(values: np.ndarray) -> str:
+    return "int" if values.dtype.kind in "iuf" else "str"
+
+
+def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str]) -> tuple[str, list[Any]]:
+    """Sorted distinct keys of a categorical column and of every sequence that shares its vocabulary."""
+    column = np.asarray(columns[name])
+    key_type = _key_type(column)
+    probe = Vocabulary([], key_type)
+    parts = []
+    for source, values, row_of in [(name, column, lambda i: i)] + [
+        (s, columns[s].values, columns[s].row_of) for s in sharers if isinstance(columns[s], Ragged)
+    ]:
+        keys, missing = probe.coerce(source, values, row_of)
+        parts.append(keys[~missing])
+    keys = np.unique(np.concatenate(parts)) if parts else np.zeros(0)
+    return key_type, keys.tolist()
+
+
+def _numeric_statistics(values: np.ndarray, fill: str, normalize: str) -> dict[str, float]:
+    observed = values[np.isfinite(values)]
+    if fill == "zero" or len(observed) == 0:
+        fill_value = 0.0
+    else:
+        fill_value = float(np.mean(observed) if fill == "mean" else np.median(observed))
+    shift, scale = 0.0, 1.0
+    if normalize == "zscore" and len(observed):
+        shift, scale = float(np.mean(observed)), float(np.std(observed))
+    elif normalize == "minmax" and len(observed):
+        shift, scale = float(np.min(observed)), float(np.max(observed) - np.min(observed))
+    return {"fill": fill_value, "shift": shift, "scale": scale if scale > 0 else 1.0}
+
+
+def fit_encoding(columns: dict[str, Any], spec: Spec) -> list[dict[str, Any]]:
+    """The manifest's encoding section, in spec order: what the runtime's FeatureEncoder needs and nothing else."""
+    encoding: list[dict[str, Any]] = []
+    for feature in spec.features:
+        entry: dict[str, Any] = {"name": feature.name, "kind": feature.kind}
+        if feature.kind == "categorical":
+            sharers = [s.name for s in spec.of_kind("sequence") if s.shares == feature.name]
+            entry["key_type"], entry["keys"] = _vocabulary_keys(feature.name, columns, sharers)
+        elif feature.kind == "numeric":
+            entry.update(_numeric_statistics(np.asarray(columns[feature.name], dtype=np.float64), feature.fill, feature.normalize))
+        else:
+            entry.update({"shares": feature.shares, "max_len": feature.max_len})
+        encoding.append(entry)
+    return encoding

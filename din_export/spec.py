@@ -1,0 +1,122 @@
+"""The feature spec: one TOML file that names the label and each feature, used for encoding, model and manifest."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+KINDS = ("categorical", "numeric", "sequence")
+FILLS = ("mean", "median", "zero")
+NORMALIZATIONS = ("zscore", "minmax", "none")
+ALLOWED_KEYS = {
+    "categorical": {"kind"},
+    "numeric": {"kind", "fill", "normalize"},
+    "sequence": {"kind", "shares", "max_len"},
+}
+TOP_LEVEL_KEYS = {"label", "user", "features"}
+
+
+class SpecError(ValueError):
+    """The spec file is malformed; the message names the feature and the key."""
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: str
+    fill: str = "mean"
+    normalize: str = "zscore"
+    shares: str | None = None
+    max_len: int | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Label, optional user column (for GAUC) and the features in file order."""
+
+    label: str
+    features: tuple[Feature, ...]
+    user: str | None = None
+
+    def of_kind(self, kind: str) -> list[Feature]:
+        return [f for f in self.features if f.kind == kind]
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def to_dict(self) -> dict[str, Any]:
+        features = {}
+        for feature in self.features:
+            entry = {k: v for k, v in asdict(feature).items() if k != "name" and k in ALLOWED_KEYS[feature.kind]}
+            features[feature.name] = entry
+        data: dict[str, Any] = {"label": self.label, "features": features}
+        if self.user is not None:
+            data["user"] = self.user
+        return data
+
+
+def _feature(name: str, table: Any) -> Feature:
+    if not isinstance(table, dict):
+        raise SpecError(f"feature '{name}': expected a table of keys")
+    kind = table.get("kind")
+    if kind not in KINDS:
+        raise SpecError(f"feature '{name}': kind must be one of {KINDS}, not {kind!r}")
+    unknown = sorted(set(table) - ALLOWED_KEYS[kind])
+    if unknown:
+        raise SpecError(f"feature '{name}': unknown key(s) {unknown} for kind '{kind}'")
+    feature = Feature(name=name, **table)
+    if kind == "numeric":
+        if feature.fill not in FILLS:
+            raise SpecError(f"feature '{name}': fill must be one of {FILLS}, not {feature.fill!r}")
+        if feature.normalize not in NORMALIZATIONS:
+            raise SpecError(f"feature '{name}': normalize must be one of {NORMALIZATIONS}, not {feature.normalize!r}")
+    if kind == "sequence":
+        if not isinstance(feature.shares, str):
+            raise SpecError(f"feature '{name}': a sequence needs 'shares', the categorical feature whose vocabulary it uses")
+        if not isinstance(feature.max_len, int) or isinstance(feature.max_len, bool) or feature.max_len < 1:
+            raise SpecError(f"feature '{name}': max_len must be a positive integer, not {feature.max_len!r}")
+    return feature
+
+
+def spec_from_dict(data: dict[str, Any]) -> Spec:
+    """Validate a parsed spec; every error names the offending feature or key."""
+    unknown = sorted(set(data) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise SpecError(f"unknown top-level key(s) {unknown}; expected {sorted(TOP_LEVEL_KEYS)}")
+    label = data.get("label")
+    if not isinstance(label, str):
+        raise SpecError("'label' must name the label column")
+    tables = data.get("features")
+    if not isinstance(tables, dict) or not tables:
+        raise SpecError("'features' must hold at least one [features.NAME] table")
+    features = tuple(_feature(name, table) for name, table in tables.items())
+    by_name = {f.name: f for f in features}
+    if label in by_name:
+        raise SpecError(f"label '{label}' is also declared as a feature")
+    for sequence in (f for f in features if f.kind == "sequence"):
+        target = by_name.get(sequence.shares)
+        if target is None or target.kind != "categorical":
+            raise SpecError(f"feature '{sequence.name}': shares '{sequence.shares}', which is not a categorical feature of this spec")
+    if not any(f.kind == "sequence" for f in features):
+        raise SpecError("a DIN needs at least one sequence feature (the user's behaviours)")
+    user = data.get("user", "user_id" if by_name.get("user_id", Feature("", "")).kind == "categorical" else None)
+    if user is not None and (user not in by_name or by_name[user].kind != "categorical"):
+        raise SpecError(f"'user' must name a categorical feature, not {user!r}")
+    return Spec(label=label, features=features, user=user)
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(f"{path}: not valid TOML ({error})") from None
+    try:
+        return spec_from_dict(data)
+    except SpecError as error:
+        raise SpecError(f"{path}: {error}") from None

@@ -1,0 +1,91 @@
+"""Reading sample tables (CSV, TSV, Parquet) into the raw columns the encoder takes.
+
+pyarrow does the parsing: its CSV reader is multithreaded and typed, and Parquet list columns arrive as
+offsets plus flat values, which is exactly the Ragged form the encoder wants, with no per-row Python work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from din_runtime.encoding import Ragged
+
+from .spec import Spec
+
+
+class TableError(ValueError):
+    """A data file cannot be read as the spec describes; the message names the file and column."""
+
+
+def read_table(path: str | Path, spec: Spec) -> pa.Table:
+    """Read a CSV/TSV (sequence cells: space-separated IDs) or Parquet (list columns) file, checking its columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".csv", ".tsv"):
+            sequence_types = {f.name: pa.string() for f in spec.of_kind("sequence")}
+            table = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
+                convert_options=pacsv.ConvertOptions(column_types=sequence_types, strings_can_be_null=False),
+            )
+        elif suffix in (".parquet", ".pq"):
+            table = pq.read_table(path)
+        else:
+            raise TableError(f"{path}: unknown table format '{suffix}'; use .csv, .tsv or .parquet")
+    except (pa.ArrowInvalid, OSError) as error:
+        raise TableError(f"{path}: cannot be read ({str(error).splitlines()[0]})") from None
+    absent = [name for name in [spec.label, *spec.names] if name not in table.column_names]
+    if absent:
+        raise TableError(f"{path}: column(s) {absent} named in the spec are absent (found {table.column_names})")
+    return table
+
+
+def _ragged(name: str, column: pa.ChunkedArray) -> Ragged:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        array = pc.utf8_split_whitespace(array.fill_null(""))
+    if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
+        raise TableError(f"column '{name}': a sequence must be a list column or space-separated IDs, not {array.type}")
+    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy().astype(np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+    return Ragged(values, offsets)
+
+
+def raw_columns(table: pa.Table, spec: Spec) -> dict[str, Any]:
+    """Each feature as the encoder takes it: a 1-D numpy array, or a Ragged for sequences."""
+    columns: dict[str, Any] = {}
+    for feature in spec.features:
+        column = table.column(feature.name)
+        if feature.kind == "sequence":
+            columns[feature.name] = _ragged(feature.name, column)
+        elif feature.kind == "numeric":
+            if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_null(column.type)):
+                raise TableError(f"column '{feature.name}': numeric feature holds {column.type}, not numbers")
+            columns[feature.name] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        else:
+            columns[feature.name] = column.to_numpy(zero_copy_only=False)
+    return columns
+
+
+def labels(table: pa.Table, spec: Spec) -> np.ndarray:
+    """The label column as float32 0/1; anything else is an error naming the first bad row."""
+    column = table.column(spec.label)
+    values = column.cast(pa.float64()).to_numpy(zero_copy_only=False) if column.type != pa.string() else None
+    if values is None:
+        raise TableError(f"column '{spec.label}': the label must be 0 or 1, found strings")
+    bad = ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise TableError(f"column '{spec.label}', row {row}: the label must be 0 or 1, found {values[row]!r}")
+    return values.astype(np.float32)

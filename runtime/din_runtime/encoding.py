@@ -1,0 +1,264 @@
+"""Turn raw feature values into the integer and float arrays the ONNX graph takes.
+
+This module is the single encoder of the project: training encodes its tables with it and the
+predictor encodes requests with it, so serving can never drift from what the model was trained on.
+Everything is vectorised over rows; Python-level work happens only on an error path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+PADDING_INDEX = 0
+OOV_INDEX = 1
+FIRST_KEY_INDEX = 2
+INT64_MAX = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True)
+class Ragged:
+    """Variable-length rows as one flat array plus row offsets (row i is values[offsets[i]:offsets[i+1]])."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row_of(self, flat_index: int) -> int:
+        return int(np.searchsorted(self.offsets, flat_index, side="right") - 1)
+
+
+def _first_true(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _missing_mask(values: np.ndarray) -> np.ndarray:
+    """True where a value is absent: None in an object array, NaN in a float array."""
+    if values.dtype == object:
+        return np.fromiter((v is None or (isinstance(v, float) and v != v) for v in values), bool, len(values))
+    if values.dtype.kind == "f":
+        return np.isnan(values)
+    return np.zeros(len(values), dtype=bool)
+
+
+class Vocabulary:
+    """Sorted keys of one categorical feature; index 0 is padding, 1 is out-of-vocabulary."""
+
+    def __init__(self, keys: Sequence[Any], key_type: str) -> None:
+        if key_type not in ("int", "str"):
+            raise ValueError(f"key_type must be 'int' or 'str', not {key_type!r}")
+        self.key_type = key_type
+        self.keys = np.asarray(keys, dtype=np.int64 if key_type == "int" else np.str_)
+        if len(self.keys) > 1 and not np.all(self.keys[1:] > self.keys[:-1]):
+            raise ValueError("vocabulary keys must be strictly increasing")
+
+    @property
+    def size(self) -> int:
+        """Rows of the embedding table: padding, out-of-vocabulary, then one per key."""
+        return len(self.keys) + FIRST_KEY_INDEX
+
+    def coerce(self, feature: str, values: Any, row_of=lambda i: i) -> tuple[np.ndarray, np.ndarray]:
+        """Convert raw values to the key dtype; returns (keys, missing mask). Unconvertible values raise."""
+        array = np.asarray(values)
+        if array.ndim != 1:
+            raise InputError(feature, f"expected one value per row, got an array of shape {array.shape}")
+        missing = _missing_mask(array)
+        if self.key_type == "str":
+            if array.dtype == object:
+                return np.asarray(["" if absent else str(v) for v, absent in zip(array, missing)], dtype=np.str_), missing
+            return array.astype(np.str_), missing
+        return self._coerce_int(feature, array, missing, row_of)
+
+    def _coerce_int(self, feature: str, array: np.ndarray, missing: np.ndarray, row_of) -> tuple[np.ndarray, np.ndarray]:
+        kind = array.dtype.kind
+        if kind in "ib":
+            return array.astype(np.int64), missing
+        if kind == "u":
+            too_big = array > INT64_MAX
+            return np.where(too_big, 0, array).astype(np.int64), missing | too_big
+        if kind == "f":
+            finite = np.isfinite(array)
+            bad = ~missing & (~finite | (np.floor(array) != array))
+            if bad.any():
+                i = _first_true(bad)
+                raise InputError(feature, f"ID {array[i]!r} is not an integer", row_of(i))
+            out_of_range = finite & (np.abs(array) >= 2.0**63)
+            return np.where(missing | out_of_range, 0, array).astype(np.int64), missing | out_of_range
+        present = np.where(missing, 0, array)
+        try:
+            return present.astype(np.int64), missing
+        except (TypeError, ValueError, OverflowError):
+            for i, value in enumerate(present):
+                try:
+                    np.int64(int(value))
+                except (TypeError, ValueError, OverflowError):
+                    raise InputError(feature, f"ID {value!r} is not an integer", row_of(i)) from None
+            raise
+
+    def lookup(self, keys: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """Indices of keys in the embedding table; unknown or missing keys go to the out-of-vocabulary index."""
+        if len(self.keys) == 0:
+            return np.full(len(keys), OOV_INDEX, dtype=np.int64)
+        position = np.searchsorted(self.keys, keys)
+        clipped = np.minimum(position, len(self.keys) - 1)
+        found = (position < len(self.keys)) & (self.keys[clipped] == keys) & ~missing
+        return np.where(found, position + FIRST_KEY_INDEX, OOV_INDEX).astype(np.int64)
+
+    def encode(self, feature: str, values: Any, row_of=lambda i: i) -> np.ndarray:
+        keys, missing = self.coerce(feature, values, row_of)
+        return self.lookup(keys, missing)
+
+
+@dataclass(frozen=True)
+class NumericScaler:
+    """Fill value for missing or non-finite entries, then (x - shift) / scale, all from the training split."""
+
+    fill: float
+    shift: float
+    scale: float
+
+    def encode(self, feature: str, values: Any) -> np.ndarray:
+        array = np.asarray(values)
+        if array.ndim != 1:
+            raise InputError(feature, f"expected one number per row, got an array of shape {array.shape}")
+        if array.dtype.kind not in "biuf":
+            missing = _missing_mask(array)
+            try:
+                array = np.where(missing, np.nan, array).astype(np.float64)
+            except (TypeError, ValueError):
+                for i, value in enumerate(array):
+                    if not missing[i] and not isinstance(value, (int, float, np.number)):
+                        raise InputError(feature, f"value {value!r} is not a number", i) from None
+                raise
+        array = array.astype(np.float64)
+        array = np.where(np.isfinite(array), array, self.fill)
+        return ((array - self.shift) / self.scale).astype(np.float32)
+
+
+def to_ragged(feature: str, rows: Any) -> Ragged:
+    """Accept histories as a Ragged, a 2-D array (every row full length) or a list whose items are
+    lists/arrays of IDs, space-separated strings (as in a CSV cell), or None (an empty history)."""
+    if isinstance(rows, Ragged):
+        return rows
+    if isinstance(rows, np.ndarray) and rows.ndim == 2:
+        n, width = rows.shape
+        return Ragged(rows.reshape(-1), np.arange(n + 1, dtype=np.int64) * width)
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, (Sequence, np.ndarray)):
+        raise InputError(feature, f"expected a list of histories, got {type(rows).__name__}")
+    row_types = set(map(type, rows))
+    if not row_types <= {list, tuple, np.ndarray}:
+        rows = [_history_items(feature, i, row) for i, row in enumerate(rows)]
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    nonempty = [row for row in rows if len(row)]
+    if not nonempty:
+        return Ragged(np.zeros(0, dtype=np.int64), offsets)
+    try:
+        values = np.concatenate([np.asarray(row).reshape(-1) if isinstance(row, np.ndarray) else np.asarray(row, dtype=object) for row in nonempty])
+    except ValueError:
+        raise InputError(feature, "a history holds nested lists; expected a flat list of IDs per row") from None
+    if values.dtype == object:
+        try:
+            values = np.asarray(values.tolist())
+        except ValueError:
+            raise InputError(feature, "a history holds nested lists; expected a flat list of IDs per row") from None
+        if values.ndim != 1:
+            raise InputError(feature, "a history holds nested lists; expected a flat list of IDs per row")
+    return Ragged(values, offsets)
+
+
+def _history_items(feature: str, row: int, value: Any) -> Sequence[Any]:
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return value
+    raise InputError(feature, f"a history must be a list of IDs, got {type(value).__name__}", row)
+
+
+def pad_recent(indices: np.ndarray, offsets: np.ndarray, max_len: int) -> np.ndarray:
+    """Keep each row's last max_len items (the most recent), left-aligned, padded with 0 to the longest kept row."""
+    lengths = np.diff(offsets)
+    kept = np.minimum(lengths, max_len)
+    width = max(1, int(kept.max())) if len(kept) else 1
+    out = np.zeros((len(kept), width), dtype=np.int64)
+    total = int(kept.sum())
+    if total:
+        out_starts = np.cumsum(kept) - kept
+        column = np.arange(total) - np.repeat(out_starts, kept)
+        source = np.repeat(offsets[1:] - kept, kept) + column
+        out[np.repeat(np.arange(len(kept)), kept), column] = indices[source]
+    return out
+
+
+class FeatureEncoder:
+    """Encodes a mapping of raw feature columns into the ONNX feed, following the manifest's encoding section."""
+
+    def __init__(self, encoding: Sequence[Mapping[str, Any]]) -> None:
+        self.features = [dict(f) for f in encoding]
+        self.vocabularies: dict[str, Vocabulary] = {}
+        self.scalers: dict[str, NumericScaler] = {}
+        for feature in self.features:
+            name, kind = feature["name"], feature["kind"]
+            if kind == "categorical":
+                self.vocabularies[name] = Vocabulary(feature["keys"], feature["key_type"])
+            elif kind == "numeric":
+                self.scalers[name] = NumericScaler(float(feature["fill"]), float(feature["shift"]), float(feature["scale"]))
+            elif kind != "sequence":
+                raise ValueError(f"feature '{name}': unknown kind {kind!r}")
+        self.sequences = [f for f in self.features if f["kind"] == "sequence"]
+        for sequence in self.sequences:
+            if sequence["shares"] not in self.vocabularies:
+                raise ValueError(f"feature '{sequence['name']}' shares '{sequence['shares']}', which is not a categorical feature")
+
+    @property
+    def names(self) -> list[str]:
+        return [f["name"] for f in self.features]
+
+    def encode(self, columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Encode every feature; extra keys (a label, an ID column) are ignored."""
+        missing = [name for name in self.names if name not in columns]
+        if missing:
+            raise InputError(missing[0], "missing from the input")
+        rows = self._row_count(columns)
+        feed: dict[str, np.ndarray] = {}
+        reference: tuple[str, np.ndarray] | None = None
+        for feature in self.features:
+            name, kind = feature["name"], feature["kind"]
+            if kind == "categorical":
+                feed[name] = self.vocabularies[name].encode(name, columns[name])
+            elif kind == "numeric":
+                feed[name] = self.scalers[name].encode(name, columns[name])
+            else:
+                ragged = to_ragged(name, columns[name])
+                if reference is None:
+                    reference = (name, ragged.lengths)
+                elif not np.array_equal(reference[1], ragged.lengths):
+                    row = _first_true(reference[1] != ragged.lengths)
+                    raise InputError(name, f"history length differs from '{reference[0]}' (behaviour sequences must align)", row)
+                indices = self.vocabularies[feature["shares"]].encode(name, ragged.values, ragged.row_of)
+                feed[name] = pad_recent(indices, ragged.offsets, int(feature["max_len"]))
+        for name, array in feed.items():
+            if len(array) != rows:
+                raise InputError(name, f"has {len(array)} rows where '{self.names[0]}' has {rows}")
+        return feed
+
+    def _row_count(self, columns: Mapping[str, Any]) -> int:
+        first = self.names[0]
+        try:
+            return len(columns[first])
+        except TypeError:
+            raise InputError(first, f"expected a list of values, got {type(columns[first]).__name__}") from None

@@ -1,0 +1,57 @@
+"""The bundle's manifest: the one description of a model that both the exporter writes and the runtime reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import BundleError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+REQUIRED_KEYS = ("format_version", "spec", "encoding", "onnx", "metrics", "versions")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    """Parse and check a bundle's manifest; any problem raises BundleError naming the bundle."""
+    path = Path(bundle) / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{bundle}: no {MANIFEST_FILE} (is this a din-export bundle?)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    absent = [key for key in REQUIRED_KEYS if key not in manifest]
+    if absent:
+        raise BundleError(f"{path}: missing keys {absent}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise BundleError(f"{path}: format version {manifest['format_version']!r}; this runtime reads version {FORMAT_VERSION}")
+    onnx_section = manifest["onnx"]
+    if not isinstance(onnx_section, dict) or onnx_section.get("file") != MODEL_FILE:
+        raise BundleError(f"{path}: onnx.file must be '{MODEL_FILE}'")
+    return manifest
+
+
+def verify_model_file(bundle: Path, manifest: dict[str, Any]) -> Path:
+    """Check model.onnx exists and matches the manifest's sha256, so a damaged file never reaches ONNX Runtime."""
+    model_path = Path(bundle) / MODEL_FILE
+    if not model_path.is_file():
+        raise BundleError(f"{bundle}: {MODEL_FILE} is missing")
+    expected = manifest["onnx"].get("sha256")
+    actual = sha256_of(model_path)
+    if actual != expected:
+        raise BundleError(f"{model_path}: sha256 {actual} does not match the manifest's {expected}; the file is damaged or was replaced")
+    return model_path

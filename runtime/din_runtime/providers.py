@@ -1,0 +1,52 @@
+"""Choosing ONNX Runtime execution providers and confirming the ones actually in use.
+
+ONNX Runtime falls back from CUDA to CPU without raising; this module makes that visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnxruntime as ort
+
+from .errors import ProviderError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+ProviderChoice = str | Sequence[str]
+
+
+def resolve(choice: ProviderChoice) -> tuple[list[str], bool]:
+    """Return (providers to request, whether the first one is required rather than preferred)."""
+    available = ort.get_available_providers()
+    if choice == "auto":
+        return ([CUDA, CPU] if CUDA in available else [CPU]), False
+    if choice == "cpu":
+        return [CPU], True
+    if choice == "cuda":
+        if CUDA not in available:
+            raise ProviderError(f"CUDA was asked for, but this ONNX Runtime build offers only {available}")
+        return [CUDA, CPU], True
+    if isinstance(choice, str):
+        raise ValueError(f"providers must be 'auto', 'cpu', 'cuda' or a list of provider names, not {choice!r}")
+    requested = list(choice)
+    unknown = [p for p in requested if p not in available]
+    if unknown or not requested:
+        raise ProviderError(f"providers {unknown or requested} are not offered by this ONNX Runtime build ({available})")
+    return requested, True
+
+
+def create_session(model_path: str, choice: ProviderChoice, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """Create a session and check that the first requested provider is in use when it was required."""
+    requested, required = resolve(choice)
+    if not required and requested[0] == CUDA:
+        # CUDA is only preferred here: keep ONNX Runtime's load error for missing CUDA libraries off the console.
+        ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(model_path, sess_options=options, providers=requested)
+    finally:
+        ort.set_default_logger_severity(2)
+    in_use = session.get_providers()
+    if required and in_use[0] != requested[0]:
+        raise ProviderError(f"{requested[0]} was asked for but ONNX Runtime is using {in_use}; check the CUDA and cuDNN libraries")
+    return session
