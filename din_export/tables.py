@@ -56,9 +56,13 @@ def _ragged(name: str, column: pa.ChunkedArray) -> Ragged:
     if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
         raise TableError(f"column '{name}': a sequence must be a list column or space-separated IDs, not {array.type}")
     lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy().astype(np.int64)
+    values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+    if values.dtype == object:  # split text: an empty or blank cell splits into one empty string, not zero IDs
+        kept = values != ""
+        lengths = np.bincount(np.repeat(np.arange(len(lengths)), lengths)[kept], minlength=len(lengths))
+        values = values[kept].astype(np.str_)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
     return Ragged(values, offsets)
 
 

@@ -39,6 +39,11 @@ class Ragged:
         return int(np.searchsorted(self.offsets, flat_index, side="right") - 1)
 
 
+def _shown(value: Any) -> str:
+    """repr of a value as the caller wrote it (numpy scalars unwrapped)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _first_true(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
@@ -92,10 +97,10 @@ class Vocabulary:
             bad = ~missing & (~finite | (np.floor(array) != array))
             if bad.any():
                 i = _first_true(bad)
-                raise InputError(feature, f"ID {array[i]!r} is not an integer", row_of(i))
+                raise InputError(feature, f"ID {_shown(array[i])} is not an integer", row_of(i))
             out_of_range = finite & (np.abs(array) >= 2.0**63)
             return np.where(missing | out_of_range, 0, array).astype(np.int64), missing | out_of_range
-        present = np.where(missing, 0, array)
+        present = np.where(missing, 0, array.astype(object)) if missing.any() else array
         try:
             return present.astype(np.int64), missing
         except (TypeError, ValueError, OverflowError):
@@ -103,7 +108,7 @@ class Vocabulary:
                 try:
                     np.int64(int(value))
                 except (TypeError, ValueError, OverflowError):
-                    raise InputError(feature, f"ID {value!r} is not an integer", row_of(i)) from None
+                    raise InputError(feature, f"ID {_shown(value)} is not an integer", row_of(i)) from None
             raise
 
     def lookup(self, keys: np.ndarray, missing: np.ndarray) -> np.ndarray:
@@ -139,7 +144,7 @@ class NumericScaler:
             except (TypeError, ValueError):
                 for i, value in enumerate(array):
                     if not missing[i] and not isinstance(value, (int, float, np.number)):
-                        raise InputError(feature, f"value {value!r} is not a number", i) from None
+                        raise InputError(feature, f"value {_shown(value)} is not a number", i) from None
                 raise
         array = array.astype(np.float64)
         array = np.where(np.isfinite(array), array, self.fill)

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+from din_runtime import FeatureEncoder, InputError, Ragged
+from din_runtime.encoding import OOV_INDEX, Vocabulary, pad_recent
+
+ENCODING = [
+    {"name": "user_id", "kind": "categorical", "key_type": "str", "keys": ["alice", "bob"]},
+    {"name": "item_id", "kind": "categorical", "key_type": "int", "keys": [10, 20, 30]},
+    {"name": "price", "kind": "numeric", "fill": 5.0, "shift": 4.0, "scale": 2.0},
+    {"name": "hist_item_id", "kind": "sequence", "shares": "item_id", "max_len": 3},
+]
+
+
+def test_vocabulary_maps_known_keys_and_sends_the_rest_to_oov() -> None:
+    vocabulary = Vocabulary([10, 20, 30], "int")
+    indices = vocabulary.encode("item_id", np.array([30, 10, 99, -5, 2**62]))
+    assert indices.tolist() == [4, 2, OOV_INDEX, OOV_INDEX, OOV_INDEX]
+    assert vocabulary.size == 5
+
+
+def test_huge_unsigned_and_missing_ids_are_oov_not_errors() -> None:
+    vocabulary = Vocabulary([10], "int")
+    assert vocabulary.encode("f", np.array([2**64 - 1, 10], dtype=np.uint64)).tolist() == [OOV_INDEX, 2]
+    assert vocabulary.encode("f", [10, None]).tolist() == [2, OOV_INDEX]
+    assert vocabulary.encode("f", np.array([10.0, np.nan])).tolist() == [2, OOV_INDEX]
+
+
+def test_non_integer_id_names_feature_and_row() -> None:
+    with pytest.raises(InputError) as error:
+        Vocabulary([10], "int").encode("item_id", np.array([10.0, 1.5]))
+    assert error.value.feature == "item_id" and error.value.row == 1
+    with pytest.raises(InputError, match="feature 'item_id', row 1: ID 'x' is not an integer"):
+        Vocabulary([10], "int").encode("item_id", ["10", "x"])
+
+
+def test_pad_recent_keeps_the_most_recent_items_left_aligned() -> None:
+    offsets = np.array([0, 0, 2, 7])
+    values = np.arange(1, 8)
+    assert pad_recent(values, offsets, 3).tolist() == [[0, 0, 0], [1, 2, 0], [5, 6, 7]]
+    assert pad_recent(values[:0], np.array([0, 0]), 3).tolist() == [[0]]
+
+
+def test_feature_encoder_accepts_lists_strings_and_empty_histories() -> None:
+    encoder = FeatureEncoder(ENCODING)
+    feed = encoder.encode({
+        "user_id": ["bob", "carol", None],
+        "item_id": [20, 40, 10],
+        "price": [6.0, None, float("inf")],
+        "hist_item_id": [[10, 20, 30, 10], "30 20", None],
+        "label": [1, 0, 1],
+    })
+    assert feed["user_id"].tolist() == [3, OOV_INDEX, OOV_INDEX]
+    assert feed["item_id"].tolist() == [3, OOV_INDEX, 2]
+    assert feed["price"].tolist() == [1.0, 0.5, 0.5]
+    assert feed["hist_item_id"].tolist() == [[3, 4, 2], [4, 3, 0], [0, 0, 0]]
+    assert feed["hist_item_id"].dtype == np.int64 and feed["price"].dtype == np.float32
+
+
+def test_ragged_and_2d_inputs_encode_like_lists() -> None:
+    encoder = FeatureEncoder(ENCODING[1:2] + ENCODING[3:])
+    from_lists = encoder.encode({"item_id": [10, 20], "hist_item_id": [[10, 20], [30, 30]]})
+    from_array = encoder.encode({"item_id": np.array([10, 20]), "hist_item_id": np.array([[10, 20], [30, 30]])})
+    from_ragged = encoder.encode({"item_id": [10, 20], "hist_item_id": Ragged(np.array([10, 20, 30, 30]), np.array([0, 2, 4]))})
+    for feed in (from_array, from_ragged):
+        assert all(np.array_equal(feed[k], from_lists[k]) for k in from_lists)
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"item_id": [10]}, "feature 'user_id': missing from the input"),
+        ({"user_id": ["bob"], "item_id": [10, 20], "price": [1.0], "hist_item_id": [[10]]}, "feature 'item_id': has 2 rows"),
+        ({"user_id": ["bob"], "item_id": [10], "price": ["cheap"], "hist_item_id": [[10]]}, "feature 'price', row 0: value 'cheap' is not a number"),
+        ({"user_id": ["bob"], "item_id": [10], "price": [1.0], "hist_item_id": [7]}, "feature 'hist_item_id', row 0: a history must be a list"),
+        ({"user_id": ["bob"], "item_id": [10], "price": [1.0], "hist_item_id": [[[10]]]}, "nested lists"),
+    ],
+)
+def test_bad_input_raises_input_error_naming_the_feature(columns: dict, message: str) -> None:
+    with pytest.raises(InputError) as error:
+        FeatureEncoder(ENCODING).encode(columns)
+    assert message in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+def test_misaligned_behaviour_sequences_are_rejected() -> None:
+    encoding = ENCODING[1:2] + ENCODING[3:] + [{"name": "hist_b", "kind": "sequence", "shares": "item_id", "max_len": 3}]
+    with pytest.raises(InputError, match="feature 'hist_b', row 1: history length differs from 'hist_item_id'"):
+        FeatureEncoder(encoding).encode({"item_id": [10, 20], "hist_item_id": [[10], [10, 20]], "hist_b": [[10], [20]]})
