@@ -24,3 +24,11 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DIN bundle trained on the built-in data."""
     return build_bundle(tmp_path_factory.mktemp("bundles") / "din")
 
+
+
+@pytest.fixture(scope="session")
+def reference_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DIN at the reference sizes (embedding 16, attention 80-40, MLP 200-80) for latency benchmarks.
+    Latency does not depend on how well the weights are trained; one short epoch gives real weights."""
+    return build_bundle(tmp_path_factory.mktemp("bench") / "din", samples=2000, epochs=1,
+                        embedding_dim=16, attention_hidden=(80, 40), mlp_hidden=(200, 80))
