@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+
 from din_runtime.manifest import read_manifest
 
 from .bundle import CHECKPOINT_FILE

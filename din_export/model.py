@@ -96,7 +96,7 @@ class DIN(nn.Module):
         self.mlp = mlp(mlp_in, config.mlp_hidden, config.mlp_activation)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        x = dict(zip(self.inputs.names, tensors))
+        x = dict(zip(self.inputs.names, tensors, strict=True))
         query = torch.cat([self.embeddings[c](x[c]) for c in self.candidates], dim=-1)
         keys = torch.cat([self.embeddings[self.inputs.shares[s]](x[s]) for s in self.sequences], dim=-1)
         mask = x[self.sequences[0]] != 0  # built from the IDs, never from a Python-side length

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import onnx
 import onnxruntime
 import pyarrow as pa
 import torch
+
 from din_runtime.encoding import FeatureEncoder
 from din_runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, sha256_of
 
@@ -79,8 +80,10 @@ def _versions() -> dict[str, str]:
 
 
 def train_and_export(source: DataSource, out: Path, spec_path: Path | None = None,
-                     model_config: ModelConfig = ModelConfig(), train_config: TrainConfig = TrainConfig()) -> dict[str, Any]:
+                     model_config: ModelConfig | None = None, train_config: TrainConfig | None = None) -> dict[str, Any]:
     """Run the whole job and return the manifest written to `out`."""
+    model_config = model_config or ModelConfig()
+    train_config = train_config or TrainConfig()
     spec = load_spec(spec_path or SPEC_PATH)
     tables = load_tables(source, spec, train_config.seed)
     columns = {name: raw_columns(tables[name], spec) for name in SPLITS}
@@ -105,7 +108,7 @@ def train_and_export(source: DataSource, out: Path, spec_path: Path | None = Non
         torch.save({"model_config": model_config.to_dict(), "state_dict": din.state_dict()}, staging / CHECKPOINT_FILE)
         manifest = {
             "format_version": FORMAT_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "spec": spec.to_dict(),
             "encoding": encoding,
             "model": model_config.to_dict(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from din_runtime.encoding import Ragged, Vocabulary
 
 from .spec import Spec

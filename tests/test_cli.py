@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from click.testing import CliRunner
+
 from din_export.cli import main
 from din_export.synthetic import SPEC_PATH, generate
 from din_runtime import Predictor

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from din_runtime import FeatureEncoder, InputError, Ragged
 from din_runtime.encoding import OOV_INDEX, Vocabulary, pad_recent
 
@@ -86,3 +87,28 @@ def test_misaligned_behaviour_sequences_are_rejected() -> None:
     encoding = ENCODING[1:2] + ENCODING[3:] + [{"name": "hist_b", "kind": "sequence", "shares": "item_id", "max_len": 3}]
     with pytest.raises(InputError, match="feature 'hist_b', row 1: history length differs from 'hist_item_id'"):
         FeatureEncoder(encoding).encode({"item_id": [10, 20], "hist_item_id": [[10], [10, 20]], "hist_b": [[10], [20]]})
+
+
+def test_dense_table_and_binary_search_agree() -> None:
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(-50, 5000, 800))
+    queries = np.concatenate([keys, rng.integers(-10_000, 10_000, 2000), [np.iinfo(np.int64).min, np.iinfo(np.int64).max]])
+    dense = Vocabulary(keys.tolist(), "int")
+    sparse = Vocabulary((keys * 10**12).tolist(), "int")  # span far beyond the dense-table limit
+    assert dense.dense is not None and sparse.dense is None
+    missing = np.zeros(len(queries), dtype=bool)
+    expected = np.where(np.isin(queries, keys), np.searchsorted(keys, queries) + 2, OOV_INDEX)
+    assert dense.lookup(queries, missing).tolist() == expected.tolist()
+    scaled = np.where(np.isin(queries, keys), queries * 10**12, queries)
+    assert sparse.lookup(scaled, missing).tolist() == expected.tolist()
+
+
+def test_string_vocabulary_uses_the_same_lookup() -> None:
+    vocabulary = Vocabulary(["a", "b", "zz"], "str")
+    assert vocabulary.encode("user", ["zz", "a", "q", 7, None]).tolist() == [4, 2, OOV_INDEX, OOV_INDEX, OOV_INDEX]
+
+
+def test_history_of_arrays_with_a_nested_row_is_rejected() -> None:
+    encoder = FeatureEncoder(ENCODING[1:2] + ENCODING[3:])
+    with pytest.raises(InputError, match="nested lists"):
+        encoder.encode({"item_id": [10, 20], "hist_item_id": [np.array([10, 20]), np.array([[10], [20]])]})

@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from conftest import build_bundle
 from din_export.checkpoint import load_model
 from din_export.export import ExportError, export_onnx, random_feed, verify_parity

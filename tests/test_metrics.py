@@ -1,4 +1,5 @@
 import numpy as np
+
 from din_export.metrics import accuracy, auc, evaluate, gauc, logloss
 
 

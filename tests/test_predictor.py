@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from din_export.checkpoint import load_model
 from din_export.synthetic import generate
 from din_runtime import BundleError, Predictor, ProviderError

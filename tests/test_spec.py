@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from din_export.spec import SpecError, load_spec, spec_from_dict
 from din_export.synthetic import SPEC_PATH
 

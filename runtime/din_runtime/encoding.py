@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,10 @@ PADDING_INDEX = 0
 OOV_INDEX = 1
 FIRST_KEY_INDEX = 2
 INT64_MAX = np.iinfo(np.int64).max
+# Integer keys within a compact range get a direct index table instead of a binary search: an array of at most
+# max(2**20, 8 * keys) entries (8 MiB at 2**20) makes a lookup one gather, several times faster than searchsorted.
+DENSE_TABLE_MIN_SPAN = 1 << 20
+DENSE_TABLE_FILL_FACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,12 @@ class Vocabulary:
         self.keys = np.asarray(keys, dtype=np.int64 if key_type == "int" else np.str_)
         if len(self.keys) > 1 and not np.all(self.keys[1:] > self.keys[:-1]):
             raise ValueError("vocabulary keys must be strictly increasing")
+        self.dense: np.ndarray | None = None
+        if key_type == "int" and len(self.keys):
+            span = int(self.keys[-1]) - int(self.keys[0]) + 1
+            if span <= max(DENSE_TABLE_MIN_SPAN, DENSE_TABLE_FILL_FACTOR * len(self.keys)):
+                self.dense = np.full(span, OOV_INDEX, dtype=np.int64)
+                self.dense[self.keys - self.keys[0]] = np.arange(FIRST_KEY_INDEX, self.size)
 
     @property
     def size(self) -> int:
@@ -81,7 +92,7 @@ class Vocabulary:
         missing = _missing_mask(array)
         if self.key_type == "str":
             if array.dtype == object:
-                return np.asarray(["" if absent else str(v) for v, absent in zip(array, missing)], dtype=np.str_), missing
+                return np.asarray(["" if absent else str(v) for v, absent in zip(array, missing, strict=True)], dtype=np.str_), missing
             return array.astype(np.str_), missing
         return self._coerce_int(feature, array, missing, row_of)
 
@@ -115,6 +126,10 @@ class Vocabulary:
         """Indices of keys in the embedding table; unknown or missing keys go to the out-of-vocabulary index."""
         if len(self.keys) == 0:
             return np.full(len(keys), OOV_INDEX, dtype=np.int64)
+        if self.dense is not None:
+            offset = keys - self.keys[0]
+            inside = (keys >= self.keys[0]) & (keys <= self.keys[-1]) & ~missing
+            return np.where(inside, self.dense[np.where(inside, offset, 0)], OOV_INDEX)
         position = np.searchsorted(self.keys, keys)
         clipped = np.minimum(position, len(self.keys) - 1)
         found = (position < len(self.keys)) & (self.keys[clipped] == keys) & ~missing
@@ -164,23 +179,24 @@ def to_ragged(feature: str, rows: Any) -> Ragged:
     row_types = set(map(type, rows))
     if not row_types <= {list, tuple, np.ndarray}:
         rows = [_history_items(feature, i, row) for i, row in enumerate(rows)]
+        row_types = set(map(type, rows))
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    nonempty = [row for row in rows if len(row)]
-    if not nonempty:
+    if offsets[-1] == 0:
         return Ragged(np.zeros(0, dtype=np.int64), offsets)
+    nested = InputError(feature, "a history holds nested lists; expected a flat list of IDs per row")
     try:
-        values = np.concatenate([np.asarray(row).reshape(-1) if isinstance(row, np.ndarray) else np.asarray(row, dtype=object) for row in nonempty])
+        if row_types == {np.ndarray}:
+            values = np.concatenate(rows, axis=None) if all(row.ndim == 1 for row in rows) else None
+        else:
+            values = np.asarray(list(chain.from_iterable(rows)))
     except ValueError:
-        raise InputError(feature, "a history holds nested lists; expected a flat list of IDs per row") from None
-    if values.dtype == object:
-        try:
-            values = np.asarray(values.tolist())
-        except ValueError:
-            raise InputError(feature, "a history holds nested lists; expected a flat list of IDs per row") from None
-        if values.ndim != 1:
-            raise InputError(feature, "a history holds nested lists; expected a flat list of IDs per row")
+        raise nested from None
+    if values is None or values.ndim != 1 or len(values) != offsets[-1]:
+        raise nested
+    if values.dtype == object and any(isinstance(v, (list, tuple, np.ndarray)) for v in values):
+        raise nested
     return Ragged(values, offsets)
 
 
