@@ -9,13 +9,13 @@ import pytest
 SMALL_MODEL = {"embedding_dim": 8, "attention_hidden": (16, 8), "mlp_hidden": (32, 16)}
 
 
-def build_bundle(out: Path, samples: int = 3000, epochs: int = 2, **model_options) -> Path:
+def build_bundle(out: Path, samples: int = 3000, epochs: int = 2, batch_size: int = 128, **model_options) -> Path:
     from din_export.model import ModelConfig
     from din_export.pipeline import DataSource, train_and_export
     from din_export.train import TrainConfig
 
     train_and_export(DataSource(synthetic_samples=samples), out, model_config=ModelConfig(**{**SMALL_MODEL, **model_options}),
-                     train_config=TrainConfig(epochs=epochs, batch_size=128, progress=False))
+                     train_config=TrainConfig(epochs=epochs, batch_size=batch_size, progress=False))
     return out
 
 

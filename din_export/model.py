@@ -30,6 +30,7 @@ class ModelConfig:
     attention_weighting: str = "raw"
     mlp_hidden: tuple[int, ...] = (200, 80)
     mlp_activation: str = "prelu"
+    embedding_init_std: float = 0.2
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -86,6 +87,12 @@ class DIN(nn.Module):
         self.embeddings = nn.ModuleDict({
             name: nn.Embedding(size, dim, padding_idx=0) for name, size in inputs.vocab_sizes.items()
         })
+        for table in self.embeddings.values():
+            # Small initial embeddings: torch's N(0, 1) makes q*k and the raw-weighted sum of up to max_len
+            # behaviours large at the start, and training then often never finds the attention signal.
+            nn.init.normal_(table.weight, std=config.embedding_init_std)
+            with torch.no_grad():
+                table.weight[0].zero_()
         behaviour_dim = dim * len(self.sequences)
         if config.variant == "din":
             self.pooling: nn.Module = AttentionPooling(behaviour_dim, config.attention_hidden,
