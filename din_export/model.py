@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from din_runtime.encoding import Vocabulary
 from torch import nn
 
 from .layers import ACTIVATIONS, AttentionPooling, MeanPooling, mlp
@@ -63,7 +64,7 @@ class ModelInputs:
         return cls(
             names=tuple(f["name"] for f in encoding),
             kinds={f["name"]: f["kind"] for f in encoding},
-            vocab_sizes={f["name"]: len(f["keys"]) + 2 for f in encoding if f["kind"] == "categorical"},
+            vocab_sizes={f["name"]: Vocabulary.from_manifest(f).size for f in encoding if f["kind"] == "categorical"},
             shares={f["name"]: f["shares"] for f in encoding if f["kind"] == "sequence"},
         )
 

@@ -15,19 +15,22 @@ def _key_type(values: np.ndarray) -> str:
     return "int" if values.dtype.kind in "iuf" else "str"
 
 
-def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str]) -> tuple[str, list[Any]]:
-    """Sorted distinct keys of a categorical column and of every sequence that shares its vocabulary."""
+def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str], min_count: int) -> tuple[str, list[Any], bool]:
+    """Sorted distinct keys of a categorical column and of every sequence that shares its vocabulary, seen at least
+    min_count times there; rarer keys are left out and so fold into the out-of-vocabulary index. The flag says
+    whether missing values occurred, which then get a token of their own."""
     column = np.asarray(columns[name])
     key_type = _key_type(column)
     probe = Vocabulary([], key_type)
-    parts = []
+    parts, any_missing = [], False
     for source, values, row_of in [(name, column, lambda i: i)] + [
         (s, columns[s].values, columns[s].row_of) for s in sharers if isinstance(columns[s], Ragged)
     ]:
         keys, missing = probe.coerce(source, values, row_of)
         parts.append(keys[~missing])
-    keys = np.unique(np.concatenate(parts)) if parts else np.zeros(0)
-    return key_type, keys.tolist()
+        any_missing = any_missing or bool(missing.any())
+    keys, counts = np.unique(np.concatenate(parts), return_counts=True)
+    return key_type, keys[counts >= min_count].tolist(), any_missing
 
 
 def _numeric_statistics(values: np.ndarray, fill: str, normalize: str) -> dict[str, float]:
@@ -51,7 +54,7 @@ def fit_encoding(columns: dict[str, Any], spec: Spec) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"name": feature.name, "kind": feature.kind}
         if feature.kind == "categorical":
             sharers = [s.name for s in spec.of_kind("sequence") if s.shares == feature.name]
-            entry["key_type"], entry["keys"] = _vocabulary_keys(feature.name, columns, sharers)
+            entry["key_type"], entry["keys"], entry["missing_token"] = _vocabulary_keys(feature.name, columns, sharers, feature.min_count)
         elif feature.kind == "numeric":
             entry.update(_numeric_statistics(np.asarray(columns[feature.name], dtype=np.float64), feature.fill, feature.normalize))
         else:

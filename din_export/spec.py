@@ -9,13 +9,18 @@ from typing import Any
 
 KINDS = ("categorical", "numeric", "sequence")
 FILLS = ("mean", "median", "zero")
+PREVIOUS_FILL = "previous"  # the user's previous value: only `prepare` can apply it, on a log column
 NORMALIZATIONS = ("zscore", "minmax", "none")
+SOURCES = ("log", "items", "users")
 ALLOWED_KEYS = {
-    "categorical": {"kind"},
+    "categorical": {"kind", "min_count"},
     "numeric": {"kind", "fill", "normalize"},
     "sequence": {"kind", "shares", "max_len"},
 }
-TOP_LEVEL_KEYS = {"label", "user", "features"}
+# Keys that only `din-export prepare` reads: where a feature's values come from in a behaviour log.
+PREPARE_KEYS = {"categorical": {"column", "source", "first_token"}, "numeric": {"column", "source", "first_token"}, "sequence": set()}
+PREPARE_SECTIONS = {"log", "items", "users", "sampling", "split"}
+TOP_LEVEL_KEYS = {"label", "user", "features"} | PREPARE_SECTIONS
 
 
 class SpecError(ValueError):
@@ -30,6 +35,10 @@ class Feature:
     normalize: str = "zscore"
     shares: str | None = None
     max_len: int | None = None
+    min_count: int = 1
+    column: str | None = None
+    source: str = "log"
+    first_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,8 +59,8 @@ class Spec:
     def to_dict(self) -> dict[str, Any]:
         features = {}
         for feature in self.features:
-            entry = {k: v for k, v in asdict(feature).items() if k != "name" and k in ALLOWED_KEYS[feature.kind]}
-            features[feature.name] = entry
+            features[feature.name] = {k: v for k, v in asdict(feature).items()
+                                      if k != "name" and k in ALLOWED_KEYS[feature.kind] and not (k == "min_count" and v == 1)}
         data: dict[str, Any] = {"label": self.label, "features": features}
         if self.user is not None:
             data["user"] = self.user
@@ -64,13 +73,19 @@ def _feature(name: str, table: Any) -> Feature:
     kind = table.get("kind")
     if kind not in KINDS:
         raise SpecError(f"feature '{name}': kind must be one of {KINDS}, not {kind!r}")
-    unknown = sorted(set(table) - ALLOWED_KEYS[kind])
+    unknown = sorted(set(table) - ALLOWED_KEYS[kind] - PREPARE_KEYS[kind])
     if unknown:
         raise SpecError(f"feature '{name}': unknown key(s) {unknown} for kind '{kind}'")
     feature = Feature(name=name, **table)
+    if not isinstance(feature.min_count, int) or isinstance(feature.min_count, bool) or feature.min_count < 1:
+        raise SpecError(f"feature '{name}': min_count must be a positive integer, not {feature.min_count!r}")
+    if feature.source not in SOURCES:
+        raise SpecError(f"feature '{name}': source must be one of {SOURCES}, not {feature.source!r}")
     if kind == "numeric":
-        if feature.fill not in FILLS:
-            raise SpecError(f"feature '{name}': fill must be one of {FILLS}, not {feature.fill!r}")
+        if feature.fill == PREVIOUS_FILL and (feature.column is None or feature.source != "log"):
+            raise SpecError(f"feature '{name}': fill = 'previous' needs a log column (source 'log' and 'column')")
+        if feature.fill not in (*FILLS, PREVIOUS_FILL):
+            raise SpecError(f"feature '{name}': fill must be one of {(*FILLS, PREVIOUS_FILL)}, not {feature.fill!r}")
         if feature.normalize not in NORMALIZATIONS:
             raise SpecError(f"feature '{name}': normalize must be one of {NORMALIZATIONS}, not {feature.normalize!r}")
     if kind == "sequence":
@@ -108,15 +123,38 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
     return Spec(label=label, features=features, user=user)
 
 
-def load_spec(path: str | Path) -> Spec:
+def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
         raise SpecError(f"{path}: no such spec file") from None
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: not valid TOML ({error})") from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    data = read_toml(path)
     try:
         return spec_from_dict(data)
     except SpecError as error:
         raise SpecError(f"{path}: {error}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def spec_to_toml(spec: Spec) -> str:
+    """The spec as TOML that load_spec reads back unchanged (train-and-export's keys only)."""
+    data = spec.to_dict()
+    lines = [f"label = {_toml_value(data['label'])}"]
+    if "user" in data:
+        lines.append(f"user = {_toml_value(data['user'])}")
+    for name, entry in data["features"].items():
+        lines += ["", f"[features.{_toml_value(name)}]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
+    return "\n".join(lines) + "\n"

@@ -75,3 +75,46 @@ def generate(num_samples: int = 100_000, seed: int = 0, num_users: int | None = 
         "hist_cate_id": _list_column(item_category[history] + 1, offsets),
         "label": pa.array(label),
     })
+
+
+LOG_SPEC_PATH = Path(__file__).parent / "data" / "synthetic-log.toml"
+
+
+def generate_log(num_events: int = 100_000, seed: int = 0, num_users: int | None = None, num_items: int = 5_000,
+                 num_categories: int = 60, missing_rate: float = 0.05) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """A behaviour log of positive events (user, item, timestamp, session_depth: a context value recorded with
+    the event) with item and user attribute tables, deterministic for a seed. Users act mostly within a few
+    interest categories; timestamps repeat (seconds), so ties occur; session_depth and attributes have gaps."""
+    rng = np.random.default_rng(seed)
+    num_users = num_users or max(10, num_events // 100)
+    item_category = rng.integers(0, num_categories, num_items)
+    order = np.argsort(item_category, kind="stable")
+    sizes = np.bincount(item_category, minlength=num_categories)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    interests = rng.integers(0, num_categories, (num_users, 3))
+    interests = np.where(sizes[interests] > 0, interests, item_category[0])
+
+    user = rng.integers(0, num_users, num_events)
+    category = interests[user, rng.integers(0, 3, num_events)]
+    in_interest = order[starts[category] + (rng.random(num_events) * sizes[category]).astype(np.int64)]
+    item = np.where(rng.random(num_events) < 0.8, in_interest, rng.integers(0, num_items, num_events))
+    timestamp = 1_600_000_000 + rng.integers(0, 30 * 86_400, num_events)
+    session_depth = rng.integers(1, 20, num_events).astype(np.float64)
+
+    log = pa.table({
+        "user_id": pa.array(user + 1),
+        "item_id": pa.array(item + 1),
+        "timestamp": pa.array(timestamp),
+        "session_depth": pa.array(session_depth, mask=rng.random(num_events) < missing_rate),
+    })
+    items = pa.table({
+        "item_id": pa.array(np.arange(1, num_items + 1)),
+        "category": pa.array([f"c{c}" for c in item_category], mask=rng.random(num_items) < missing_rate),
+        "price": pa.array(np.round(rng.lognormal(3.0, 0.6, num_items), 2), mask=rng.random(num_items) < missing_rate),
+    })
+    users = pa.table({
+        "user_id": pa.array(np.arange(1, num_users + 1)),
+        "age": pa.array(rng.integers(16, 70, num_users), mask=rng.random(num_users) < missing_rate),
+        "gender": pa.array(rng.choice(["F", "M"], num_users)),
+    })
+    return log, items, users

@@ -52,13 +52,14 @@ def read_table(path: str | Path, spec: Spec) -> pa.Table:
 
 def _ragged(name: str, column: pa.ChunkedArray) -> Ragged:
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+    from_text = pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
+    if from_text:
         array = pc.utf8_split_whitespace(array.fill_null(""))
     if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
         raise TableError(f"column '{name}': a sequence must be a list column or space-separated IDs, not {array.type}")
     lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy().astype(np.int64)
     values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
-    if values.dtype == object:  # split text: an empty or blank cell splits into one empty string, not zero IDs
+    if from_text:  # an empty or blank cell splits into one empty string, not zero IDs
         kept = values != ""
         lengths = np.bincount(np.repeat(np.arange(len(lengths)), lengths)[kept], minlength=len(lengths))
         values = values[kept].astype(np.str_)

@@ -63,26 +63,33 @@ def _missing_mask(values: np.ndarray) -> np.ndarray:
 
 
 class Vocabulary:
-    """Sorted keys of one categorical feature; index 0 is padding, 1 is out-of-vocabulary."""
+    """Sorted keys of one categorical feature; index 0 is padding, 1 is out-of-vocabulary, keys from 2. When the
+    training data had missing values (`missing_token`), they get their own index after the keys; otherwise a
+    missing value is out-of-vocabulary."""
 
-    def __init__(self, keys: Sequence[Any], key_type: str) -> None:
+    def __init__(self, keys: Sequence[Any], key_type: str, missing_token: bool = False) -> None:
         if key_type not in ("int", "str"):
             raise ValueError(f"key_type must be 'int' or 'str', not {key_type!r}")
         self.key_type = key_type
         self.keys = np.asarray(keys, dtype=np.int64 if key_type == "int" else np.str_)
         if len(self.keys) > 1 and not np.all(self.keys[1:] > self.keys[:-1]):
             raise ValueError("vocabulary keys must be strictly increasing")
+        self.missing_index = len(self.keys) + FIRST_KEY_INDEX if missing_token else OOV_INDEX
         self.dense: np.ndarray | None = None
         if key_type == "int" and len(self.keys):
             span = int(self.keys[-1]) - int(self.keys[0]) + 1
             if span <= max(DENSE_TABLE_MIN_SPAN, DENSE_TABLE_FILL_FACTOR * len(self.keys)):
                 self.dense = np.full(span, OOV_INDEX, dtype=np.int64)
-                self.dense[self.keys - self.keys[0]] = np.arange(FIRST_KEY_INDEX, self.size)
+                self.dense[self.keys - self.keys[0]] = np.arange(FIRST_KEY_INDEX, FIRST_KEY_INDEX + len(self.keys))
 
     @property
     def size(self) -> int:
-        """Rows of the embedding table: padding, out-of-vocabulary, then one per key."""
-        return len(self.keys) + FIRST_KEY_INDEX
+        """Rows of the embedding table: padding, out-of-vocabulary, one per key, and the missing token if any."""
+        return len(self.keys) + FIRST_KEY_INDEX + (self.missing_index != OOV_INDEX)
+
+    @classmethod
+    def from_manifest(cls, entry: Mapping[str, Any]) -> Vocabulary:
+        return cls(entry["keys"], entry["key_type"], bool(entry.get("missing_token", False)))
 
     def coerce(self, feature: str, values: Any, row_of=lambda i: i) -> tuple[np.ndarray, np.ndarray]:
         """Convert raw values to the key dtype; returns (keys, missing mask). Unconvertible values raise."""
@@ -123,17 +130,20 @@ class Vocabulary:
             raise
 
     def lookup(self, keys: np.ndarray, missing: np.ndarray) -> np.ndarray:
-        """Indices of keys in the embedding table; unknown or missing keys go to the out-of-vocabulary index."""
+        """Indices of keys in the embedding table; unknown keys go to the out-of-vocabulary index."""
         if len(self.keys) == 0:
-            return np.full(len(keys), OOV_INDEX, dtype=np.int64)
-        if self.dense is not None:
-            offset = keys - self.keys[0]
+            indices = np.full(len(keys), OOV_INDEX, dtype=np.int64)
+        elif self.dense is not None:
             inside = (keys >= self.keys[0]) & (keys <= self.keys[-1]) & ~missing
-            return np.where(inside, self.dense[np.where(inside, offset, 0)], OOV_INDEX)
-        position = np.searchsorted(self.keys, keys)
-        clipped = np.minimum(position, len(self.keys) - 1)
-        found = (position < len(self.keys)) & (self.keys[clipped] == keys) & ~missing
-        return np.where(found, position + FIRST_KEY_INDEX, OOV_INDEX).astype(np.int64)
+            indices = np.where(inside, self.dense[np.where(inside, keys - self.keys[0], 0)], OOV_INDEX)
+        else:
+            position = np.searchsorted(self.keys, keys)
+            clipped = np.minimum(position, len(self.keys) - 1)
+            found = (position < len(self.keys)) & (self.keys[clipped] == keys) & ~missing
+            indices = np.where(found, position + FIRST_KEY_INDEX, OOV_INDEX).astype(np.int64)
+        if self.missing_index != OOV_INDEX and missing.any():
+            indices[missing] = self.missing_index
+        return indices
 
     def encode(self, feature: str, values: Any, row_of=lambda i: i) -> np.ndarray:
         keys, missing = self.coerce(feature, values, row_of)
@@ -235,7 +245,7 @@ class FeatureEncoder:
         for feature in self.features:
             name, kind = feature["name"], feature["kind"]
             if kind == "categorical":
-                self.vocabularies[name] = Vocabulary(feature["keys"], feature["key_type"])
+                self.vocabularies[name] = Vocabulary.from_manifest(feature)
             elif kind == "numeric":
                 self.scalers[name] = NumericScaler(float(feature["fill"]), float(feature["shift"]), float(feature["scale"]))
             elif kind != "sequence":
