@@ -32,3 +32,19 @@ def reference_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Latency does not depend on how well the weights are trained; one short epoch gives real weights."""
     return build_bundle(tmp_path_factory.mktemp("bench") / "din", samples=2000, epochs=1,
                         embedding_dim=16, attention_hidden=(80, 40), mlp_hidden=(200, 80))
+
+
+ML100K = Path(__file__).resolve().parent.parent / "shared" / "data" / "ml-100k"
+ML100K_RECIPE = Path(__file__).resolve().parent / "examples" / "movielens-100k.toml"
+
+
+@pytest.fixture(scope="session")
+def ml100k_samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MovieLens-100k prepared with the committed recipe (read from ../shared, never copied)."""
+    from din_export.prepare import Sources, prepare
+
+    if not ML100K.is_dir():
+        pytest.fail(f"MovieLens-100k is expected at {ML100K}, beside the project root")
+    out = tmp_path_factory.mktemp("ml100k") / "samples"
+    prepare(ML100K_RECIPE, Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item", ML100K / "ml-100k.user"), out)
+    return out

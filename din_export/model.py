@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from din_runtime.encoding import Vocabulary
 from torch import nn
+
+from din_runtime.encoding import Vocabulary
 
 from .layers import ACTIVATIONS, AttentionPooling, MeanPooling, mlp
 

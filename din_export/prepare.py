@@ -211,7 +211,7 @@ class LogSamples:
 def _training_spec(spec: Spec) -> Spec:
     """The spec train-and-export reads: prepare's keys dropped; gaps left after 'previous' filled with the mean."""
     data = spec.to_dict()
-    for name, entry in data["features"].items():
+    for entry in data["features"].values():
         if entry.get("fill") == PREVIOUS_FILL:
             entry["fill"] = "mean"
     return spec_from_dict(data)

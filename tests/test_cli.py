@@ -80,7 +80,7 @@ def test_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "column(s) ['price'] named in the spec are absent" in result.output
     result = CliRunner().invoke(main, ["train-and-export", "--data", str(table_path)])
-    assert result.exit_code == 2 and "--data needs --spec" in result.output
+    assert result.exit_code == 2 and "--data and --log need --spec" in result.output
     assert not (tmp_path / "models").exists()
 
 
