@@ -9,6 +9,7 @@ chunk by chunk into Parquet, so memory is bounded by the chunk, not by the log.
 from __future__ import annotations
 
 import time as clock
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,20 +231,32 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = DEFAULT
     with staged_bundle(out) as staging:
         writers: dict[int, pq.ParquetWriter] = {}
         schema = None
-        try:
-            for start in range(0, len(samples.sample_event), chunk_rows):
-                table, split = samples.chunk(slice(start, start + chunk_rows))
-                schema = schema or table.schema
-                for code, name in SPLIT_NAMES.items():
-                    part = table.filter(pa.array(split == code))
-                    if part.num_rows:
-                        if code not in writers:
-                            writers[code] = pq.ParquetWriter(staging / f"{name}.parquet", schema)
-                        writers[code].write_table(part.cast(schema))
-                        rows[name] += part.num_rows
-        finally:
-            for writer in writers.values():
-                writer.close()
+
+        def write(table: pa.Table, split: np.ndarray) -> None:
+            for code, name in SPLIT_NAMES.items():
+                part = table.filter(pa.array(split == code))
+                if part.num_rows:
+                    if code not in writers:
+                        writers[code] = pq.ParquetWriter(staging / f"{name}.parquet", schema)
+                    writers[code].write_table(part.cast(schema))
+                    rows[name] += part.num_rows
+
+        # Parquet encoding releases the GIL: one chunk is written while the next is built.
+        with ThreadPoolExecutor(max_workers=1) as writer_thread:
+            pending = None
+            try:
+                for start in range(0, len(samples.sample_event), chunk_rows):
+                    table, split = samples.chunk(slice(start, start + chunk_rows))
+                    schema = schema or table.schema
+                    if pending is not None:
+                        pending.result()
+                    pending = writer_thread.submit(write, table, split)
+                if pending is not None:
+                    pending.result()
+            finally:
+                writer_thread.shutdown(wait=True)
+                for writer in writers.values():
+                    writer.close()
         empty = [name for name in SPLIT_NAMES.values() if rows[name] == 0]
         if empty:
             raise ValueError(f"the split leaves {empty} without samples; adjust [split] (valid/test) for this log")

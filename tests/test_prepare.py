@@ -9,6 +9,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+
 from conftest import ML100K, ML100K_RECIPE
 from din_export.cli import main
 from din_export.logs import read_source
