@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,15 +35,20 @@ def staged_bundle(out: Path) -> Iterator[Path]:
         os.rename(staging, out)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """JSON written to a temporary file in the same folder and renamed over the target."""
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(temporary path) in the target's folder, then rename over the target: readers see old or new."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, allow_nan=False)
-            stream.write("\n")
+        write(Path(temporary))
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    def dump(temporary: Path) -> None:
+        temporary.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_atomic(path, dump)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -51,11 +52,16 @@ def activation(name: str, features: int) -> nn.Module:
     raise ValueError(f"activation must be one of {ACTIVATIONS}, not {name!r}")
 
 
-def mlp(in_features: int, hidden: Sequence[int], activation_name: str) -> nn.Sequential:
-    """Linear + activation per hidden size, then one linear output unit."""
+def mlp(in_features: int, hidden: Sequence[int], activation_name: str, dropout: float = 0.0, batch_norm: bool = False) -> nn.Sequential:
+    """Linear (+ batch norm) + activation (+ dropout) per hidden size, then one linear output unit."""
     layers: list[nn.Module] = []
     for size in hidden:
-        layers += [nn.Linear(in_features, size), activation(activation_name, size)]
+        layers.append(nn.Linear(in_features, size))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(size))
+        layers.append(activation(activation_name, size))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
         in_features = size
     layers.append(nn.Linear(in_features, 1))
     return nn.Sequential(*layers)
@@ -89,3 +95,56 @@ class MeanPooling(nn.Module):
         weights = mask.to(keys.dtype)
         count = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
         return (weights.unsqueeze(-1) * keys).sum(dim=1) / count
+
+
+class SumPooling(nn.Module):
+    """The other BaseModel pooling: the sum of the behaviours, which keeps how many there were."""
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (mask.to(keys.dtype).unsqueeze(-1) * keys).sum(dim=1)
+
+
+class SelfAttentionEncoder(nn.Module):
+    """A Transformer encoder over the behaviours (in the manner of BST), so each behaviour is seen in the context
+    of the others before target attention. Positions count back from the most recent behaviour. Attention is
+    written out rather than taken from nn.TransformerEncoder: padded keys get a finite fill, so an all-padding
+    history stays finite, and the graph exports to ONNX with a dynamic sequence length."""
+
+    def __init__(self, dim: int, max_len: int, heads: int = 2, layers: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"behaviour width {dim} is not divisible by {heads} attention heads")
+        self.heads = heads
+        self.positions = nn.Embedding(max_len, dim)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        self.blocks = nn.ModuleList(_EncoderBlock(dim, heads, dropout) for _ in range(layers))
+
+    def forward(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lengths = mask.sum(dim=1, keepdim=True)
+        steps = torch.arange(keys.shape[1], device=keys.device).unsqueeze(0)
+        back = (lengths - 1 - steps).clamp(min=0, max=self.positions.num_embeddings - 1)
+        x = keys + self.positions(back) * mask.unsqueeze(-1).to(keys.dtype)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x * mask.unsqueeze(-1).to(x.dtype)
+
+
+class _EncoderBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, steps, dim = x.shape
+        q, k, v = self.qkv(x).reshape(batch, steps, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(dim // self.heads)
+        scores = scores.masked_fill(~mask[:, None, None, :], MASKED_SCORE)
+        attended = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, steps, dim)
+        x = self.norm1(x + self.dropout(self.out(attended)))
+        return self.norm2(x + self.dropout(self.feed_forward(x)))

@@ -16,14 +16,16 @@ from torch import nn
 
 from din_runtime.encoding import Vocabulary
 
-from .layers import ACTIVATIONS, AttentionPooling, MeanPooling, mlp
+from .layers import ACTIVATIONS, AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp
 
-VARIANTS = ("din", "base")
+VARIANTS = ("din", "base", "din-seq")
+BASE_POOLINGS = ("mean", "sum")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Hyperparameters; `variant` picks attention pooling (din) or mean pooling (the paper's base model)."""
+    """Hyperparameters. `variant`: din (target attention over the behaviours), base (the paper's BaseModel:
+    mean or sum pooling), din-seq (a Transformer encoder over the behaviours, then target attention)."""
 
     variant: str = "din"
     embedding_dim: int = 16
@@ -33,6 +35,11 @@ class ModelConfig:
     mlp_hidden: tuple[int, ...] = (200, 80)
     mlp_activation: str = "prelu"
     embedding_init_std: float = 0.2
+    dropout: float = 0.0
+    batch_norm: bool = False
+    base_pooling: str = "mean"
+    encoder_heads: int = 2
+    encoder_layers: int = 1
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -42,6 +49,10 @@ class ModelConfig:
                 raise ValueError(f"activation must be one of {ACTIVATIONS}, not {name!r}")
         if self.embedding_dim < 1:
             raise ValueError("embedding_dim must be positive")
+        if self.base_pooling not in BASE_POOLINGS:
+            raise ValueError(f"base_pooling must be one of {BASE_POOLINGS}, not {self.base_pooling!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -59,6 +70,7 @@ class ModelInputs:
     kinds: dict[str, str]
     vocab_sizes: dict[str, int] = field(default_factory=dict)
     shares: dict[str, str] = field(default_factory=dict)
+    max_lens: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_encoding(cls, encoding: list[dict[str, Any]]) -> ModelInputs:
@@ -67,6 +79,7 @@ class ModelInputs:
             kinds={f["name"]: f["kind"] for f in encoding},
             vocab_sizes={f["name"]: Vocabulary.from_manifest(f).size for f in encoding if f["kind"] == "categorical"},
             shares={f["name"]: f["shares"] for f in encoding if f["kind"] == "sequence"},
+            max_lens={f["name"]: int(f["max_len"]) for f in encoding if f["kind"] == "sequence"},
         )
 
     def of_kind(self, kind: str) -> list[str]:
@@ -96,19 +109,24 @@ class DIN(nn.Module):
             with torch.no_grad():
                 table.weight[0].zero_()
         behaviour_dim = dim * len(self.sequences)
-        if config.variant == "din":
-            self.pooling: nn.Module = AttentionPooling(behaviour_dim, config.attention_hidden,
-                                                       config.attention_activation, config.attention_weighting)
+        self.encoder = None
+        if config.variant == "din-seq":
+            self.encoder = SelfAttentionEncoder(behaviour_dim, max(inputs.max_lens.values()), config.encoder_heads,
+                                                config.encoder_layers, config.dropout)
+        if config.variant == "base":
+            self.pooling: nn.Module = MeanPooling() if config.base_pooling == "mean" else SumPooling()
         else:
-            self.pooling = MeanPooling()
+            self.pooling = AttentionPooling(behaviour_dim, config.attention_hidden, config.attention_activation, config.attention_weighting)
         mlp_in = dim * len(self.context) + 2 * behaviour_dim + len(self.numerics)
-        self.mlp = mlp(mlp_in, config.mlp_hidden, config.mlp_activation)
+        self.mlp = mlp(mlp_in, config.mlp_hidden, config.mlp_activation, config.dropout, config.batch_norm)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         x = dict(zip(self.inputs.names, tensors, strict=True))
         query = torch.cat([self.embeddings[c](x[c]) for c in self.candidates], dim=-1)
         keys = torch.cat([self.embeddings[self.inputs.shares[s]](x[s]) for s in self.sequences], dim=-1)
         mask = x[self.sequences[0]] != 0  # built from the IDs, never from a Python-side length
+        if self.encoder is not None:
+            keys = self.encoder(keys, mask)
         interest = self.pooling(query, keys, mask)
         parts = [self.embeddings[c](x[c]) for c in self.context] + [query, interest]
         if self.numerics:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 from dataclasses import dataclass
@@ -20,9 +21,11 @@ from din_runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, sha2
 
 from . import __version__
 from .bundle import CHECKPOINT_FILE, staged_bundle, write_json
+from .distributed import World, join, leave
 from .export import describe_io, export_onnx, verify_parity
 from .metrics import evaluate
 from .model import DIN, ModelConfig, ModelInputs
+from .plots import PLOT_FILE, plot_history
 from .preprocess import fit_encoding
 from .spec import Spec, load_spec
 from .synthetic import SPEC_PATH, generate
@@ -79,11 +82,32 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def checkpoint_path(out: Path) -> Path:
+    """Where training keeps its per-epoch checkpoint: beside the bundle, removed once the bundle is complete."""
+    return out.parent / f".{out.name}.checkpoint.pt"
+
+
+def _run_key(spec: Spec, tables: dict[str, pa.Table], model_config: ModelConfig, train_config: TrainConfig) -> str:
+    """What a checkpoint must match to be resumed: same spec, data sizes and settings (epochs aside)."""
+    settings = {k: v for k, v in train_config.to_dict().items() if k not in ("epochs", "progress")}
+    return json.dumps([spec.to_dict(), {n: t.num_rows for n, t in tables.items()}, model_config.to_dict(), settings], sort_keys=True)
+
+
 def train_and_export(source: DataSource, out: Path, spec_path: Path | None = None,
-                     model_config: ModelConfig | None = None, train_config: TrainConfig | None = None) -> dict[str, Any]:
-    """Run the whole job and return the manifest written to `out`."""
+                     model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
+                     resume: bool = False) -> dict[str, Any] | None:
+    """Run the whole job and return the manifest written to `out` (None on the other ranks of a torchrun job)."""
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
+    world = join()
+    try:
+        return _train_and_export(source, out, spec_path, model_config, train_config, resume, world)
+    finally:
+        leave(world)
+
+
+def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, model_config: ModelConfig,
+                      train_config: TrainConfig, resume: bool, world: World) -> dict[str, Any] | None:
     spec = load_spec(spec_path or SPEC_PATH)
     tables = load_tables(source, spec, train_config.seed)
     columns = {name: raw_columns(tables[name], spec) for name in SPLITS}
@@ -95,7 +119,11 @@ def train_and_export(source: DataSource, out: Path, spec_path: Path | None = Non
 
     torch.manual_seed(train_config.seed)
     din = DIN(ModelInputs.from_encoding(encoding), model_config)
-    result = train(din, splits["train"], splits["valid"], train_config)
+    checkpoint = checkpoint_path(out)
+    result = train(din, splits["train"], splits["valid"], train_config, world, checkpoint, resume,
+                   _run_key(spec, tables, model_config, train_config))
+    if not world.is_main:
+        return None
     metrics: dict[str, Any] = {name: evaluate(splits[name].labels, predict(din, splits[name]), splits[name].groups)
                                for name in ("valid", "test")}
     metrics.update(best_epoch=result.best_epoch, history=result.history)
@@ -106,20 +134,24 @@ def train_and_export(source: DataSource, out: Path, spec_path: Path | None = Non
         export_onnx(din, model_path)
         parity = verify_parity(din, model_path, max_len)
         torch.save({"model_config": model_config.to_dict(), "state_dict": din.state_dict()}, staging / CHECKPOINT_FILE)
+        plot_history(result.history, result.best_epoch, staging / PLOT_FILE, f"{source.name} · {model_config.variant}")
         manifest = {
             "format_version": FORMAT_VERSION,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "spec": spec.to_dict(),
             "encoding": encoding,
             "model": model_config.to_dict(),
-            "training": train_config.to_dict(),
+            "training": {**train_config.to_dict(), "processes": world.size,
+                         "samples_per_second": round(result.samples_per_second, 1)},
             "data": {"source": source.name, **{f"{name}_rows": tables[name].num_rows for name in SPLITS}},
             "onnx": {"file": MODEL_FILE, "sha256": sha256_of(model_path), **describe_io(onnx.load(str(model_path))),
                      "parity": parity},
             "metrics": metrics,
             "checkpoint": CHECKPOINT_FILE,
+            "plot": PLOT_FILE,
             "versions": _versions(),
             "command": " ".join(sys.argv),
         }
         write_json(staging / MANIFEST_FILE, manifest)
+    checkpoint.unlink(missing_ok=True)
     return manifest

@@ -1,18 +1,29 @@
-"""Mini-batch training from pre-encoded arrays: BCE, Adam, early stopping on validation AUC."""
+"""Mini-batch training from pre-encoded arrays: BCE, Adam, early stopping on validation AUC; mini-batch aware
+L2 on embeddings, an optional learning-rate schedule, a checkpoint each epoch to resume from, and data
+parallelism under torchrun."""
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from .bundle import write_atomic
+from .distributed import World
 from .metrics import evaluate
 from .model import DIN
+
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -48,6 +59,14 @@ class TrainConfig:
     patience: int = 2
     seed: int = 0
     progress: bool = True
+    embedding_l2: float = 0.0
+    lr_schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, not {self.lr_schedule!r}")
+        if self.embedding_l2 < 0:
+            raise ValueError("embedding_l2 must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,6 +76,11 @@ class TrainConfig:
 class TrainResult:
     history: list[dict[str, float]]
     best_epoch: int
+    samples_per_second: float
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be resumed: missing, or written by a different run."""
 
 
 def predict(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> np.ndarray:
@@ -69,43 +93,115 @@ def predict(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> np.ndarr
     return out
 
 
-def _batches(rng: np.random.Generator, rows: int, batch_size: int) -> list[np.ndarray]:
+def embedding_frequencies(model: DIN, split: EncodedSplit) -> dict[str, torch.Tensor]:
+    """How often each embedding row occurs in the training split (candidates and histories), at least 1."""
+    counts = {}
+    for table, embedding in model.embeddings.items():
+        columns = [table] + [s for s in model.sequences if model.inputs.shares[s] == table]
+        total = sum(np.bincount(split.feed[c].ravel(), minlength=embedding.num_embeddings) for c in columns)
+        counts[table] = torch.from_numpy(np.maximum(total, 1).astype(np.float32))
+    return counts
+
+
+def mini_batch_aware_l2(model: DIN, inputs: list[torch.Tensor], frequencies: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The DIN paper's regulariser: L2 only on embedding rows present in the batch, each divided by its frequency."""
+    by_name = dict(zip(model.inputs.names, inputs, strict=True))
+    penalty = torch.zeros(())
+    for table, embedding in model.embeddings.items():
+        columns = [table] + [s for s in model.sequences if model.inputs.shares[s] == table]
+        rows = torch.unique(torch.cat([by_name[c].reshape(-1) for c in columns]))
+        rows = rows[rows != 0]
+        penalty = penalty + (embedding.weight[rows].pow(2).sum(dim=1) / frequencies[table][rows]).sum()
+    return penalty
+
+
+def _batches(rng: np.random.Generator, rows: int, batch_size: int, world: World) -> list[np.ndarray]:
+    """This rank's share of each global batch; a batch too small to give every rank two rows (Dice needs batch
+    statistics) waits for the next epoch's shuffle."""
     order = rng.permutation(rows)
     batches = [order[i:i + batch_size] for i in range(0, rows, batch_size)]
-    return [b for b in batches if len(b) > 1]  # batch statistics (Dice) need two rows; the row returns next epoch
+    return [b[world.rank::world.size] for b in batches if len(b) >= 2 * world.size]
 
 
-def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, config: TrainConfig) -> TrainResult:
-    """Train in place and leave the model at its best validation AUC."""
+def _save(path: Path, state: dict[str, Any]) -> None:
+    write_atomic(path, lambda temporary: torch.save(state, temporary))
+
+
+def _load(path: Path, run_key: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no checkpoint at {path}")
+    state = torch.load(path, weights_only=True)
+    if state["run_key"] != run_key:
+        raise CheckpointError(f"--resume: the checkpoint at {path} was written by a run with other data or settings")
+    return state
+
+
+def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, config: TrainConfig, world: World | None = None,
+          checkpoint: Path | None = None, resume: bool = False, run_key: str = "",
+          on_epoch: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train in place and leave the model at its best validation AUC. With `checkpoint`, the full training state
+    is written there after every epoch; `resume` continues from it exactly as an uninterrupted run would."""
+    world = world or World()
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs) if config.lr_schedule == "cosine" else None
+    frequencies = embedding_frequencies(model, train_split) if config.embedding_l2 > 0 else {}
+    stepper = DistributedDataParallel(model) if world.active else model
     loss_function = torch.nn.BCEWithLogitsLoss()
     history: list[dict[str, float]] = []
-    best_auc, best_epoch, best_state, stale = -np.inf, 0, copy.deepcopy(model.state_dict()), 0
-    for epoch in range(1, config.epochs + 1):
+    best_auc, best_epoch, best_state, stale, first_epoch = -np.inf, 0, copy.deepcopy(model.state_dict()), 0, 1
+    if resume and checkpoint is not None:
+        state = _load(checkpoint, run_key)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        history, best_auc, best_epoch, best_state, stale = (state["history"], state["best_auc"], state["best_epoch"],
+                                                            state["best_state"], state["stale"])
+        first_epoch = state["epoch"] + 1
+    train_seconds, trained = 0.0, 0
+    for epoch in range(first_epoch, config.epochs + 1):
+        if stale >= config.patience:
+            break
         model.train()
-        batches = _batches(rng, len(train_split), config.batch_size)
-        total_loss = 0.0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, file=sys.stderr, leave=False)
+        batches = _batches(rng, len(train_split), config.batch_size, world)
+        total_loss, started = 0.0, time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not (config.progress and world.is_main),
+                   file=sys.stderr, leave=False)
         for rows in bar:
             optimizer.zero_grad()
-            logits = model(*train_split.tensors(rows))
-            loss = loss_function(logits, torch.from_numpy(train_split.labels[rows]))
+            inputs = train_split.tensors(rows)
+            loss = loss_function(stepper(*inputs), torch.from_numpy(train_split.labels[rows]))
+            if config.embedding_l2 > 0:
+                loss = loss + config.embedding_l2 * mini_batch_aware_l2(model, inputs, frequencies)
             loss.backward()
             optimizer.step()
             total_loss += loss.item() * len(rows)
-        valid = evaluate(valid_split.labels, predict(model, valid_split), valid_split.groups)
-        record = {"epoch": epoch, "train_loss": total_loss / sum(map(len, batches)),
-                  "valid_auc": valid["auc"], "valid_logloss": valid["logloss"]}
+        if scheduler is not None:
+            scheduler.step()
+        train_seconds += time.perf_counter() - started
+        trained += sum(map(len, batches)) * world.size
+        valid = world.broadcast(evaluate(valid_split.labels, predict(model, valid_split), valid_split.groups) if world.is_main else None)
+        record = {"epoch": epoch, "train_loss": total_loss / max(1, sum(map(len, batches))),
+                  "valid_auc": valid["auc"], "valid_logloss": valid["logloss"], "learning_rate": optimizer.param_groups[0]["lr"]}
         history.append(record)
-        if config.progress:
+        if config.progress and world.is_main:
             print(f"epoch {epoch}: train loss {record['train_loss']:.4f}, valid AUC {valid['auc']:.4f}, "
                   f"valid logloss {valid['logloss']:.4f}", file=sys.stderr)
         if valid["auc"] > best_auc:
             best_auc, best_epoch, best_state, stale = valid["auc"], epoch, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
-            if stale >= config.patience:
-                break
+        if checkpoint is not None and world.is_main:
+            _save(checkpoint, {"run_key": run_key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                               "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
+                               "history": history, "best_auc": best_auc, "best_epoch": best_epoch, "best_state": best_state,
+                               "stale": stale})
+        if on_epoch is not None:
+            on_epoch(epoch, valid["auc"])
     model.load_state_dict(best_state)
-    return TrainResult(history=history, best_epoch=best_epoch)
+    return TrainResult(history=history, best_epoch=best_epoch,
+                       samples_per_second=trained / train_seconds if train_seconds else float("nan"))
