@@ -1,20 +1,34 @@
-"""The din-export command line."""
+"""The din-export command line: prepare, train-and-export, tune, report."""
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from .model import VARIANTS, ModelConfig
-from .train import TrainConfig
+from .layers import ACTIVATIONS, WEIGHTINGS
+from .model import BASE_POOLINGS, VARIANTS
+from .train import SCHEDULES
 
 DEFAULT_MODELS_DIR = Path("models")
+# CLI parameter -> ModelConfig / TrainConfig field; only flags given on the command line override the spec.
+MODEL_FLAGS = {"variant": "variant", "embedding_dim": "embedding_dim", "attention_hidden": "attention_hidden",
+               "attention_activation": "attention_activation", "attention_weighting": "attention_weighting",
+               "mlp_hidden": "mlp_hidden", "activation": "mlp_activation", "dropout": "dropout", "batch_norm": "batch_norm",
+               "base_pooling": "base_pooling", "encoder_heads": "encoder_heads", "encoder_layers": "encoder_layers"}
+TRAINING_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "learning_rate": "learning_rate", "patience": "patience",
+                  "seed": "seed", "embedding_l2": "embedding_l2", "lr_schedule": "lr_schedule"}
 
 
-def _sizes(value: str) -> tuple[int, ...]:
+def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
     try:
         sizes = tuple(int(part) for part in value.split(",") if part.strip())
     except ValueError:
@@ -24,133 +38,211 @@ def _sizes(value: str) -> tuple[int, ...]:
     return sizes
 
 
+def _fail(error: Exception) -> None:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(2)
+
+
+def _options(options: list[Callable]) -> Callable:
+    def apply(function: Callable) -> Callable:
+        for option in reversed(options):
+            function = option(function)
+        return function
+    return apply
+
+
+FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+DATA_OPTIONS = [
+    click.option("--data", type=FILE, help="Training sample table (.csv, .tsv or .parquet). Without it (and --log), the built-in synthetic data."),
+    click.option("--log", help="A behaviour log instead of --data: runs `prepare` with --spec as the recipe, then uses its output."),
+    click.option("--items", help="Item attribute table for --log."),
+    click.option("--users", help="User attribute table for --log."),
+    click.option("--valid", type=FILE, help="Validation table; when absent, 10% of --data is held out for it."),
+    click.option("--test", type=FILE, help="Test table; when absent, 10% of --data is held out for it."),
+    click.option("--spec", type=FILE, help="Feature spec (TOML; a recipe with --log). Required with --data or --log; "
+                                           "its [model] and [training] sections set defaults that flags override."),
+    click.option("--samples", type=click.IntRange(min=100), default=100_000, show_default=True,
+                 help="Rows of built-in synthetic data to generate (without --data or --log)."),
+]
+MODEL_OPTIONS = [
+    click.option("--model", "variant", type=click.Choice(VARIANTS), default="din", show_default=True,
+                 help="din: target attention over the history (the local activation unit); base: mean or sum pooling "
+                      "(the paper's BaseModel); din-seq: a Transformer encoder over the behaviours, then target attention."),
+    click.option("--embedding-dim", type=click.IntRange(min=1), default=16, show_default=True, help="Embedding size of every categorical feature."),
+    click.option("--attention-hidden", default="80,40", show_default=True, callback=_sizes, help="Hidden sizes of the local activation unit's MLP."),
+    click.option("--attention-activation", type=click.Choice(ACTIVATIONS), default="sigmoid", show_default=True,
+                 help="Activation inside the local activation unit."),
+    click.option("--attention-weighting", type=click.Choice(WEIGHTINGS), default="raw", show_default=True,
+                 help="raw: the unnormalised weights of the paper; softmax: normalised over the unpadded behaviours."),
+    click.option("--mlp-hidden", default="200,80", show_default=True, callback=_sizes, help="Hidden sizes of the final MLP."),
+    click.option("--activation", type=click.Choice(["prelu", "dice"]), default="prelu", show_default=True, help="Activation of the final MLP."),
+    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True, help="Dropout after each final-MLP layer."),
+    click.option("--batch-norm", is_flag=True, help="Batch normalisation in the final MLP."),
+    click.option("--base-pooling", type=click.Choice(BASE_POOLINGS), default="mean", show_default=True, help="Pooling of --model base."),
+    click.option("--encoder-heads", type=click.IntRange(min=1), default=2, show_default=True, help="Attention heads of din-seq's encoder."),
+    click.option("--encoder-layers", type=click.IntRange(min=1), default=1, show_default=True, help="Layers of din-seq's encoder."),
+]
+TRAINING_OPTIONS = [
+    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Most epochs to train."),
+    click.option("--patience", type=click.IntRange(min=1), default=2, show_default=True,
+                 help="Stop after this many epochs without a better validation AUC; the best epoch is kept."),
+    click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True, help="Mini-batch size (over all processes)."),
+    click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Adam learning rate."),
+    click.option("--lr-schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True,
+                 help="Learning-rate schedule over the epochs."),
+    click.option("--embedding-l2", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="Mini-batch aware L2 on the embedding rows present in each batch (the DIN paper's regulariser)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed for data split, initialisation and shuffling."),
+]
+
+
 @click.group()
 @click.version_option(package_name="din-export")
 def main() -> None:
     """Train a Deep Interest Network, export it to ONNX, serve it with din_runtime."""
 
 
-def _existing_file(help_text: str):
-    return click.option(help_text.split()[0], type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                        help=" ".join(help_text.split()[1:]))
-
-
-def _source_path(name: str, help_text: str):
-    return click.option(name, type=str, default=None, help=help_text)
-
-
 @main.command("prepare")
-@click.option("--spec", "recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+@click.option("--spec", "recipe", type=FILE, required=True,
               help="Recipe (TOML): the feature spec plus [log], [items], [users], [sampling] and [split] sections.")
-@_source_path("--log", "Interaction log: .csv, .tsv (also RecBole's .inter), .parquet, or a glob or folder of Parquet parts.")
-@_source_path("--items", "Item attribute table, joined on [items] key.")
-@_source_path("--users", "User attribute table, joined on [users] key.")
+@click.option("--log", required=True, help="Interaction log: .csv, .tsv (also RecBole's .inter), .parquet, or a glob or folder of Parquet parts.")
+@click.option("--items", help="Item attribute table, joined on [items] key.")
+@click.option("--users", help="User attribute table, joined on [users] key.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder to write train.parquet, valid.parquet, test.parquet, spec.toml and prepare.json into "
-                   "(replaced only once complete).")
+              help="Folder to write train.parquet, valid.parquet, test.parquet, spec.toml and prepare.json into (replaced only once complete).")
 @click.option("--chunk-rows", type=click.IntRange(min=1000), default=200_000, show_default=True,
               help="Samples built and written per chunk; bounds memory.")
-def prepare_command(recipe: Path, log: str | None, items: str | None, users: str | None, out: Path, chunk_rows: int) -> None:
+def prepare_command(recipe: Path, log: str, items: str | None, users: str | None, out: Path, chunk_rows: int) -> None:
     """Turn a behaviour log (and item and user tables) into train, valid and test sample tables for train-and-export."""
     from .prepare import Sources, prepare
     from .spec import SpecError
     from .tables import TableError
 
-    if log is None:
-        raise click.UsageError("--log is required: the interaction log to prepare")
     try:
         summary = prepare(recipe, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows)
     except (SpecError, TableError, ValueError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
+        _fail(error)
     rows = summary["rows"]
     click.echo(f"prepared {summary['events']} events of {summary['users']} users into {out}: "
                f"{rows['train']} train, {rows['valid']} valid, {rows['test']} test samples "
                f"({summary['negatives_drawn']} negatives drawn) in {summary['seconds']:.1f} s")
 
 
-@main.command("train-and-export")
-@_existing_file("--data Training sample table (.csv, .tsv or .parquet). Without it, the built-in synthetic data is used.")
-@_source_path("--log", "A behaviour log instead of --data: runs `prepare` with --spec as the recipe, then trains on its output.")
-@_source_path("--items", "Item attribute table for --log.")
-@_source_path("--users", "User attribute table for --log.")
-@_existing_file("--valid Validation table; when absent, 10% of --data is held out for it.")
-@_existing_file("--test Test table; when absent, 10% of --data is held out for it.")
-@_existing_file("--spec Feature spec (TOML). Required with --data; defaults to the built-in data's spec.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Bundle folder to write (model.onnx, manifest.json, weights.pt). Default: models/<data>-<variant>. "
-                   "An existing bundle there is replaced only once the new one is complete.")
-@click.option("--samples", type=click.IntRange(min=100), default=100_000, show_default=True,
-              help="Rows of built-in synthetic data to generate (ignored with --data).")
-@click.option("--model", "variant", type=click.Choice(VARIANTS), default="din", show_default=True,
-              help="din: attention over the history (the local activation unit); base: mean pooling (the paper's BaseModel).")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Most epochs to train.")
-@click.option("--patience", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Stop after this many epochs without a better validation AUC; the best epoch is kept.")
-@click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True, help="Mini-batch size.")
-@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Adam learning rate.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data split, initialisation and shuffling.")
-@click.option("--embedding-dim", type=click.IntRange(min=1), default=16, show_default=True, help="Embedding size of every categorical feature.")
-@click.option("--attention-hidden", default="80,40", show_default=True, help="Hidden sizes of the local activation unit's MLP.")
-@click.option("--attention-activation", type=click.Choice(["sigmoid", "prelu", "dice", "relu"]), default="sigmoid", show_default=True,
-              help="Activation inside the local activation unit.")
-@click.option("--attention-weighting", type=click.Choice(["raw", "softmax"]), default="raw", show_default=True,
-              help="raw: the unnormalised weights of the paper; softmax: normalised over the unpadded behaviours.")
-@click.option("--mlp-hidden", default="200,80", show_default=True, help="Hidden sizes of the final MLP.")
-@click.option("--activation", type=click.Choice(["prelu", "dice"]), default="prelu", show_default=True, help="Activation of the final MLP.")
-@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
-def train_and_export_command(data: Path | None, log: str | None, items: str | None, users: str | None,
-                             valid: Path | None, test: Path | None, spec: Path | None, out: Path | None,
-                             samples: int, variant: str, epochs: int, patience: int, batch_size: int, learning_rate: float,
-                             seed: int, embedding_dim: int, attention_hidden: str, attention_activation: str,
-                             attention_weighting: str, mlp_hidden: str, activation: str, quiet: bool) -> None:
-    """Train a DIN on a sample table, a behaviour log or the built-in data; export verified ONNX; write a model bundle."""
+def _data_source(scratch: Path, data: Path | None, log: str | None, items: str | None, users: str | None,
+                 valid: Path | None, test: Path | None, spec: Path | None, samples: int) -> tuple[Any, Path | None, str]:
+    """(DataSource, spec path, name for default output) from the data options; a log is prepared into scratch."""
     from .pipeline import DataSource
-    from .spec import SpecError
-    from .tables import TableError
+    from .prepare import SPEC_FILE, Sources, prepare
 
     if (data is not None or log is not None) and spec is None:
         raise click.UsageError("--data and --log need --spec, the TOML file that names the label and features")
     if data is not None and log is not None:
         raise click.UsageError("give --data (a sample table) or --log (a behaviour log), not both")
-    source = DataSource(data=data, valid=valid, test=test, synthetic_samples=samples)
-    out = out or DEFAULT_MODELS_DIR / f"{Path(log).stem if log else source.name}-{variant}"
-    with tempfile.TemporaryDirectory(prefix="din-export-prepare-") as scratch:
-        if log is not None:
-            from .prepare import SPEC_FILE, Sources, prepare
-
-            prepared = Path(scratch) / "samples"
-            try:
-                prepare(spec, Sources(Path(log), items and Path(items), users and Path(users)), prepared)
-            except (SpecError, TableError, ValueError) as error:
-                click.echo(f"error: {error}", err=True)
-                sys.exit(2)
-            source = DataSource(data=prepared / "train.parquet", valid=prepared / "valid.parquet", test=prepared / "test.parquet")
-            spec = prepared / SPEC_FILE
-        _train_and_export(source, out, spec, variant, epochs, patience, batch_size, learning_rate, seed, embedding_dim,
-                          attention_hidden, attention_activation, attention_weighting, mlp_hidden, activation, quiet)
+    if log is None:
+        source = DataSource(data=data, valid=valid, test=test, synthetic_samples=samples)
+        return source, spec, source.name
+    prepared = scratch / "samples"
+    prepare(spec, Sources(Path(log), items and Path(items), users and Path(users)), prepared)
+    return (DataSource(data=prepared / "train.parquet", valid=prepared / "valid.parquet", test=prepared / "test.parquet"),
+            prepared / SPEC_FILE, Path(log).stem)
 
 
-def _train_and_export(source, out: Path, spec: Path | None, variant: str, epochs: int, patience: int, batch_size: int,
-                      learning_rate: float, seed: int, embedding_dim: int, attention_hidden: str, attention_activation: str,
-                      attention_weighting: str, mlp_hidden: str, activation: str, quiet: bool) -> None:
+def _explicit(ctx: click.Context, params: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    return {field: params[name] for name, field in mapping.items() if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+
+
+@main.command("train-and-export")
+@_options(DATA_OPTIONS)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Bundle folder to write (model.onnx, manifest.json, weights.pt, training.png). Default: models/<data>-<variant>. "
+                   "An existing bundle there is replaced only once the new one is complete.")
+@_options(MODEL_OPTIONS)
+@_options(TRAINING_OPTIONS)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last per-epoch checkpoint (same data and settings).")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.pass_context
+def train_and_export_command(ctx: click.Context, **params: Any) -> None:
+    """Train a DIN on a sample table, a behaviour log or the built-in data; export verified ONNX; write a model bundle.
+
+    Under `torchrun --nproc-per-node N`, training runs data-parallel (gloo on CPU, NCCL on GPU); rank 0 writes the bundle.
+    """
     from .export import ExportError
     from .pipeline import train_and_export
-    from .spec import SpecError
+    from .settings import resolve
+    from .spec import SpecError, load_spec
+    from .synthetic import SPEC_PATH
     from .tables import TableError
+    from .train import CheckpointError
 
-    try:
-        model_config = ModelConfig(variant=variant, embedding_dim=embedding_dim, attention_hidden=_sizes(attention_hidden),
-                                   attention_activation=attention_activation, attention_weighting=attention_weighting,
-                                   mlp_hidden=_sizes(mlp_hidden), mlp_activation=activation)
-        train_config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-                                   seed=seed, progress=not quiet)
-        manifest = train_and_export(source, out, spec, model_config, train_config)
-    except (SpecError, TableError, ExportError, ValueError) as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
-    test_metrics = manifest["metrics"]["test"]
-    summary = ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items() if k in ("auc", "gauc", "logloss", "accuracy") and v is not None)
+    with tempfile.TemporaryDirectory(prefix="din-export-") as scratch:
+        try:
+            source, spec_path, name = _data_source(Path(scratch), *(params[k] for k in
+                                                   ("data", "log", "items", "users", "valid", "test", "spec", "samples")))
+            spec = load_spec(spec_path or SPEC_PATH)
+            model_config, train_config = resolve(spec, _explicit(ctx, params, MODEL_FLAGS),
+                                                 {**_explicit(ctx, params, TRAINING_FLAGS), "progress": not params["quiet"]})
+            out = params["out"] or DEFAULT_MODELS_DIR / f"{name}-{model_config.variant}"
+            manifest = train_and_export(source, out, spec_path, model_config, train_config, resume=params["resume"])
+        except (SpecError, TableError, ExportError, CheckpointError, ValueError) as error:
+            _fail(error)
+    if manifest is None:  # another rank of a torchrun job
+        return
     click.echo(f"bundle written to {out}")
-    click.echo(f"test: {summary} (best epoch {manifest['metrics']['best_epoch']}); "
-               f"ONNX vs PyTorch max |diff| {manifest['onnx']['parity']['max_abs_diff']:.2e}")
+    click.echo(_summary(manifest))
+
+
+def _summary(manifest: dict[str, Any]) -> str:
+    test = manifest["metrics"]["test"]
+    shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("auc", "gauc", "logloss", "accuracy") if test.get(k) is not None)
+    return (f"test: {shown} (best epoch {manifest['metrics']['best_epoch']}); "
+            f"ONNX vs PyTorch max |diff| {manifest['onnx']['parity']['max_abs_diff']:.2e}")
+
+
+@main.command("tune")
+@_options(DATA_OPTIONS)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("tuned-spec.toml"), show_default=True,
+              help="Where to write the best spec: the input spec plus [model] and [training] with the best settings.")
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True, help="Trial budget.")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Most epochs per trial; weak trials are pruned earlier.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Stop starting trials after this many seconds.")
+@click.option("--model", "variant", type=click.Choice(VARIANTS), default="din", show_default=True, help="Variant to tune.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler, the split and every trial.")
+def tune_command(out: Path, trials: int, epochs: int, timeout: float | None, variant: str, seed: int, **params: Any) -> None:
+    """Search learning rate, embedding size, MLP sizes, dropout and regularisation with Optuna (pruning bad trials)."""
+    from .spec import SpecError, load_spec
+    from .synthetic import SPEC_PATH
+    from .tables import TableError
+    from .tune import tune
+
+    with tempfile.TemporaryDirectory(prefix="din-export-") as scratch:
+        try:
+            source, spec_path, _ = _data_source(Path(scratch), *(params[k] for k in
+                                                ("data", "log", "items", "users", "valid", "test", "spec", "samples")))
+            summary = tune(source, load_spec(spec_path or SPEC_PATH), out, trials, epochs, seed, variant, timeout)
+        except (SpecError, TableError, ValueError) as error:
+            _fail(error)
+    click.echo(f"best validation AUC {summary['best_valid_auc']:.4f} (trial {summary['best_trial']}; {summary['complete']} complete, "
+               f"{summary['pruned']} pruned of {summary['trials']}); best spec written to {out}")
+
+
+@main.command("report")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report_command(bundle: Path) -> None:
+    """Print a bundle's metrics, its per-epoch history and the path of its training plot."""
+    manifest_path = bundle / "manifest.json"
+    if not manifest_path.is_file():
+        _fail(ValueError(f"{bundle}: no manifest.json (is this a din-export bundle?)"))
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    metrics, model, training = manifest["metrics"], manifest["model"], manifest["training"]
+    click.echo(f"bundle {bundle}: {model['variant']}, data {manifest['data']['source']}, "
+               f"{training.get('samples_per_second', float('nan')):,.0f} training samples/s on {training.get('processes', 1)} process(es)")
+    click.echo(f"{'split':<6}{'rows':>8}{'AUC':>9}{'GAUC':>9}{'logloss':>9}{'accuracy':>10}")
+    for split in ("valid", "test"):
+        row = metrics[split]
+        values = [row.get(k) for k in ("auc", "gauc", "logloss", "accuracy")]
+        click.echo(f"{split:<6}{row['rows']:>8}" + "".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in values))
+    click.echo(f"{'epoch':<6}{'train loss':>12}{'valid AUC':>11}{'valid logloss':>15}")
+    for entry in metrics["history"]:
+        marker = "  <- best" if entry["epoch"] == metrics["best_epoch"] else ""
+        click.echo(f"{entry['epoch']:<6}{entry['train_loss']:>12.4f}{entry['valid_auc']:>11.4f}{entry['valid_logloss']:>15.4f}{marker}")
+    click.echo(f"plot: {bundle / manifest.get('plot', 'training.png')}")

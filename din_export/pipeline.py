@@ -106,16 +106,32 @@ def train_and_export(source: DataSource, out: Path, spec_path: Path | None = Non
         leave(world)
 
 
-def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, model_config: ModelConfig,
-                      train_config: TrainConfig, resume: bool, world: World) -> dict[str, Any] | None:
-    spec = load_spec(spec_path or SPEC_PATH)
-    tables = load_tables(source, spec, train_config.seed)
+@dataclass
+class PreparedData:
+    """The spec, the three tables and their encoding, fitted on the training split only."""
+
+    spec: Spec
+    tables: dict[str, pa.Table]
+    encoding: list[dict[str, Any]]
+    splits: dict[str, EncodedSplit]
+
+
+def load_data(source: DataSource, spec: Spec, seed: int) -> PreparedData:
+    tables = load_tables(source, spec, seed)
     columns = {name: raw_columns(tables[name], spec) for name in SPLITS}
     encoding = fit_encoding(columns["train"], spec)
     encoder = FeatureEncoder(encoding)
     sequences = [f.name for f in spec.of_kind("sequence")]
     splits = {name: EncodedSplit(encoder.encode(columns[name]), labels(tables[name], spec), _groups(columns[name], spec), sequences)
               for name in SPLITS}
+    return PreparedData(spec, tables, encoding, splits)
+
+
+def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, model_config: ModelConfig,
+                      train_config: TrainConfig, resume: bool, world: World) -> dict[str, Any] | None:
+    spec = load_spec(spec_path or SPEC_PATH)
+    data = load_data(source, spec, train_config.seed)
+    tables, encoding, splits = data.tables, data.encoding, data.splits
 
     torch.manual_seed(train_config.seed)
     din = DIN(ModelInputs.from_encoding(encoding), model_config)

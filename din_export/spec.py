@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ ALLOWED_KEYS = {
 # Keys that only `din-export prepare` reads: where a feature's values come from in a behaviour log.
 PREPARE_KEYS = {"categorical": {"column", "source", "first_token"}, "numeric": {"column", "source", "first_token"}, "sequence": set()}
 PREPARE_SECTIONS = {"log", "items", "users", "sampling", "split"}
-TOP_LEVEL_KEYS = {"label", "user", "features"} | PREPARE_SECTIONS
+SETTINGS_SECTIONS = ("model", "training")  # hyperparameters; command-line flags override them (`tune` writes them)
+TOP_LEVEL_KEYS = {"label", "user", "features", *SETTINGS_SECTIONS} | PREPARE_SECTIONS
 
 
 class SpecError(ValueError):
@@ -48,6 +49,8 @@ class Spec:
     label: str
     features: tuple[Feature, ...]
     user: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> list[Feature]:
         return [f for f in self.features if f.kind == kind]
@@ -64,6 +67,9 @@ class Spec:
         data: dict[str, Any] = {"label": self.label, "features": features}
         if self.user is not None:
             data["user"] = self.user
+        for section in SETTINGS_SECTIONS:
+            if getattr(self, section):
+                data[section] = dict(getattr(self, section))
         return data
 
 
@@ -120,7 +126,12 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
     user = data.get("user", "user_id" if by_name.get("user_id", Feature("", "")).kind == "categorical" else None)
     if user is not None and (user not in by_name or by_name[user].kind != "categorical"):
         raise SpecError(f"'user' must name a categorical feature, not {user!r}")
-    return Spec(label=label, features=features, user=user)
+    settings = {}
+    for section in SETTINGS_SECTIONS:
+        settings[section] = data.get(section, {})
+        if not isinstance(settings[section], dict):
+            raise SpecError(f"[{section}] must be a table of settings")
+    return Spec(label=label, features=features, user=user, **settings)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -142,6 +153,8 @@ def load_spec(path: str | Path) -> Spec:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -155,6 +168,9 @@ def spec_to_toml(spec: Spec) -> str:
     lines = [f"label = {_toml_value(data['label'])}"]
     if "user" in data:
         lines.append(f"user = {_toml_value(data['user'])}")
+    for section in SETTINGS_SECTIONS:
+        if section in data:
+            lines += ["", f"[{section}]"] + [f"{key} = {_toml_value(value)}" for key, value in data[section].items()]
     for name, entry in data["features"].items():
         lines += ["", f"[features.{_toml_value(name)}]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,70 @@
+"""`din-export tune`: Optuna's TPE search over learning rate, embedding size, MLP sizes, dropout and mini-batch
+aware regularisation, pruning trials whose validation AUC trails the median after an epoch. The data is read
+and encoded once for all trials; the best settings are written as a spec with [model] and [training]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from .bundle import write_atomic
+from .model import DIN, ModelInputs
+from .pipeline import DataSource, load_data
+from .settings import resolve
+from .spec import Spec, spec_from_dict, spec_to_toml
+from .train import train
+
+MLP_SIZES = {"200,80": [200, 80], "128,64": [128, 64], "64,32": [64, 32]}
+ATTENTION_SIZES = {"80,40": [80, 40], "36": [36], "32,16": [32, 16]}
+
+
+def suggest(trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One point of the search space: (model settings, training settings)."""
+    model = {
+        "embedding_dim": trial.suggest_categorical("embedding_dim", [8, 16, 32]),
+        "mlp_hidden": MLP_SIZES[trial.suggest_categorical("mlp_hidden", list(MLP_SIZES))],
+        "attention_hidden": ATTENTION_SIZES[trial.suggest_categorical("attention_hidden", list(ATTENTION_SIZES))],
+        "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+    }
+    training = {
+        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-2, log=True),
+        "embedding_l2": trial.suggest_categorical("embedding_l2", [0.0, 1e-4, 1e-3, 1e-2]),
+    }
+    return model, training
+
+
+def tune(source: DataSource, spec: Spec, out: Path, trials: int, epochs: int, seed: int = 0, variant: str = "din",
+         timeout: float | None = None) -> dict[str, Any]:
+    """Run the study and write the best spec to `out`; returns a summary of the study."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = load_data(source, spec, seed)
+    inputs = ModelInputs.from_encoding(data.encoding)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+
+    def objective(trial: optuna.Trial) -> float:
+        model_settings, training_settings = suggest(trial)
+        model_config, train_config = resolve(spec, {**model_settings, "variant": variant},
+                                             {**training_settings, "epochs": epochs, "seed": seed, "progress": False})
+
+        def report(epoch: int, valid_auc: float) -> None:
+            trial.report(valid_auc, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        torch.manual_seed(seed)
+        result = train(DIN(inputs, model_config), data.splits["train"], data.splits["valid"], train_config, on_epoch=report)
+        trial.set_user_attr("model", model_config.to_dict())
+        trial.set_user_attr("training", {k: v for k, v in train_config.to_dict().items() if k != "progress"})
+        return max(h["valid_auc"] for h in result.history)
+
+    study.optimize(objective, n_trials=trials, timeout=timeout)
+    best = study.best_trial
+    best_spec = spec_from_dict({**spec.to_dict(), "model": best.user_attrs["model"], "training": best.user_attrs["training"]})
+    write_atomic(out, lambda temporary: temporary.write_text(spec_to_toml(best_spec), encoding="utf-8"))
+    states = [t.state for t in study.trials]
+    return {"best_valid_auc": best.value, "best_trial": best.number, "trials": len(states),
+            "pruned": states.count(optuna.trial.TrialState.PRUNED), "complete": states.count(optuna.trial.TrialState.COMPLETE)}
