@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from .layers import ACTIVATIONS, WEIGHTINGS
-from .model import BASE_POOLINGS, VARIANTS
+from .model import BASE_POOLINGS, GRAPHS, VARIANTS
 from .train import SCHEDULES
 
 DEFAULT_MODELS_DIR = Path("models")
@@ -158,6 +158,8 @@ def _explicit(ctx: click.Context, params: dict[str, Any], mapping: dict[str, str
                    "An existing bundle there is replaced only once the new one is complete.")
 @_options(MODEL_OPTIONS)
 @_options(TRAINING_OPTIONS)
+@click.option("--graph", type=click.Choice(GRAPHS), default="folded", show_default=True,
+              help="Exported graph: folded (the attention unit's first layer folded for inference) or plain.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last per-epoch checkpoint (same data and settings).")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.pass_context
@@ -182,7 +184,7 @@ def train_and_export_command(ctx: click.Context, **params: Any) -> None:
             model_config, train_config = resolve(spec, _explicit(ctx, params, MODEL_FLAGS),
                                                  {**_explicit(ctx, params, TRAINING_FLAGS), "progress": not params["quiet"]})
             out = params["out"] or DEFAULT_MODELS_DIR / f"{name}-{model_config.variant}"
-            manifest = train_and_export(source, out, spec_path, model_config, train_config, resume=params["resume"])
+            manifest = train_and_export(source, out, spec_path, model_config, train_config, resume=params["resume"], graph=params["graph"])
         except (SpecError, TableError, ExportError, CheckpointError, ValueError) as error:
             _fail(error)
     if manifest is None:  # another rank of a torchrun job
@@ -246,3 +248,106 @@ def report_command(bundle: Path) -> None:
         marker = "  <- best" if entry["epoch"] == metrics["best_epoch"] else ""
         click.echo(f"{entry['epoch']:<6}{entry['train_loss']:>12.4f}{entry['valid_auc']:>11.4f}{entry['valid_logloss']:>15.4f}{marker}")
     click.echo(f"plot: {bundle / manifest.get('plot', 'training.png')}")
+
+
+@main.command("export")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("--graph", type=click.Choice(GRAPHS), default="folded", show_default=True, help="folded (for inference) or plain.")
+@click.option("--variant", "precision", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True,
+              help="int8: ONNX Runtime dynamic quantisation; fp16: half precision for CUDA (float32 inputs and outputs).")
+@click.option("--valid", type=FILE, help="Validation table to score a variant on (default: the bundle's own validation split).")
+@click.option("--max-auc-drop", type=click.FloatRange(min=0), default=0.002, show_default=True,
+              help="Refuse a variant whose validation AUC is lower than float32's by more than this.")
+@click.option("--force", is_flag=True, help="Keep a variant even past --max-auc-drop.")
+@click.option("--optimize", is_flag=True, help="Save ONNX Runtime's basic (portable) offline optimisation of the graph.")
+def export_command(source: Path, out: Path, graph: str, precision: str, valid: Path | None, max_auc_drop: float, force: bool,
+                   optimize: bool) -> None:
+    """Export a bundle folder or a weights.pt checkpoint again, without retraining: graph, precision, optimisation."""
+    from .export import ExportError
+    from .reexport import export_bundle
+    from .spec import SpecError
+    from .tables import TableError
+
+    try:
+        manifest = export_bundle(source, out, graph, precision, valid, max_auc_drop, force, optimize)
+    except (ExportError, SpecError, TableError, ValueError) as error:
+        _fail(error)
+    onnx_info = manifest["onnx"]
+    click.echo(f"bundle written to {out}: {graph} graph, {precision}; ONNX vs PyTorch max |diff| "
+               f"{onnx_info['parity']['max_abs_diff']:.2e} (tolerance {onnx_info['parity']['atol']})")
+    if onnx_info["precisions"]:
+        click.echo(f"validation AUC: float32 {onnx_info['precisions']['fp32']['auc']:.4f}, "
+                   f"{precision} {onnx_info['precisions'][precision]['auc']:.4f}")
+
+
+@main.command("verify")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def verify_command(bundle: Path) -> None:
+    """Check a bundle: output names, symbolic dimensions, output shapes, values against PyTorch over a grid of
+    shapes, onnx.checker, and ONNX's reference evaluator against ONNX Runtime."""
+    from din_runtime import BundleError
+
+    from .verify import VerificationError, verify_bundle
+
+    try:
+        report = verify_bundle(bundle)
+    except (VerificationError, BundleError) as error:
+        _fail(error)
+    parity, reference = report["parity"], report["reference_evaluator"]
+    click.echo(f"{bundle}: verified. outputs {report['outputs']}; inputs " +
+               ", ".join(f"{i['name']}{i['dims']}" for i in report["inputs"]))
+    click.echo(f"PyTorch parity over {len(parity['cases'])} shapes: max |diff| {parity['max_abs_diff']:.2e} <= {parity['atol']}; "
+               f"onnx.checker: {report['checker']}; reference evaluator vs ONNX Runtime: max |diff| "
+               f"{reference['max_abs_diff']:.2e} <= {reference['atol']}")
+
+
+@main.command("inspect")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def inspect_command(bundle: Path) -> None:
+    """Print a bundle's inputs, outputs, symbolic dimensions, opset, graph, precision, metrics, sizes and sha256."""
+    from din_runtime import BundleError
+    from din_runtime.manifest import read_manifest, sha256_of
+
+    try:
+        manifest = read_manifest(bundle)
+    except BundleError as error:
+        _fail(error)
+    onnx_info = manifest["onnx"]
+    model_path = bundle / onnx_info["file"]
+    click.echo(f"bundle {bundle}")
+    click.echo(f"model: {manifest['model'].get('variant')}; graph {onnx_info.get('graph', 'plain')}, precision "
+               f"{onnx_info.get('precision', 'fp32')}, optimisation {onnx_info.get('optimization') or 'none'}, opset {onnx_info['opset']}")
+    for kind in ("inputs", "outputs"):
+        for entry in onnx_info[kind]:
+            click.echo(f"  {kind[:-1]:<7}{entry['name']:<20}{entry['dtype']:<9}{entry['dims']}")
+    for split in ("valid", "test"):
+        row = manifest["metrics"].get(split)
+        if row:
+            click.echo(f"{split}: " + ", ".join(f"{k} {row[k]:.4f}" for k in ("auc", "gauc", "logloss", "accuracy") if row.get(k) is not None))
+    for file in sorted(bundle.iterdir()):
+        click.echo(f"  file {file.name:<16}{file.stat().st_size:>12,} bytes")
+    actual = sha256_of(model_path) if model_path.is_file() else "missing"
+    click.echo(f"sha256 {actual} ({'matches' if actual == onnx_info.get('sha256') else 'DOES NOT MATCH'} the manifest)")
+
+
+@main.command("triton")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repository", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Model repository folder (created if absent; other models in it are left alone).")
+@click.option("--name", help="Model name in the repository (default: the bundle folder's name).")
+@click.option("--gpu", is_flag=True, help="instance_group KIND_GPU (default KIND_CPU).")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Triton's max_batch_size.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="ONNX Runtime intra-op threads per instance.")
+def triton_command(bundle: Path, repository: Path, name: str | None, gpu: bool, max_batch_size: int, instances: int, threads: int) -> None:
+    """Write a Triton Inference Server model repository entry (config.pbtxt and 1/model.onnx) for a bundle."""
+    from din_runtime import BundleError
+
+    from .triton import write_repository
+
+    try:
+        path = write_repository(bundle, repository, name, gpu, max_batch_size, instances, threads)
+    except (BundleError, ValueError) as error:
+        _fail(error)
+    click.echo(f"Triton model written to {path} ({'GPU' if gpu else 'CPU'}, max_batch_size {max_batch_size})")

@@ -18,7 +18,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from .model import DIN, ModelInputs, ProbabilityModel
+from din_runtime.encoding import OOV_INDEX
+
+from .model import DIN, GRAPHS, ModelInputs, ProbabilityModel, folded
 
 BATCH_DIM = "batch"
 SEQUENCE_DIM = "seq_len"
@@ -42,6 +44,7 @@ def random_feed(inputs: ModelInputs, batch: int, sequence: int, rng: np.random.G
         kind = inputs.kinds[name]
         if kind == "categorical":
             feed[name] = rng.integers(1, inputs.vocab_sizes[name], batch).astype(np.int64)
+            feed[name][-1] = OOV_INDEX
         elif kind == "numeric":
             feed[name] = rng.standard_normal(batch).astype(np.float32)
         else:
@@ -63,10 +66,13 @@ def describe_io(model: onnx.ModelProto) -> dict[str, Any]:
             "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
 
 
-def export_onnx(din: DIN, path: Path) -> None:
-    """Write one self-contained model.onnx with symbolic batch and seq_len dimensions, then check its structure."""
+def export_onnx(din: DIN, path: Path, graph: str = "folded") -> None:
+    """Write one self-contained model.onnx with symbolic batch and seq_len dimensions, then check its structure.
+    graph: "folded" (attention unit's first layer folded, the default for inference) or "plain"."""
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
     inputs = din.inputs
-    wrapper = ProbabilityModel(din).eval()
+    wrapper = ProbabilityModel(folded(din) if graph == "folded" else din).eval()
     example = random_feed(inputs, EXAMPLE_BATCH, EXAMPLE_SEQUENCE, np.random.default_rng(0))
     batch = torch.export.Dim(BATCH_DIM, min=1)
     sequence = torch.export.Dim(SEQUENCE_DIM, min=1)
@@ -113,22 +119,29 @@ def parity_grid(max_len: int) -> list[tuple[int, int]]:
     return sorted({(1, 1), (1, max_len), (2, 1), (2, 2), (5, max_len), (257, max_len), (3, max(1, max_len // 2))})
 
 
-def verify_parity(din: DIN, path: Path, max_len: int, atol: float = ABSOLUTE_TOLERANCE) -> dict[str, Any]:
-    """Run ONNX Runtime (CPU) and PyTorch on the grid; raise ExportError past the tolerance or on a non-finite value."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def compare_with_pytorch(din: DIN, session: ort.InferenceSession, grid: list[tuple[int, int]], atol: float,
+                         error: type[ExportError] = ExportError) -> dict[str, Any]:
+    """ONNX Runtime against the plain PyTorch model (the source of truth, whatever graph was exported) over a grid
+    of shapes, each with an all-padding first row and an out-of-vocabulary last row; raises `error` past the
+    tolerance, on a wrong output shape or on a non-finite value."""
     wrapper = ProbabilityModel(din).eval()
     rng = np.random.default_rng(1)
-    worst, cases = 0.0, []
-    for batch, sequence in parity_grid(max_len):
+    worst = 0.0
+    for batch, sequence in grid:
         feed = random_feed(din.inputs, batch, sequence, rng)
         (onnx_out,) = session.run([OUTPUT_NAME], feed)
         with torch.inference_mode():
             torch_out = wrapper(*(torch.from_numpy(feed[n]) for n in din.inputs.names)).numpy()
         if onnx_out.shape != (batch,) or not np.all(np.isfinite(onnx_out)):
-            raise ExportError(f"batch {batch}, length {sequence}: ONNX Runtime gave shape {onnx_out.shape} or non-finite values")
-        difference = float(np.max(np.abs(onnx_out - torch_out)))
+            raise error(f"batch {batch}, length {sequence}: ONNX Runtime gave shape {onnx_out.shape} or non-finite values")
+        difference = float(np.max(np.abs(onnx_out.astype(np.float64) - torch_out)))
         if difference > atol:
-            raise ExportError(f"batch {batch}, length {sequence}: ONNX Runtime and PyTorch differ by {difference:.3g} > {atol}")
+            raise error(f"batch {batch}, length {sequence}: ONNX Runtime and PyTorch differ by {difference:.3g} > {atol}")
         worst = max(worst, difference)
-        cases.append([batch, sequence])
-    return {"atol": atol, "max_abs_diff": worst, "cases": cases, "all_padding_row": True}
+    return {"atol": atol, "max_abs_diff": worst, "cases": [list(c) for c in grid], "all_padding_row": True, "oov_row": True}
+
+
+def verify_parity(din: DIN, path: Path, max_len: int, atol: float = ABSOLUTE_TOLERANCE) -> dict[str, Any]:
+    """The export-time check: the file just written against PyTorch on parity_grid."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return compare_with_pytorch(din, session, parity_grid(max_len), atol)

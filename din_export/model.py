@@ -8,6 +8,7 @@ shares the embedding table of one categorical feature; those shared categoricals
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from din_runtime.encoding import Vocabulary
 
-from .layers import ACTIVATIONS, AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp
+from .layers import ACTIVATIONS, AttentionPooling, FoldedAttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp
 
 VARIANTS = ("din", "base", "din-seq")
 BASE_POOLINGS = ("mean", "sum")
@@ -132,6 +133,18 @@ class DIN(nn.Module):
         if self.numerics:
             parts.append(torch.stack([x[n] for n in self.numerics], dim=-1))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+GRAPHS = ("folded", "plain")
+
+
+def folded(din: DIN) -> DIN:
+    """A copy of a trained DIN whose attention unit is the folded inference form (the model is unchanged if it
+    has no attention, as the base variant)."""
+    copy_ = copy.deepcopy(din).eval()
+    if isinstance(copy_.pooling, AttentionPooling):
+        copy_.pooling = FoldedAttentionPooling(copy_.pooling)
+    return copy_
 
 
 class ProbabilityModel(nn.Module):

@@ -49,6 +49,17 @@ class DataSource:
     def name(self) -> str:
         return self.data.stem if self.data else "synthetic"
 
+    def to_dict(self) -> dict[str, Any]:
+        """Recorded in the manifest so that later steps (variant checks in `export`) can reload the same splits."""
+        return {"paths": {k: str(Path(v).resolve()) if v else None for k, v in (("data", self.data), ("valid", self.valid), ("test", self.test))},
+                "synthetic_samples": None if self.data else self.synthetic_samples}
+
+    @classmethod
+    def from_manifest(cls, data: dict[str, Any]) -> DataSource:
+        paths = data.get("paths") or {}
+        return cls(*(Path(paths[k]) if paths.get(k) else None for k in ("data", "valid", "test")),
+                   synthetic_samples=data.get("synthetic_samples") or 100_000)
+
 
 def load_tables(source: DataSource, spec: Spec, seed: int) -> dict[str, pa.Table]:
     """Train, valid and test tables; those not given are held out of the train table at random (seeded)."""
@@ -95,13 +106,13 @@ def _run_key(spec: Spec, tables: dict[str, pa.Table], model_config: ModelConfig,
 
 def train_and_export(source: DataSource, out: Path, spec_path: Path | None = None,
                      model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
-                     resume: bool = False) -> dict[str, Any] | None:
+                     resume: bool = False, graph: str = "folded") -> dict[str, Any] | None:
     """Run the whole job and return the manifest written to `out` (None on the other ranks of a torchrun job)."""
     model_config = model_config or ModelConfig()
     train_config = train_config or TrainConfig()
     world = join()
     try:
-        return _train_and_export(source, out, spec_path, model_config, train_config, resume, world)
+        return _train_and_export(source, out, spec_path, model_config, train_config, resume, world, graph)
     finally:
         leave(world)
 
@@ -128,7 +139,7 @@ def load_data(source: DataSource, spec: Spec, seed: int) -> PreparedData:
 
 
 def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, model_config: ModelConfig,
-                      train_config: TrainConfig, resume: bool, world: World) -> dict[str, Any] | None:
+                      train_config: TrainConfig, resume: bool, world: World, graph: str) -> dict[str, Any] | None:
     spec = load_spec(spec_path or SPEC_PATH)
     data = load_data(source, spec, train_config.seed)
     tables, encoding, splits = data.tables, data.encoding, data.splits
@@ -136,6 +147,7 @@ def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, mod
     torch.manual_seed(train_config.seed)
     din = DIN(ModelInputs.from_encoding(encoding), model_config)
     checkpoint = checkpoint_path(out)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     result = train(din, splits["train"], splits["valid"], train_config, world, checkpoint, resume,
                    _run_key(spec, tables, model_config, train_config))
     if not world.is_main:
@@ -147,9 +159,10 @@ def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, mod
     max_len = max(f.max_len for f in spec.of_kind("sequence"))
     with staged_bundle(out) as staging:
         model_path = staging / MODEL_FILE
-        export_onnx(din, model_path)
+        export_onnx(din, model_path, graph)
         parity = verify_parity(din, model_path, max_len)
-        torch.save({"model_config": model_config.to_dict(), "state_dict": din.state_dict()}, staging / CHECKPOINT_FILE)
+        torch.save({"model_config": model_config.to_dict(), "state_dict": din.state_dict(), "encoding": encoding,
+                    "spec": spec.to_dict()}, staging / CHECKPOINT_FILE)
         plot_history(result.history, result.best_epoch, staging / PLOT_FILE, f"{source.name} · {model_config.variant}")
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -159,8 +172,9 @@ def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, mod
             "model": model_config.to_dict(),
             "training": {**train_config.to_dict(), "processes": world.size,
                          "samples_per_second": round(result.samples_per_second, 1)},
-            "data": {"source": source.name, **{f"{name}_rows": tables[name].num_rows for name in SPLITS}},
-            "onnx": {"file": MODEL_FILE, "sha256": sha256_of(model_path), **describe_io(onnx.load(str(model_path))),
+            "data": {"source": source.name, **{f"{name}_rows": tables[name].num_rows for name in SPLITS},
+                     **source.to_dict(), "seed": train_config.seed},
+            "onnx": {"file": MODEL_FILE, "graph": graph, "sha256": sha256_of(model_path), **describe_io(onnx.load(str(model_path))),
                      "parity": parity},
             "metrics": metrics,
             "checkpoint": CHECKPOINT_FILE,

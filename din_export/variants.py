@@ -1,0 +1,57 @@
+"""Quantised and half-precision graphs, and their validation metrics beside the float32 graph's.
+
+int8: ONNX Runtime's dynamic quantisation (weights int8, activations quantised per call). The exporter stores
+value_info for intermediate tensors, which the quantiser's shape handling trips over, so it is cleared first.
+fp16: float16 weights and arithmetic for CUDA, with float32 inputs and outputs kept (keep_io_types).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.transformers.float16 import convert_float_to_float16
+
+from .export import OUTPUT_NAME
+from .metrics import evaluate
+from .train import EncodedSplit
+
+PRECISIONS = ("fp32", "int8", "fp16")
+# Largest |probability difference| against PyTorch accepted on the verification grid, per precision (CPU).
+TOLERANCE = {"fp32": 1e-5, "int8": 0.05, "fp16": 1e-2}
+DEFAULT_MAX_AUC_DROP = 0.002
+
+
+def convert(source: Path, target: Path, precision: str) -> None:
+    """Write the `precision` form of the float32 graph at `source` to `target`."""
+    if precision == "int8":
+        model = onnx.load(str(source))
+        del model.graph.value_info[:]
+        cleared = target.with_suffix(".cleared.onnx")
+        onnx.save(model, str(cleared))
+        try:
+            quantize_dynamic(str(cleared), str(target), weight_type=QuantType.QInt8)
+        finally:
+            cleared.unlink(missing_ok=True)
+    elif precision == "fp16":
+        converted = ir.from_proto(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
+        converted.graph.sort()  # the converter appends Cast nodes out of topological order, which onnx.checker rejects
+        onnx.save(ir.to_proto(converted), str(target))
+    else:
+        raise ValueError(f"precision must be one of {PRECISIONS[1:]} to convert, not {precision!r}")
+
+
+def session_metrics(path: Path, split: EncodedSplit, batch_size: int = 4096) -> dict[str, Any]:
+    """AUC, GAUC, logloss and accuracy of an ONNX file on an encoded split, run by ONNX Runtime on CPU."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probabilities = np.empty(len(split), dtype=np.float32)
+    for start in range(0, len(split), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(split)))
+        feed = {name: array[rows] for name, array in split.feed.items()}
+        probabilities[rows] = session.run([OUTPUT_NAME], feed)[0]
+    return evaluate(split.labels, probabilities, split.groups)
