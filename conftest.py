@@ -48,3 +48,17 @@ def ml100k_samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ml100k") / "samples"
     prepare(ML100K_RECIPE, Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item", ML100K / "ml-100k.user"), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def ml100k_bundle(ml100k_samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small DIN trained one epoch on the prepared MovieLens-100k samples."""
+    from din_export.model import ModelConfig
+    from din_export.pipeline import DataSource, train_and_export
+    from din_export.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("ml100k-bundle") / "ml-100k-din"
+    source = DataSource(ml100k_samples / "train.parquet", ml100k_samples / "valid.parquet", ml100k_samples / "test.parquet")
+    train_and_export(source, out, ml100k_samples / "spec.toml", ModelConfig(**SMALL_MODEL),
+                     TrainConfig(epochs=1, batch_size=512, progress=False))
+    return out
