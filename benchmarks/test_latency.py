@@ -1,5 +1,6 @@
-"""Batch latency over batch size and sequence length: the runtime's predict (raw values in), the ONNX session
-alone (encoded arrays in), and PyTorch eager on the same weights. Compare within one run, on one machine."""
+"""Batch latency over batch size and sequence length: the runtime's predict (raw values in, folded graph), the
+ONNX session alone (encoded arrays in) for the plain, folded and int8 graphs, and PyTorch eager on the same
+weights. Compare within one run, on one machine."""
 
 from pathlib import Path
 
@@ -8,10 +9,12 @@ import pytest
 import torch
 
 from din_export.checkpoint import load_model
+from din_export.reexport import export_bundle
 from din_runtime import Predictor
 
-BATCHES = (1, 64, 512)
+BATCHES = (1, 64, 256, 1024)
 LENGTHS = (10, 50)
+GRAPHS = ("plain", "folded", "int8")
 
 
 def raw_batch(predictor: Predictor, batch: int, length: int, seed: int = 0) -> dict:
@@ -35,6 +38,16 @@ def predictor(reference_bundle: Path) -> Predictor:
 
 
 @pytest.fixture(scope="module")
+def graph_predictors(reference_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Predictor]:
+    """The same weights exported as the plain graph, the folded graph and the int8 (embedding tables) graph."""
+    folder = tmp_path_factory.mktemp("graphs")
+    settings = {"plain": {"graph": "plain"}, "folded": {"graph": "folded"}, "int8": {"graph": "folded", "precision": "int8", "force": True}}
+    for name, options in settings.items():
+        export_bundle(reference_bundle, folder / name, **options)
+    return {name: Predictor.load(folder / name, providers="cpu") for name in settings}
+
+
+@pytest.fixture(scope="module")
 def torch_model(reference_bundle: Path):
     return load_model(reference_bundle)
 
@@ -48,12 +61,14 @@ def test_runtime_predict(benchmark, predictor: Predictor, batch: int, length: in
     assert probabilities.shape == (batch,)
 
 
+@pytest.mark.parametrize("graph", GRAPHS)
 @pytest.mark.parametrize("length", LENGTHS)
 @pytest.mark.parametrize("batch", BATCHES)
-def test_onnx_session(benchmark, predictor: Predictor, batch: int, length: int) -> None:
+def test_onnx_session(benchmark, graph_predictors: dict[str, Predictor], batch: int, length: int, graph: str) -> None:
     benchmark.group = f"batch={batch} length={length}"
-    feed = predictor.encode(raw_batch(predictor, batch, length))
-    (probabilities,) = benchmark(predictor.session.run, None, feed)
+    session_predictor = graph_predictors[graph]
+    feed = session_predictor.encode(raw_batch(session_predictor, batch, length))
+    (probabilities,) = benchmark(session_predictor.session.run, None, feed)
     assert probabilities.shape == (batch,)
 
 
