@@ -81,13 +81,13 @@ def load_tables(source: DataSource, spec: Spec, seed: int) -> dict[str, pa.Table
     return tables
 
 
-def _groups(columns: dict[str, Any], spec: Spec) -> np.ndarray | None:
+def groups_of(columns: dict[str, Any], spec: Spec) -> np.ndarray | None:
     if spec.user is None:
         return None
     return np.unique(np.asarray(columns[spec.user]).astype(str), return_inverse=True)[1]
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     return {"din_export": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "numpy": np.__version__, "pyarrow": pa.__version__,
             "python": platform.python_version()}
@@ -127,15 +127,17 @@ class PreparedData:
     splits: dict[str, EncodedSplit]
 
 
+def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder) -> EncodedSplit:
+    """A table as contiguous arrays, encoded by the runtime's own encoder."""
+    columns = raw_columns(table, spec)
+    return EncodedSplit(encoder.encode(columns), labels(table, spec), groups_of(columns, spec), [f.name for f in spec.of_kind("sequence")])
+
+
 def load_data(source: DataSource, spec: Spec, seed: int) -> PreparedData:
     tables = load_tables(source, spec, seed)
-    columns = {name: raw_columns(tables[name], spec) for name in SPLITS}
-    encoding = fit_encoding(columns["train"], spec)
+    encoding = fit_encoding(raw_columns(tables["train"], spec), spec)
     encoder = FeatureEncoder(encoding)
-    sequences = [f.name for f in spec.of_kind("sequence")]
-    splits = {name: EncodedSplit(encoder.encode(columns[name]), labels(tables[name], spec), _groups(columns[name], spec), sequences)
-              for name in SPLITS}
-    return PreparedData(spec, tables, encoding, splits)
+    return PreparedData(spec, tables, encoding, {name: encode_split(tables[name], spec, encoder) for name in SPLITS})
 
 
 def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, model_config: ModelConfig,
@@ -179,7 +181,7 @@ def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, mod
             "metrics": metrics,
             "checkpoint": CHECKPOINT_FILE,
             "plot": PLOT_FILE,
-            "versions": _versions(),
+            "versions": library_versions(),
             "command": " ".join(sys.argv),
         }
         write_json(staging / MANIFEST_FILE, manifest)

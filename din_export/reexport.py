@@ -23,9 +23,9 @@ from din_runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, sha2
 from .bundle import CHECKPOINT_FILE, staged_bundle, write_json
 from .checkpoint import load_checkpoint
 from .export import ExportError, compare_with_pytorch, describe_io, export_onnx, parity_grid
-from .pipeline import DataSource, _groups, _versions, load_tables
+from .pipeline import DataSource, encode_split, library_versions, load_tables
 from .spec import Spec, spec_from_dict
-from .tables import labels, raw_columns, read_table
+from .tables import read_table
 from .train import EncodedSplit
 from .variants import DEFAULT_MAX_AUC_DROP, TOLERANCE, convert, session_metrics
 
@@ -48,9 +48,7 @@ def _validation_split(spec: Spec, encoding: list[dict[str, Any]], manifest: dict
         table = load_tables(source, spec, data.get("seed", 0))["valid"]
     else:
         raise ExportError("scoring a variant needs validation data: pass --valid TABLE")
-    columns = raw_columns(table, spec)
-    return EncodedSplit(FeatureEncoder(encoding).encode(columns), labels(table, spec), _groups(columns, spec),
-                        [f.name for f in spec.of_kind("sequence")])
+    return encode_split(table, spec, FeatureEncoder(encoding))
 
 
 def optimize_offline(path: Path) -> None:
@@ -104,7 +102,7 @@ def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str
         torch.save(checkpoint, staging / CHECKPOINT_FILE)
         base = manifest or {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), "encoding": encoding,
                             "model": checkpoint["model_config"], "training": {}, "data": {}, "metrics": {}}
-        new_manifest = {**base, "versions": _versions(), "checkpoint": CHECKPOINT_FILE,
+        new_manifest = {**base, "versions": library_versions(), "checkpoint": CHECKPOINT_FILE,
                         "onnx": {"file": MODEL_FILE, "graph": graph, "precision": precision, "optimization": optimization,
                                  "sha256": sha256_of(model_path), **describe_io(onnx.load(str(model_path))), "parity": parity,
                                  "precisions": precisions},
