@@ -46,7 +46,9 @@ def test_csv_table_trains_and_serves(tmp_path: Path) -> None:
     result = run(["train-and-export", "--data", str(tmp_path / "train.csv"), "--spec", str(SPEC_PATH), "--out", str(out), *SMALL])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["data"] == {"source": "train", "train_rows": 1200, "valid_rows": 150, "test_rows": 150}
+    assert manifest["data"] == {"source": "train", "train_rows": 1200, "valid_rows": 150, "test_rows": 150, "seed": 0,
+                                "paths": {"data": str((tmp_path / "train.csv").resolve()), "valid": None, "test": None},
+                                "synthetic_samples": None}
     rows = {name: table.column(name).to_pylist()[:10] for name in table.column_names}
     rows["hist_item_id"] = [" ".join(map(str, h)) for h in rows["hist_item_id"]]  # CSV-style cells are accepted too
     probabilities = Predictor.load(out).predict(rows)
