@@ -5,7 +5,9 @@ ONNX Runtime falls back from CUDA to CPU without raising; this module makes that
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Any
 
 import onnxruntime as ort
 
@@ -36,17 +38,24 @@ def resolve(choice: ProviderChoice) -> tuple[list[str], bool]:
     return requested, True
 
 
-def create_session(model_path: str, choice: ProviderChoice, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
-    """Create a session and check that the first requested provider is in use when it was required."""
+def create_session(model_path: str, choice: ProviderChoice, options: ort.SessionOptions | None = None, fallback: bool = False,
+                   provider_options: list[dict[str, Any]] | None = None) -> ort.InferenceSession:
+    """Create a session and check that the first requested provider is in use when it was required; with
+    fallback=True a provider that could not be used is a logged warning instead of an error."""
     requested, required = resolve(choice)
-    if not required and requested[0] == CUDA:
+    if provider_options is not None and len(provider_options) != len(requested):
+        raise ValueError(f"provider_options needs one dict per provider {requested}")
+    if (not required or fallback) and requested[0] == CUDA:
         # CUDA is only preferred here: keep ONNX Runtime's load error for missing CUDA libraries off the console.
         ort.set_default_logger_severity(4)
     try:
-        session = ort.InferenceSession(model_path, sess_options=options, providers=requested)
+        session = ort.InferenceSession(model_path, sess_options=options, providers=requested, provider_options=provider_options)
     finally:
         ort.set_default_logger_severity(2)
     in_use = session.get_providers()
     if required and in_use[0] != requested[0]:
-        raise ProviderError(f"{requested[0]} was asked for but ONNX Runtime is using {in_use}; check the CUDA and cuDNN libraries")
+        message = f"{requested[0]} was asked for but ONNX Runtime is using {in_use}; check the CUDA and cuDNN libraries"
+        if not fallback:
+            raise ProviderError(message)
+        logging.getLogger("din_runtime").warning("%s (fallback=True: continuing on %s)", message, in_use[0])
     return session

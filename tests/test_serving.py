@@ -1,0 +1,53 @@
+"""Serving settings: chunked large batches, session options, provider fallback, many threads at once."""
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from din_export.synthetic import generate
+from din_runtime import Predictor
+from din_runtime.providers import CPU, CUDA
+
+
+def rows(count: int, seed: int) -> dict:
+    table = generate(count, seed=seed)
+    return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+def test_large_batches_run_in_chunks_with_the_same_result(bundle: Path) -> None:
+    batch = rows(50, seed=1)
+    whole = Predictor.load(bundle, providers="cpu").predict(batch)
+    chunked = Predictor.load(bundle, providers="cpu", chunk_rows=7).predict(batch)
+    assert np.max(np.abs(whole - chunked)) <= 1e-6 and chunked.shape == (50,)
+
+
+def test_session_settings_are_applied_and_checked(bundle: Path) -> None:
+    predictor = Predictor.load(bundle, providers="cpu", threads=1, optimization="basic")
+    assert predictor.session.get_session_options().intra_op_num_threads == 1
+    assert predictor.predict(rows(3, seed=2)).shape == (3,)
+    with pytest.raises(ValueError, match="optimization must be one of"):
+        Predictor.load(bundle, optimization="fastest")
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        Predictor.load(bundle, threads=0)
+
+
+def test_cuda_with_fallback_warns_instead_of_raising(bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="din_runtime"):
+        predictor = Predictor.load(bundle, providers="cuda", fallback=True)
+    if predictor.providers[0] == CUDA:
+        assert not caplog.records
+    else:
+        assert predictor.providers == [CPU]
+        assert "fallback=True" in caplog.text
+
+
+def test_many_threads_get_the_sequential_results(bundle: Path) -> None:
+    predictor = Predictor.load(bundle, providers="cpu")
+    batches = [rows(int(n), seed=i) for i, n in enumerate(np.random.default_rng(0).integers(1, 40, 64))]
+    expected = [predictor.predict(b) for b in batches]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(5):
+            results = list(pool.map(predictor.predict, batches))
+            assert all(np.array_equal(r, e) for r, e in zip(results, expected, strict=True))
