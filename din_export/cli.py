@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,27 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     return sizes
 
 
+class _Group(click.Group):
+    """Any error ends the command with exit status 2 and one line saying what and where; --debug adds the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except Exception as error:  # noqa: BLE001 - the one place every unexpected error is reported
+            _fail(error)
+
+
 def _fail(error: Exception) -> None:
-    click.echo(f"error: {error}", err=True)
+    if _DEBUG["on"]:
+        traceback.print_exception(error)
+    first_line = (str(error).splitlines() or [type(error).__name__])[0]
+    click.echo(f"error: {first_line}", err=True)
     sys.exit(2)
+
+
+_DEBUG = {"on": False}
 
 
 def _options(options: list[Callable]) -> Callable:
@@ -96,10 +115,12 @@ TRAINING_OPTIONS = [
 ]
 
 
-@click.group()
+@click.group(cls=_Group)
 @click.version_option(package_name="din-export")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+def main(debug: bool) -> None:
     """Train a Deep Interest Network, export it to ONNX, serve it with din_runtime."""
+    _DEBUG["on"] = debug
 
 
 @main.command("prepare")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from din_export.synthetic import generate
 from din_runtime import Predictor
 from din_runtime.providers import CPU, CUDA

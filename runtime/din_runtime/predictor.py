@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .encoding import FeatureEncoder
-from .errors import BundleError
+from .errors import BundleError, ProviderError
 from .manifest import read_manifest, verify_model_file
 from .providers import ProviderChoice, create_session
 
@@ -75,7 +75,12 @@ class Predictor:
         manifest = read_manifest(bundle)
         model_path = verify_model_file(bundle, manifest)
         options = session_options or session_options_for(threads, optimization)
-        session = create_session(str(model_path), providers, options, fallback=fallback, provider_options=provider_options)
+        try:
+            session = create_session(str(model_path), providers, options, fallback=fallback, provider_options=provider_options)
+        except (ProviderError, ValueError):
+            raise
+        except Exception as error:  # ONNX Runtime's own error types: a file it cannot load, e.g. missing external data
+            raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:300]})") from None
         return cls(bundle, manifest, session, chunk_rows)
 
     @property
