@@ -22,6 +22,7 @@ FIRST_KEY_INDEX = 2
 INT64_MAX = np.iinfo(np.int64).max
 # Integer keys within a compact range get a direct index table instead of a binary search: an array of at most
 # max(2**20, 8 * keys) entries (8 MiB at 2**20) makes a lookup one gather, several times faster than searchsorted.
+NORMALIZED_LIMIT = 1e4  # normalised numeric values are clipped to +-this many scale units
 DENSE_TABLE_MIN_SPAN = 1 << 20
 DENSE_TABLE_FILL_FACTOR = 8
 
@@ -122,12 +123,18 @@ class Vocabulary:
         try:
             return present.astype(np.int64), missing
         except (TypeError, ValueError, OverflowError):
+            # Slow path, only for mixed or oversized values: integers beyond int64 are out of vocabulary, anything
+            # that is not an integer is an error naming its row.
+            beyond = np.zeros(len(present), dtype=bool)
             for i, value in enumerate(present):
+                if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and abs(int(value)) > INT64_MAX:
+                    beyond[i] = True
+                    continue
                 try:
                     np.int64(int(value))
                 except (TypeError, ValueError, OverflowError):
                     raise InputError(feature, f"ID {_shown(value)} is not an integer", row_of(i)) from None
-            raise
+            return np.where(beyond, 0, present).astype(np.int64), missing | beyond
 
     def lookup(self, keys: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """Indices of keys in the embedding table; unknown keys go to the out-of-vocabulary index."""
@@ -159,7 +166,13 @@ class NumericScaler:
     scale: float
 
     def encode(self, feature: str, values: Any) -> np.ndarray:
-        array = np.asarray(values)
+        if isinstance(values, np.ndarray):
+            array = values
+        else:
+            try:  # the fast path; None becomes NaN
+                array = np.asarray(values, dtype=np.float64)
+            except (TypeError, ValueError):  # keep each value's own type, so the error names the right row
+                array = np.asarray(values, dtype=object)
         if array.ndim != 1:
             raise InputError(feature, f"expected one number per row, got an array of shape {array.shape}")
         if array.dtype.kind not in "biuf":
@@ -173,7 +186,8 @@ class NumericScaler:
                 raise
         array = array.astype(np.float64)
         array = np.where(np.isfinite(array), array, self.fill)
-        return ((array - self.shift) / self.scale).astype(np.float32)
+        # Extreme but finite inputs (1e300) would overflow float32, then turn into inf - inf = NaN inside the MLP.
+        return np.clip((array - self.shift) / self.scale, -NORMALIZED_LIMIT, NORMALIZED_LIMIT).astype(np.float32)
 
 
 def to_ragged(feature: str, rows: Any) -> Ragged:
