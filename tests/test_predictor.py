@@ -100,3 +100,17 @@ def test_unknown_format_version_and_missing_files_are_refused(bundle: Path, tmp_
     (copy / "manifest.json").write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         Predictor.load(copy)
+
+
+def test_truncated_model_and_paths_outside_the_bundle_are_refused(bundle: Path, tmp_path: Path) -> None:
+    copy = damaged_copy(bundle, tmp_path)
+    data = (copy / "model.onnx").read_bytes()
+    (copy / "model.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(BundleError, match="sha256"):
+        Predictor.load(copy)
+    shutil.copy2(bundle / "model.onnx", copy / "model.onnx")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["onnx"]["file"] = "../elsewhere/model.onnx"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="onnx.file must be 'model.onnx'"):
+        Predictor.load(copy)
