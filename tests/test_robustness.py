@@ -142,6 +142,8 @@ def test_cli_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_p
     debug = subprocess.run([sys.executable, "-m", "din_export.cli_entry", "--debug", "train-and-export", "--data", str(malformed),
                             "--spec", str(SPEC_PATH), "--quiet"], capture_output=True, text=True, timeout=120)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+    result = CliRunner().invoke(main, ["train-and-export", "--data", str(tmp_path / "absent.csv"), "--spec", str(SPEC_PATH)])
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and "absent.csv' does not exist" in result.output
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC_PATH.read_text().replace('kind = "numeric"', 'kind = "number"'))
     result = CliRunner().invoke(main, ["train-and-export", "--data", str(malformed), "--spec", str(spec)])
