@@ -1,0 +1,94 @@
+"""`din-runtime predict BUNDLE INPUT OUTPUT`: score a CSV (or, with pyarrow installed, Parquet) table in chunks.
+
+Needs nothing beyond the runtime's own dependencies for CSV: rows stream through the standard library's csv
+reader, so memory stays flat in the input's size. The output (CSV: the ID column and `probability`) is written
+to a temporary file beside OUTPUT and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+from .errors import BundleError, InputError, ProviderError
+from .predictor import Predictor
+
+
+def _csv_chunks(path: Path, rows: int) -> Iterator[dict[str, list]]:
+    with open(path, newline="", encoding="utf-8") as stream:
+        reader = csv.DictReader(stream)
+        while chunk := list(islice(reader, rows)):
+            yield {name: [row[name] if row[name] != "" else None for row in chunk] for name in reader.fieldnames or []}
+
+
+def _parquet_chunks(path: Path, rows: int) -> Iterator[dict[str, list]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError("input", "reading Parquet needs pyarrow (pip install pyarrow); CSV needs nothing more") from None
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+        yield batch.to_pydict()
+
+
+def score(bundle: Path, source: Path, target: Path, id_column: str | None, chunk_rows: int, providers: str, progress: bool) -> int:
+    """Score every row of `source` into `target`; returns the number of rows."""
+    predictor = Predictor.load(bundle, providers=providers)
+    chunks = _parquet_chunks(source, chunk_rows) if source.suffix.lower() in (".parquet", ".pq") else _csv_chunks(source, chunk_rows)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    done = 0
+    try:
+        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream)
+            writer.writerow([id_column or "row", "probability"])
+            for columns in chunks:
+                if id_column is not None and id_column not in columns:
+                    raise InputError(id_column, "the ID column is not in the input")
+                probabilities = predictor.predict(columns)
+                ids = columns[id_column] if id_column else range(done, done + len(probabilities))
+                writer.writerows(zip(ids, (f"{p:.7g}" for p in probabilities), strict=True))
+                done += len(probabilities)
+                if progress:
+                    print(f"\r{done:,} rows scored", end="", file=sys.stderr, flush=True)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    if progress:
+        print(file=sys.stderr)
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="din-runtime", description="Serve din-export bundles with ONNX Runtime.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="score a CSV or Parquet table in chunks")
+    predict.add_argument("bundle", type=Path)
+    predict.add_argument("input", type=Path)
+    predict.add_argument("output", type=Path, help="CSV file: the ID column and probability")
+    predict.add_argument("--id-column", help="input column written beside each probability (default: the row number)")
+    predict.add_argument("--chunk-rows", type=int, default=65_536, help="rows read and scored at a time (default 65536)")
+    predict.add_argument("--providers", default="auto", choices=["auto", "cpu", "cuda"])
+    predict.add_argument("--quiet", action="store_true", help="no progress line")
+    args = parser.parse_args(argv)
+    if args.chunk_rows < 1:
+        parser.error("--chunk-rows must be at least 1")
+    if not args.input.is_file():
+        print(f"error: {args.input}: no such file", file=sys.stderr)
+        return 2
+    try:
+        rows = score(args.bundle, args.input, args.output, args.id_column, args.chunk_rows, args.providers, not args.quiet)
+    except (InputError, BundleError, ProviderError, OSError, csv.Error) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{rows:,} rows scored into {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
