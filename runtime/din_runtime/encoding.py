@@ -212,12 +212,12 @@ def to_ragged(feature: str, rows: Any) -> Ragged:
     nested = InputError(feature, "a history holds nested lists; expected a flat list of IDs per row")
     try:
         if row_types == {np.ndarray}:
-            values = np.concatenate(rows, axis=None) if all(row.ndim == 1 for row in rows) else None
+            values = np.concatenate(rows)  # 1-D rows stay 1-D; a 2-D row raises or leaves a 2-D result: nested
         else:
             values = np.asarray(list(chain.from_iterable(rows)))
     except ValueError:
         raise nested from None
-    if values is None or values.ndim != 1 or len(values) != offsets[-1]:
+    if values.ndim != 1 or len(values) != offsets[-1]:
         raise nested
     if values.dtype == object and any(isinstance(v, (list, tuple, np.ndarray)) for v in values):
         raise nested
@@ -237,6 +237,8 @@ def _history_items(feature: str, row: int, value: Any) -> Sequence[Any]:
 def pad_recent(indices: np.ndarray, offsets: np.ndarray, max_len: int) -> np.ndarray:
     """Keep each row's last max_len items (the most recent), left-aligned, padded with 0 to the longest kept row."""
     lengths = np.diff(offsets)
+    if len(lengths) and lengths[0] > 0 and (lengths == lengths[0]).all():  # rectangular: a reshape, no scatter
+        return indices[offsets[0]:offsets[-1]].reshape(len(lengths), int(lengths[0]))[:, -max_len:].astype(np.int64, copy=False)
     kept = np.minimum(lengths, max_len)
     width = max(1, int(kept.max())) if len(kept) else 1
     out = np.zeros((len(kept), width), dtype=np.int64)
