@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +58,6 @@ def optimize_offline(path: Path) -> None:
     options.optimized_model_filepath = str(optimized)
     ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     os.replace(optimized, path)
-
-
-def load_seconds(path: Path, repeats: int = 5) -> float:
-    """Fastest session creation time (default options), to show what offline optimisation saves at load."""
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str = "fp32", valid: Path | None = None,

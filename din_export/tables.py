@@ -87,9 +87,9 @@ def raw_columns(table: pa.Table, spec: Spec) -> dict[str, Any]:
 def labels(table: pa.Table, spec: Spec) -> np.ndarray:
     """The label column as float32 0/1; anything else is an error naming the first bad row."""
     column = table.column(spec.label)
-    values = column.cast(pa.float64()).to_numpy(zero_copy_only=False) if column.type != pa.string() else None
-    if values is None:
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
         raise TableError(f"column '{spec.label}': the label must be 0 or 1, found strings")
+    values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
     bad = ~np.isin(values, (0.0, 1.0))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
