@@ -174,11 +174,14 @@ class FoldedAttentionPooling(nn.Module):
         self.weighting = plain.weighting
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        per_row = query @ self.query_weight + self.bias
-        key_matrix = self.key_weight + query.unsqueeze(-1) * self.product_weight
-        hidden = torch.bmm(keys, key_matrix) + per_row.unsqueeze(1)
-        scores = self.rest(hidden).squeeze(-1)
+        batch, steps, _ = keys.shape
+        present = mask.to(keys.dtype).unsqueeze(-1)
+        per_row = (query @ self.query_weight + self.bias).unsqueeze(1)
+        key_matrix = torch.cat([self.key_weight + query.unsqueeze(-1) * self.product_weight, per_row], dim=1)
+        # The mask column carries the per-row term inside the product: no broadcast add over (batch, steps, H).
+        hidden = torch.bmm(torch.cat([keys, present], dim=-1), key_matrix)
+        scores = self.rest(hidden.reshape(batch * steps, -1)).reshape(batch, steps)
         if self.weighting == "softmax":
             scores = torch.softmax(scores.masked_fill(~mask, MASKED_SCORE), dim=1)
         weights = scores * mask.to(scores.dtype)
-        return (weights.unsqueeze(-1) * keys).sum(dim=1)
+        return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)

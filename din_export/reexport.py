@@ -63,6 +63,7 @@ def optimize_offline(path: Path) -> None:
 def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str = "fp32", valid: Path | None = None,
                   max_auc_drop: float = DEFAULT_MAX_AUC_DROP, force: bool = False, optimize: bool = False) -> dict[str, Any]:
     """Write a verified bundle at `out` and return its manifest."""
+    source, out = Path(source), Path(out)
     din, manifest, checkpoint = load_checkpoint(source)
     encoding = checkpoint["encoding"]
     spec = spec_from_dict(manifest["spec"] if manifest else checkpoint["spec"])
