@@ -62,3 +62,16 @@ def ml100k_bundle(ml100k_samples: Path, tmp_path_factory: pytest.TempPathFactory
     train_and_export(source, out, ml100k_samples / "spec.toml", ModelConfig(**SMALL_MODEL),
                      TrainConfig(epochs=1, batch_size=512, progress=False))
     return out
+
+
+USER_SIDE = ("user_id", "hist_item_id", "hist_cate_id")  # the built-in data's user-side features; the rest describe the item
+
+
+def rank_against_predict(predictor, rows: dict, user: int, top_k: int | None = None) -> tuple:
+    """Rank every row's item for the user of row `user`, and predict on the replicated rows: (ranking, predict's
+    probabilities of the replicated rows). The built-in data's columns, as lists."""
+    count = len(rows["item_id"])
+    user_row = {name: rows[name][user] for name in USER_SIDE}
+    candidates = {name: column for name, column in rows.items() if name not in USER_SIDE}
+    ranking = predictor.rank(user_row, candidates, top_k=top_k)
+    return ranking, predictor.predict({**candidates, **{name: [value] * count for name, value in user_row.items()}})

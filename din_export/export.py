@@ -72,28 +72,36 @@ def export_onnx(din: DIN, path: Path, graph: str = "folded") -> None:
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, not {graph!r}")
     inputs = din.inputs
-    wrapper = ProbabilityModel(folded(din) if graph == "folded" else din).eval()
     example = random_feed(inputs, EXAMPLE_BATCH, EXAMPLE_SEQUENCE, np.random.default_rng(0))
     batch = torch.export.Dim(BATCH_DIM, min=1)
     sequence = torch.export.Dim(SEQUENCE_DIM, min=1)
-    dynamic_shapes = tuple({0: batch, 1: sequence} if inputs.kinds[n] == "sequence" else {0: batch} for n in inputs.names)
+    dynamic_shapes = {n: {0: batch, 1: sequence} if inputs.kinds[n] == "sequence" else {0: batch} for n in inputs.names}
+    write_onnx(ProbabilityModel(folded(din) if graph == "folded" else din), example, dynamic_shapes, path)
+    expected = {n: [BATCH_DIM, SEQUENCE_DIM] if inputs.kinds[n] == "sequence" else [BATCH_DIM] for n in inputs.names}
+    check_structure(path, expected, [BATCH_DIM])
+
+
+def write_onnx(module: torch.nn.Module, example: dict[str, np.ndarray], dynamic_shapes: dict[str, dict[int, Any]], path: Path) -> None:
+    """torch.onnx.export (dynamo) of `module` called with the example arrays as positional inputs in their order,
+    into one file, with the exporter's chatter silenced and its many error types turned into ExportError."""
+    names = list(example)
     quiet = logging.getLogger("torch.onnx")
     previous_level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, tuple(torch.from_numpy(example[n]) for n in inputs.names), str(path),
-                              dynamo=True, external_data=False, input_names=list(inputs.names),
-                              output_names=[OUTPUT_NAME], dynamic_shapes=(dynamic_shapes,), verbose=False)
+            torch.onnx.export(module.eval(), tuple(torch.from_numpy(example[n]) for n in names), str(path),
+                              dynamo=True, external_data=False, input_names=names, output_names=[OUTPUT_NAME],
+                              dynamic_shapes=(tuple(dynamic_shapes[n] for n in names),), verbose=False)
     except Exception as error:  # the exporter raises many types; all mean the same to the caller
         raise ExportError(f"torch.onnx.export failed: {error}") from error
     finally:
         quiet.setLevel(previous_level)
-    _check_structure(path, inputs)
 
 
-def _check_structure(path: Path, inputs: ModelInputs) -> None:
+def check_structure(path: Path, expected_inputs: dict[str, list[str | int]], expected_output: list[str | int]) -> None:
+    """One self-contained file that onnx.checker accepts, with the inputs in order and the dimensions expected."""
     strays = [p.name for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path]
     if strays:
         raise ExportError(f"the export wrote external data {strays}; one self-contained file must ship")
@@ -104,14 +112,13 @@ def _check_structure(path: Path, inputs: ModelInputs) -> None:
         raise ExportError(f"onnx.checker rejected the model: {error}") from None
     io_description = describe_io(model)
     names = [i["name"] for i in io_description["inputs"]]
-    if names != list(inputs.names):
-        raise ExportError(f"ONNX inputs {names} differ from the features {list(inputs.names)}")
+    if names != list(expected_inputs):
+        raise ExportError(f"ONNX inputs {names} differ from the features {list(expected_inputs)}")
     for entry in io_description["inputs"]:
-        expected = [BATCH_DIM, SEQUENCE_DIM] if inputs.kinds[entry["name"]] == "sequence" else [BATCH_DIM]
-        if entry["dims"] != expected:
-            raise ExportError(f"input '{entry['name']}' has dimensions {entry['dims']}, expected symbolic {expected}")
-    if [o["dims"] for o in io_description["outputs"]] != [[BATCH_DIM]]:
-        raise ExportError(f"output dimensions {io_description['outputs']} are not [batch]")
+        if entry["dims"] != expected_inputs[entry["name"]]:
+            raise ExportError(f"input '{entry['name']}' has dimensions {entry['dims']}, expected {expected_inputs[entry['name']]}")
+    if [o["dims"] for o in io_description["outputs"]] != [expected_output]:
+        raise ExportError(f"output dimensions {io_description['outputs']} are not {expected_output}")
 
 
 def parity_grid(max_len: int) -> list[tuple[int, int]]:

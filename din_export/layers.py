@@ -89,7 +89,15 @@ class AttentionPooling(nn.Module):
         return (weights.unsqueeze(-1) * keys).sum(dim=1)
 
 
-class MeanPooling(nn.Module):
+class CandidateBlindPooling(nn.Module):
+    """A pooling that ignores the candidate: for one history it is computed once and shared by every candidate."""
+
+    def one_history(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """query (candidates, E) against one history: keys (seq_len, E), mask (seq_len,)."""
+        return self(query[:1], keys.unsqueeze(0), mask.unsqueeze(0)).expand(query.shape[0], -1)
+
+
+class MeanPooling(CandidateBlindPooling):
     """The paper's BaseModel pooling: the plain mean of the behaviours, blind to the candidate."""
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -98,7 +106,7 @@ class MeanPooling(nn.Module):
         return (weights.unsqueeze(-1) * keys).sum(dim=1) / count
 
 
-class SumPooling(nn.Module):
+class SumPooling(CandidateBlindPooling):
     """The other BaseModel pooling: the sum of the behaviours, which keeps how many there were."""
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -185,3 +193,20 @@ class FoldedAttentionPooling(nn.Module):
             scores = torch.softmax(scores.masked_fill(~mask, MASKED_SCORE), dim=1)
         weights = scores * mask.to(scores.dtype)
         return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)
+
+    def one_history(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Many candidates (N, E) against one history, keys (T, E) and mask (T,): the ranking form.
+
+        With the history fixed, the first layer is one matrix product of [q] with a per-history table built once:
+            table[e, t] = k_t[e] Wp[e] + Wq'[e]   and the row   k_t Wk' + b,
+        so hidden = q @ table + row, shape (N, T x H), a single large GEMM instead of N small ones.
+        """
+        candidates, steps, hidden_size = query.shape[0], keys.shape[0], self.bias.shape[0]
+        table = keys.t().unsqueeze(-1) * self.product_weight.unsqueeze(1) + self.query_weight.unsqueeze(1)
+        row = (keys @ self.key_weight + self.bias).unsqueeze(0)
+        # A column of ones carries the row term inside the product: a broadcast bias over (N, T x H) costs more.
+        hidden = torch.cat([query, torch.ones_like(query[:, :1])], dim=1) @ torch.cat([table, row]).reshape(keys.shape[1] + 1, -1)
+        scores = self.rest(hidden.reshape(candidates * steps, hidden_size)).reshape(candidates, steps)
+        if self.weighting == "softmax":
+            scores = torch.softmax(scores.masked_fill(~mask.unsqueeze(0), MASKED_SCORE), dim=1)
+        return (scores * mask.to(scores.dtype)) @ keys

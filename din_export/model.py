@@ -123,12 +123,24 @@ class DIN(nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         x = dict(zip(self.inputs.names, tensors, strict=True))
-        query = torch.cat([self.embeddings[c](x[c]) for c in self.candidates], dim=-1)
+        query = self.candidate(x)
+        keys, mask = self.behaviours(x)
+        return self.head(x, query, self.pooling(query, keys, mask))
+
+    def candidate(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The query of attention: the candidate's embeddings of the features the behaviours share, (batch, E)."""
+        return torch.cat([self.embeddings[c](x[c]) for c in self.candidates], dim=-1)
+
+    def behaviours(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys of attention (batch, seq_len, E), through the encoder where there is one, and their mask."""
         keys = torch.cat([self.embeddings[self.inputs.shares[s]](x[s]) for s in self.sequences], dim=-1)
         mask = x[self.sequences[0]] != 0  # built from the IDs, never from a Python-side length
         if self.encoder is not None:
             keys = self.encoder(keys, mask)
-        interest = self.pooling(query, keys, mask)
+        return keys, mask
+
+    def head(self, x: dict[str, torch.Tensor], query: torch.Tensor, interest: torch.Tensor) -> torch.Tensor:
+        """The final MLP over context embeddings, candidate, pooled interest and numeric values: the logit."""
         parts = [self.embeddings[c](x[c]) for c in self.context] + [query, interest]
         if self.numerics:
             parts.append(torch.stack([x[n] for n in self.numerics], dim=-1))

@@ -17,7 +17,7 @@ import pyarrow as pa
 import torch
 
 from din_runtime.encoding import FeatureEncoder
-from din_runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, sha256_of
+from din_runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, RANKING_FILE, sha256_of
 
 from . import __version__
 from .bundle import CHECKPOINT_FILE, staged_bundle, write_json
@@ -27,6 +27,7 @@ from .metrics import evaluate
 from .model import DIN, ModelConfig, ModelInputs
 from .plots import PLOT_FILE, plot_history
 from .preprocess import fit_encoding
+from .ranking import export_ranking, ranking_section, verify_ranking_parity
 from .spec import Spec, load_spec
 from .synthetic import SPEC_PATH, generate
 from .tables import labels, raw_columns, read_table
@@ -163,6 +164,9 @@ def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, mod
         model_path = staging / MODEL_FILE
         export_onnx(din, model_path, graph)
         parity = verify_parity(din, model_path, max_len)
+        rank_path = staging / RANKING_FILE
+        export_ranking(din, rank_path)
+        ranking = ranking_section(rank_path, verify_ranking_parity(din, rank_path, max_len))
         torch.save({"model_config": model_config.to_dict(), "state_dict": din.state_dict(), "encoding": encoding,
                     "spec": spec.to_dict()}, staging / CHECKPOINT_FILE)
         plot_history(result.history, result.best_epoch, staging / PLOT_FILE, f"{source.name} · {model_config.variant}")
@@ -178,6 +182,7 @@ def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, mod
                      **source.to_dict(), "seed": train_config.seed},
             "onnx": {"file": MODEL_FILE, "graph": graph, "sha256": sha256_of(model_path), **describe_io(onnx.load(str(model_path))),
                      "parity": parity},
+            "ranking": ranking,
             "metrics": metrics,
             "checkpoint": CHECKPOINT_FILE,
             "plot": PLOT_FILE,

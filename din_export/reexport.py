@@ -17,12 +17,13 @@ import onnxruntime as ort
 import torch
 
 from din_runtime.encoding import FeatureEncoder
-from din_runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, sha256_of
+from din_runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, MODEL_FILE, RANKING_FILE, sha256_of
 
 from .bundle import CHECKPOINT_FILE, staged_bundle, write_json
 from .checkpoint import load_checkpoint
 from .export import ExportError, compare_with_pytorch, describe_io, export_onnx, parity_grid
 from .pipeline import DataSource, encode_split, library_versions, load_tables
+from .ranking import compare_ranking_with_pytorch, export_ranking, ranking_section
 from .spec import Spec, spec_from_dict
 from .tables import read_table
 from .train import EncodedSplit
@@ -69,8 +70,9 @@ def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str
     spec = spec_from_dict(manifest["spec"] if manifest else checkpoint["spec"])
     max_len = max(din.inputs.max_lens.values())
     with staged_bundle(out) as staging:
-        model_path = staging / MODEL_FILE
+        model_path, rank_path = staging / MODEL_FILE, staging / RANKING_FILE
         export_onnx(din, model_path, graph)
+        export_ranking(din, rank_path)
         precisions: dict[str, Any] = {}
         if precision != "fp32":
             split = _validation_split(spec, encoding, manifest, valid)
@@ -83,12 +85,17 @@ def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str
                 raise VariantRejected(f"{precision} loses {drop:.4f} validation AUC (float32 {precisions['fp32']['auc']:.4f}, "
                                       f"{precision} {precisions[precision]['auc']:.4f}) > {max_auc_drop}; --force to keep it")
             os.replace(converted, model_path)
+            convert(rank_path, converted, precision)  # the ranking graph in the same precision, so rank agrees with predict
+            os.replace(converted, rank_path)
         optimization = None
         if optimize:
-            optimize_offline(model_path)
+            for path in (model_path, rank_path):
+                optimize_offline(path)
             optimization = OPTIMIZATION_LEVEL
         session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
         parity = compare_with_pytorch(din, session, parity_grid(max_len), TOLERANCE[precision])
+        rank_session = ort.InferenceSession(str(rank_path), providers=["CPUExecutionProvider"])
+        ranking = ranking_section(rank_path, compare_ranking_with_pytorch(din, rank_session, parity_grid(max_len), TOLERANCE[precision]))
         torch.save(checkpoint, staging / CHECKPOINT_FILE)
         base = manifest or {"format_version": FORMAT_VERSION, "spec": spec.to_dict(), "encoding": encoding,
                             "model": checkpoint["model_config"], "training": {}, "data": {}, "metrics": {}}
@@ -96,6 +103,7 @@ def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str
                         "onnx": {"file": MODEL_FILE, "graph": graph, "precision": precision, "optimization": optimization,
                                  "sha256": sha256_of(model_path), **describe_io(onnx.load(str(model_path))), "parity": parity,
                                  "precisions": precisions},
+                        "ranking": {**ranking, "precision": precision, "optimization": optimization},
                         "exported_from": str(source)}
         new_manifest.pop("plot", None)
         if manifest and (source / "training.png").is_file():

@@ -2,7 +2,8 @@
 
 Order: output names; symbolic input dimensions; output shapes; values against PyTorch over a grid of shapes
 (batch 1, 2, 1000; length 1, 2, max_len; all-padding and out-of-vocabulary rows); onnx.checker's full check;
-and ONNX's reference evaluator, an independent consumer of the file, agreeing with ONNX Runtime.
+ONNX's reference evaluator, an independent consumer of the file, agreeing with ONNX Runtime; and the ranking
+graph, where the bundle has one, against PyTorch on the replicated rows over the same grid.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from din_runtime.manifest import read_manifest, verify_model_file
 
 from .checkpoint import load_model
 from .export import BATCH_DIM, OUTPUT_NAME, SEQUENCE_DIM, ExportError, compare_with_pytorch, describe_io, random_feed
+from .ranking import compare_ranking_with_pytorch
 
 VERIFY_BATCHES = (1, 2, 1000)
 REFERENCE_SHAPES = ((2, 3), (1, 1))  # the reference evaluator is pure Python: small shapes only
@@ -101,6 +103,10 @@ def verify_bundle(bundle: Path) -> dict[str, Any]:
             raise ReferenceEvaluatorError(f"batch {batch}, length {length}: the reference evaluator and ONNX Runtime differ by "
                                           f"{difference:.3g} > {reference_tolerance}")
         worst_reference = max(worst_reference, difference)
-    return {"outputs": outputs, "inputs": io["inputs"], "parity": parity, "checker": "full check passed",
+    ranking = None
+    if manifest.get("ranking") is not None:  # rank.onnx: its file, then its scores against PyTorch on replicated rows
+        rank_session = ort.InferenceSession(str(verify_model_file(bundle, manifest, "ranking")), providers=["CPUExecutionProvider"])
+        ranking = compare_ranking_with_pytorch(din, rank_session, grid, tolerance, ParityError)
+    return {"outputs": outputs, "inputs": io["inputs"], "parity": parity, "ranking_parity": ranking, "checker": "full check passed",
             "reference_evaluator": {"shapes": [list(s) for s in REFERENCE_SHAPES], "max_abs_diff": worst_reference,
                                     "atol": reference_tolerance}}

@@ -20,8 +20,12 @@ def test_inputs_have_named_batch_and_sequence_dimensions(bundle: Path) -> None:
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     assert dims == {"user_id": ["batch"], "item_id": ["batch"], "cate_id": ["batch"], "price": ["batch"],
                     "hist_item_id": ["batch", "seq_len"], "hist_cate_id": ["batch", "seq_len"]}
-    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "model.onnx", "training.png", "weights.pt"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "model.onnx", "rank.onnx", "training.png", "weights.pt"]
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    ranking = onnx.load(str(bundle / "rank.onnx"))
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in ranking.graph.input}
+    assert dims == {"user_id": ["candidates"], "item_id": ["candidates"], "cate_id": ["candidates"], "price": ["candidates"],
+                    "hist_item_id": [1, "seq_len"], "hist_cate_id": [1, "seq_len"]}
 
 
 def test_manifest_records_what_serving_needs(bundle: Path) -> None:

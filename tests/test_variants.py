@@ -7,9 +7,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import build_bundle
+from conftest import build_bundle, rank_against_predict
 from din_export.checkpoint import load_model
 from din_export.export import random_feed
+from din_export.synthetic import generate
+from din_runtime import Predictor
 from din_runtime.manifest import read_manifest
 
 VARIANTS = {
@@ -38,6 +40,11 @@ def test_variant_exports_with_parity(tmp_path: Path, name: str) -> None:
             expected = torch.sigmoid(din(*(torch.from_numpy(feed[n]) for n in din.inputs.names))).numpy()
         assert np.all(np.isfinite(probabilities))
         assert np.max(np.abs(probabilities - expected)) <= 1e-5
+    table = generate(30, seed=4, max_history=60)
+    rows = {name: table.column(name).to_pylist() for name in table.column_names}
+    longest = int(np.argmax([len(h) for h in rows["hist_item_id"]]))
+    ranking, replicated = rank_against_predict(Predictor.load(bundle, providers="cpu"), rows, user=longest)
+    assert np.max(np.abs(ranking.probabilities - replicated[ranking.order])) <= 1e-5
 
 
 def test_dice_and_batch_norm_use_running_statistics_in_inference(tmp_path: Path) -> None:

@@ -5,15 +5,15 @@ from typing import Any
 from .encoding import FeatureEncoder, Ragged
 from .errors import BundleError, InputError, ProviderError
 
-__all__ = ["BundleError", "FeatureEncoder", "InputError", "Predictor", "ProviderError", "Ragged"]
+__all__ = ["BundleError", "FeatureEncoder", "InputError", "Predictor", "ProviderError", "Ragged", "Ranking"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """Predictor (and with it ONNX Runtime) is imported on first use: the encoder alone, which training and
+    """Predictor and Ranking (and with them ONNX Runtime) is imported on first use: the encoder alone, which training and
     `prepare` use, does not need ONNX Runtime loaded."""
-    if name == "Predictor":
-        from .predictor import Predictor
+    if name in ("Predictor", "Ranking"):
+        from . import predictor
 
-        return Predictor
+        return getattr(predictor, name)
     raise AttributeError(f"module 'din_runtime' has no attribute {name!r}")

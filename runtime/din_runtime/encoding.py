@@ -7,7 +7,7 @@ Everything is vectorised over rows; Python-level work happens only on an error p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -275,15 +275,19 @@ class FeatureEncoder:
     def names(self) -> list[str]:
         return [f["name"] for f in self.features]
 
-    def encode(self, columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Encode every feature; extra keys (a label, an ID column) are ignored."""
-        missing = [name for name in self.names if name not in columns]
+    def encode(self, columns: Mapping[str, Any], only: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """Encode every feature (or those named in `only`); extra keys (a label, an ID column) are ignored."""
+        features = self.features if only is None else [f for f in self.features if f["name"] in only]
+        missing = [f["name"] for f in features if f["name"] not in columns]
         if missing:
             raise InputError(missing[0], "missing from the input")
-        rows = self._row_count(columns)
+        if not features:
+            return {}
+        first = features[0]["name"]
+        rows = self._row_count(columns, first)
         feed: dict[str, np.ndarray] = {}
         reference: tuple[str, np.ndarray] | None = None
-        for feature in self.features:
+        for feature in features:
             name, kind = feature["name"], feature["kind"]
             if kind == "categorical":
                 feed[name] = self.vocabularies[name].encode(name, columns[name])
@@ -300,11 +304,11 @@ class FeatureEncoder:
                 feed[name] = pad_recent(indices, ragged.offsets, int(feature["max_len"]))
         for name, array in feed.items():
             if len(array) != rows:
-                raise InputError(name, f"has {len(array)} rows where '{self.names[0]}' has {rows}")
+                raise InputError(name, f"has {len(array)} rows where '{first}' has {rows}")
         return feed
 
-    def _row_count(self, columns: Mapping[str, Any]) -> int:
-        first = self.names[0]
+    @staticmethod
+    def _row_count(columns: Mapping[str, Any], first: str) -> int:
         try:
             return len(columns[first])
         except TypeError:

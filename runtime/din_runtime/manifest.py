@@ -12,6 +12,8 @@ from .errors import BundleError
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
+RANKING_FILE = "rank.onnx"
+GRAPH_FILES = {"onnx": MODEL_FILE, "ranking": RANKING_FILE}  # manifest section -> the one file name it may name
 REQUIRED_KEYS = ("format_version", "spec", "encoding", "onnx", "metrics", "versions")
 
 
@@ -39,18 +41,22 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: missing keys {absent}")
     if manifest["format_version"] != FORMAT_VERSION:
         raise BundleError(f"{path}: format version {manifest['format_version']!r}; this runtime reads version {FORMAT_VERSION}")
-    onnx_section = manifest["onnx"]
-    if not isinstance(onnx_section, dict) or onnx_section.get("file") != MODEL_FILE:
-        raise BundleError(f"{path}: onnx.file must be '{MODEL_FILE}'")
+    for section, file_name in GRAPH_FILES.items():
+        entry = manifest.get(section)
+        if section == "ranking" and entry is None:
+            continue  # bundles may lack the ranking graph; Predictor.rank then replicates the history
+        if not isinstance(entry, dict) or entry.get("file") != file_name:
+            raise BundleError(f"{path}: {section}.file must be '{file_name}'")
     return manifest
 
 
-def verify_model_file(bundle: Path, manifest: dict[str, Any]) -> Path:
-    """Check model.onnx exists and matches the manifest's sha256, so a damaged file never reaches ONNX Runtime."""
-    model_path = Path(bundle) / MODEL_FILE
+def verify_model_file(bundle: Path, manifest: dict[str, Any], section: str = "onnx") -> Path:
+    """Check the graph file of a manifest section (onnx: model.onnx, ranking: rank.onnx) exists and matches the
+    manifest's sha256, so a damaged file never reaches ONNX Runtime."""
+    model_path = Path(bundle) / GRAPH_FILES[section]
     if not model_path.is_file():
-        raise BundleError(f"{bundle}: {MODEL_FILE} is missing")
-    expected = manifest["onnx"].get("sha256")
+        raise BundleError(f"{bundle}: {GRAPH_FILES[section]} is missing")
+    expected = manifest[section].get("sha256")
     actual = sha256_of(model_path)
     if actual != expected:
         raise BundleError(f"{model_path}: sha256 {actual} does not match the manifest's {expected}; the file is damaged or was replaced")

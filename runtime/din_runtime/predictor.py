@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,14 @@ import numpy as np
 import onnxruntime as ort
 
 from .encoding import FeatureEncoder
-from .errors import BundleError, ProviderError
+from .errors import BundleError, InputError, ProviderError
 from .manifest import read_manifest, verify_model_file
 from .providers import ProviderChoice, create_session
 
 DEFAULT_CHUNK_ROWS = 16_384
+# rank scores candidates in blocks, which bounds the attention unit's activations (block x seq_len x hidden floats);
+# at 1,000 candidates x 50 behaviours, blocks of 128 to 1,024 measured within noise of each other.
+DEFAULT_RANK_CHUNK = 256
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -38,6 +42,19 @@ def session_options_for(threads: int | None = None, optimization: str | None = N
     return options
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """Candidates best first: `order` holds their positions in the candidates given, `probabilities` their click
+    probabilities, and `candidates` their columns in the same order."""
+
+    order: np.ndarray
+    probabilities: np.ndarray
+    candidates: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 class Predictor:
     """Serves one model bundle. Construct with Predictor.load.
 
@@ -46,42 +63,47 @@ class Predictor:
     """
 
     def __init__(self, bundle: Path, manifest: dict[str, Any], session: ort.InferenceSession,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
-        if chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be at least 1, not {chunk_rows}")
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, ranking_session: ort.InferenceSession | None = None,
+                 rank_chunk: int = DEFAULT_RANK_CHUNK) -> None:
+        for name, value in (("chunk_rows", chunk_rows), ("rank_chunk", rank_chunk)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
         self.bundle = bundle
         self.manifest = manifest
         self.session = session
+        self.ranking_session = ranking_session
         self.chunk_rows = chunk_rows
+        self.rank_chunk = rank_chunk
         self.encoder = FeatureEncoder(manifest["encoding"])
         self.output_name = manifest["onnx"]["outputs"][0]["name"]
-        session_inputs = sorted(i.name for i in session.get_inputs())
-        if session_inputs != sorted(self.encoder.names):
-            raise BundleError(f"{bundle}: model inputs {session_inputs} do not match the manifest's features {sorted(self.encoder.names)}")
+        self.sequences = [f["name"] for f in manifest["encoding"] if f["kind"] == "sequence"]
+        self.shared = sorted({f["shares"] for f in manifest["encoding"] if f["kind"] == "sequence"})
+        for graph in (session, ranking_session):
+            graph_inputs = sorted(i.name for i in graph.get_inputs()) if graph is not None else sorted(self.encoder.names)
+            if graph_inputs != sorted(self.encoder.names):
+                raise BundleError(f"{bundle}: model inputs {graph_inputs} do not match the manifest's features {sorted(self.encoder.names)}")
 
     @classmethod
     def load(cls, bundle: str | Path, providers: ProviderChoice = "auto", session_options: ort.SessionOptions | None = None,
              threads: int | None = None, optimization: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-             fallback: bool = False, provider_options: list[dict[str, Any]] | None = None) -> Predictor:
-        """Check the manifest and the model's sha256, then open an ONNX Runtime session.
+             fallback: bool = False, provider_options: list[dict[str, Any]] | None = None,
+             rank_chunk: int = DEFAULT_RANK_CHUNK) -> Predictor:
+        """Check the manifest and the graphs' sha256, then open ONNX Runtime sessions (the ranking graph's too,
+        where the bundle has one).
 
         providers: "auto" (CUDA where usable, else CPU), "cpu", "cuda" (raises if CUDA is not in use, or warns with
         fallback=True), or an explicit list of ONNX Runtime provider names (the first must end up in use).
         provider_options: passed through to ONNX Runtime, one dict per requested provider.
         threads, optimization ("disable", "basic", "extended", "all"): session settings, unless session_options is given.
         chunk_rows: larger batches are run in chunks of this many rows, bounding the session's memory.
+        rank_chunk: rank scores its candidates in blocks of this many.
         """
         bundle = Path(bundle)
         manifest = read_manifest(bundle)
-        model_path = verify_model_file(bundle, manifest)
         options = session_options or session_options_for(threads, optimization)
-        try:
-            session = create_session(str(model_path), providers, options, fallback=fallback, provider_options=provider_options)
-        except (ProviderError, ValueError):
-            raise
-        except Exception as error:  # ONNX Runtime's own error types: a file it cannot load, e.g. missing external data
-            raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:300]})") from None
-        return cls(bundle, manifest, session, chunk_rows)
+        sessions = [_open_session(verify_model_file(bundle, manifest, section), providers, options, fallback, provider_options)
+                    for section in ("onnx", "ranking") if manifest.get(section) is not None]
+        return cls(bundle, manifest, sessions[0], chunk_rows, sessions[1] if len(sessions) > 1 else None, rank_chunk)
 
     @property
     def providers(self) -> list[str]:
@@ -99,14 +121,77 @@ class Predictor:
     def predict(self, features: Mapping[str, Any]) -> np.ndarray:
         """Click probability per row, float32 of shape (n,), from raw values as they appear in the training table."""
         feed = self.encode(features)
-        rows = len(next(iter(feed.values())))
+        return self._run(self.session, feed, len(next(iter(feed.values()))), self.chunk_rows)
+
+    def rank(self, user_row: Mapping[str, Any], candidates: Mapping[str, Any], top_k: int | None = None) -> Ranking:
+        """Score many candidates for one user and return them best first (the top_k best, if given).
+
+        user_row: one value per user-side feature, the behaviour histories as lists, as in one row of the table.
+        candidates: a list of values per candidate-side feature; it must hold the features the behaviours share
+        (the candidate item itself) and may hold any other non-sequence feature (a price, a context).
+        The history is encoded and sent once; with the bundle's ranking graph it is also embedded once and the
+        attention unit's first layer becomes one large product. Probabilities equal predict's on the replicated rows.
+        """
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, not {top_k!r}")
+        per_candidate, per_user = self._split_features(user_row, candidates)
+        candidate_feed = self.encoder.encode(candidates, only=per_candidate)
+        count = len(candidate_feed[per_candidate[0]])
+        try:
+            user_feed = self.encoder.encode({name: [user_row[name]] for name in per_user}, only=per_user)
+        except InputError as error:
+            raise InputError(error.feature, f"in user_row: {error.problem}") from None
+        feed = dict(candidate_feed)
+        for name in per_user:  # user-side scalars go with every candidate; histories stay one row (1, seq_len)
+            feed[name] = user_feed[name] if name in self.sequences else np.repeat(user_feed[name], count)
+        if self.ranking_session is not None:
+            probabilities = self._run(self.ranking_session, feed, count, self.rank_chunk, shared=self.sequences)
+        else:  # a bundle without rank.onnx: the batch graph on the replicated rows
+            replicated = {name: np.repeat(array, count, axis=0) if name in self.sequences else array for name, array in feed.items()}
+            probabilities = self._run(self.session, replicated, count, self.chunk_rows)
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        reordered = {name: column[order] if isinstance(column, np.ndarray) else [column[i] for i in order]
+                     for name, column in candidates.items()}
+        return Ranking(order, probabilities[order], reordered)
+
+    def _split_features(self, user_row: Mapping[str, Any], candidates: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+        """Which features come per candidate and which once from the user row; every feature from exactly one."""
+        for name in self.sequences:
+            if name in candidates:
+                raise InputError(name, "is a behaviour history: give it once, in user_row, not per candidate")
+        for name in self.shared:
+            if name not in candidates:
+                raise InputError(name, "missing from candidates: the behaviours share it, so it is what a candidate is")
+        per_candidate = [name for name in self.feature_names if name in candidates]
+        per_user = [name for name in self.feature_names if name not in candidates]
+        for name in per_candidate:
+            if name in user_row:
+                raise InputError(name, "given in both user_row and candidates; give it in one")
+        for name in per_user:
+            if name not in user_row:
+                raise InputError(name, "missing from user_row and from candidates")
+        return per_candidate, per_user
+
+    def _run(self, session: ort.InferenceSession, feed: dict[str, np.ndarray], rows: int, chunk: int,
+             shared: Sequence[str] = ()) -> np.ndarray:
+        """Probabilities for `rows` rows, in chunks of `chunk` rows; inputs named in `shared` go whole to every chunk."""
         if rows == 0:
             return np.zeros(0, dtype=np.float32)
-        if rows <= self.chunk_rows:
-            (probabilities,) = self.session.run([self.output_name], feed)
+        if rows <= chunk:
+            (probabilities,) = session.run([self.output_name], feed)
             return probabilities.reshape(rows).astype(np.float32, copy=False)
         out = np.empty(rows, dtype=np.float32)
-        for start in range(0, rows, self.chunk_rows):
-            part = {name: array[start:start + self.chunk_rows] for name, array in feed.items()}
-            out[start:start + self.chunk_rows] = self.session.run([self.output_name], part)[0].reshape(-1)
+        for start in range(0, rows, chunk):
+            part = {name: array if name in shared else array[start:start + chunk] for name, array in feed.items()}
+            out[start:start + chunk] = session.run([self.output_name], part)[0].reshape(-1)
         return out
+
+
+def _open_session(model_path: Path, providers: ProviderChoice, options: ort.SessionOptions, fallback: bool,
+                  provider_options: list[dict[str, Any]] | None) -> ort.InferenceSession:
+    try:
+        return create_session(str(model_path), providers, options, fallback=fallback, provider_options=provider_options)
+    except (ProviderError, ValueError):
+        raise
+    except Exception as error:  # ONNX Runtime's own error types: a file it cannot load, e.g. missing external data
+        raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:300]})") from None
