@@ -6,15 +6,17 @@ from pathlib import Path
 
 import pytest
 
+REFERENCE_MAX_LEN = 200
 SMALL_MODEL = {"embedding_dim": 8, "attention_hidden": (16, 8), "mlp_hidden": (32, 16)}
 
 
-def build_bundle(out: Path, samples: int = 3000, epochs: int = 2, batch_size: int = 128, **model_options) -> Path:
+def build_bundle(out: Path, samples: int = 3000, epochs: int = 2, batch_size: int = 128, spec_path: Path | None = None,
+                 **model_options) -> Path:
     from din_export.model import ModelConfig
     from din_export.pipeline import DataSource, train_and_export
     from din_export.train import TrainConfig
 
-    train_and_export(DataSource(synthetic_samples=samples), out, model_config=ModelConfig(**{**SMALL_MODEL, **model_options}),
+    train_and_export(DataSource(synthetic_samples=samples), out, spec_path, model_config=ModelConfig(**{**SMALL_MODEL, **model_options}),
                      train_config=TrainConfig(epochs=epochs, batch_size=batch_size, progress=False))
     return out
 
@@ -28,10 +30,16 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def reference_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A DIN at the reference sizes (embedding 16, attention 80-40, MLP 200-80) for latency benchmarks.
-    Latency does not depend on how well the weights are trained; one short epoch gives real weights."""
-    return build_bundle(tmp_path_factory.mktemp("bench") / "din", samples=2000, epochs=1,
-                        embedding_dim=16, attention_hidden=(80, 40), mlp_hidden=(200, 80))
+    """A DIN at the reference sizes (embedding 18 per field, attention 80-40, MLP 200-80) on the built-in data, with
+    histories kept up to 200 behaviours, for latency benchmarks. Latency does not depend on how well the weights
+    are trained; one short epoch gives real weights."""
+    from din_export.synthetic import SPEC_PATH
+
+    folder = tmp_path_factory.mktemp("bench")
+    spec = folder / "spec.toml"
+    spec.write_text(SPEC_PATH.read_text().replace("max_len = 50", f"max_len = {REFERENCE_MAX_LEN}"))
+    return build_bundle(folder / "din", samples=2000, epochs=1, spec_path=spec, embedding_dim=18, attention_hidden=(80, 40),
+                        mlp_hidden=(200, 80))
 
 
 ML100K = Path(__file__).resolve().parent.parent / "shared" / "data" / "ml-100k"

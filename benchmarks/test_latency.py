@@ -1,26 +1,43 @@
-"""Batch latency over batch size and sequence length: the runtime's predict (raw values in, folded graph), the
-ONNX session alone (encoded arrays in) for the plain, folded and int8 graphs, and PyTorch eager on the same
-weights. Compare within one run, on one machine."""
+"""Batch latency over batch size x sequence length, at the reference sizes, all in one run on one machine:
+
+- predict: the runtime from raw values (encoding included), folded graph;
+- session plain / folded / int8: the ONNX Runtime session alone on encoded arrays, the same weights exported three ways;
+- eager: PyTorch on the same weights (plain model, torch.inference_mode, the same thread count);
+- rank: 100 and 1,000 candidates for one user against predict on the replicated rows;
+- gemm: a 1024^3 float32 matrix product in ONNX Runtime, the rate that turns FLOPs into a floor time.
+`python benchmarks/report.py` turns the JSON into the README's tables and plot.
+"""
 
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
+from flops import GRAPH_KINDS, flops_per_row
+from onnx import TensorProto, helper
 
 from din_export.checkpoint import load_model
 from din_export.reexport import export_bundle
 from din_runtime import Predictor
 
-BATCHES = (1, 64, 256, 1024)
-LENGTHS = (10, 50)
+BATCHES = (1, 32, 256, 1024, 4096)
+LENGTHS = (10, 50, 200)
 GRAPHS = ("plain", "folded", "int8")
+RANK_CANDIDATES = (100, 1000)
+RANK_LENGTHS = (50, 200)
+THREADS = 2
+GEMM_SIZE = 1024
+
+
+def vocabularies(predictor: Predictor) -> dict[str, np.ndarray]:
+    return {f["name"]: np.asarray(f["keys"]) for f in predictor.manifest["encoding"] if f["kind"] == "categorical"}
 
 
 def raw_batch(predictor: Predictor, batch: int, length: int, seed: int = 0) -> dict:
     """Raw rows drawn from the bundle's vocabularies, every history exactly `length` long."""
     rng = np.random.default_rng(seed)
-    keys = {f["name"]: np.asarray(f["keys"]) for f in predictor.manifest["encoding"] if f["kind"] == "categorical"}
+    keys = vocabularies(predictor)
     items = rng.integers(0, len(keys["item_id"]), (batch, length + 1))
     return {
         "user_id": rng.choice(keys["user_id"], batch),
@@ -32,9 +49,20 @@ def raw_batch(predictor: Predictor, batch: int, length: int, seed: int = 0) -> d
     }
 
 
+def ranking_request(predictor: Predictor, candidates: int, length: int, seed: int = 0) -> tuple[dict, dict]:
+    """One user (a history of `length` behaviours) and `candidates` candidate items with their own features."""
+    rows = raw_batch(predictor, candidates, length, seed)
+    user_row = {"user_id": rows["user_id"][0], "hist_item_id": list(rows["hist_item_id"][0]), "hist_cate_id": list(rows["hist_cate_id"][0])}
+    return user_row, {name: rows[name] for name in ("item_id", "cate_id", "price")}
+
+
+def record_flops(benchmark, predictor: Predictor, length: int) -> None:
+    benchmark.extra_info["flops_per_row"] = {graph: flops_per_row(predictor.manifest, length, graph) for graph in GRAPH_KINDS}
+
+
 @pytest.fixture(scope="module")
 def predictor(reference_bundle: Path) -> Predictor:
-    return Predictor.load(reference_bundle, providers="cpu")
+    return Predictor.load(reference_bundle, providers="cpu", threads=THREADS)
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +72,12 @@ def graph_predictors(reference_bundle: Path, tmp_path_factory: pytest.TempPathFa
     settings = {"plain": {"graph": "plain"}, "folded": {"graph": "folded"}, "int8": {"graph": "folded", "precision": "int8", "force": True}}
     for name, options in settings.items():
         export_bundle(reference_bundle, folder / name, **options)
-    return {name: Predictor.load(folder / name, providers="cpu") for name in settings}
+    return {name: Predictor.load(folder / name, providers="cpu", threads=THREADS) for name in settings}
 
 
 @pytest.fixture(scope="module")
 def torch_model(reference_bundle: Path):
+    torch.set_num_threads(THREADS)
     return load_model(reference_bundle)
 
 
@@ -56,6 +85,7 @@ def torch_model(reference_bundle: Path):
 @pytest.mark.parametrize("batch", BATCHES)
 def test_runtime_predict(benchmark, predictor: Predictor, batch: int, length: int) -> None:
     benchmark.group = f"batch={batch} length={length}"
+    record_flops(benchmark, predictor, length)
     rows = raw_batch(predictor, batch, length)
     probabilities = benchmark(predictor.predict, rows)
     assert probabilities.shape == (batch,)
@@ -76,7 +106,8 @@ def test_onnx_session(benchmark, graph_predictors: dict[str, Predictor], batch: 
 @pytest.mark.parametrize("batch", BATCHES)
 def test_pytorch_eager(benchmark, predictor: Predictor, torch_model, batch: int, length: int) -> None:
     benchmark.group = f"batch={batch} length={length}"
-    feed = predictor.encode(raw_batch(predictor, batch, length))
+    rows = raw_batch(predictor, batch, length)
+    feed = predictor.encode(rows)
     tensors = [torch.from_numpy(feed[name]) for name in predictor.feature_names]
 
     def forward() -> torch.Tensor:
@@ -85,4 +116,47 @@ def test_pytorch_eager(benchmark, predictor: Predictor, torch_model, batch: int,
 
     probabilities = benchmark(forward)
     assert probabilities.shape == (batch,)
-    assert np.max(np.abs(probabilities.numpy() - predictor.predict(raw_batch(predictor, batch, length)))) <= 1e-5
+    assert np.max(np.abs(probabilities.numpy() - predictor.predict(rows))) <= 1e-5
+
+
+@pytest.mark.parametrize("length", RANK_LENGTHS)
+@pytest.mark.parametrize("candidates", RANK_CANDIDATES)
+def test_rank(benchmark, predictor: Predictor, candidates: int, length: int) -> None:
+    benchmark.group = f"rank candidates={candidates} length={length}"
+    user_row, candidate_columns = ranking_request(predictor, candidates, length)
+    ranking = benchmark(predictor.rank, user_row, candidate_columns)
+    assert len(ranking) == candidates
+
+
+@pytest.mark.parametrize("length", RANK_LENGTHS)
+@pytest.mark.parametrize("candidates", RANK_CANDIDATES)
+def test_predict_replicated(benchmark, predictor: Predictor, candidates: int, length: int) -> None:
+    """What rank replaces: predict on one row per candidate, each carrying the user's history."""
+    benchmark.group = f"rank candidates={candidates} length={length}"
+    user_row, candidate_columns = ranking_request(predictor, candidates, length)
+    rows = {**candidate_columns, **{name: [value] * candidates for name, value in user_row.items()}}
+    probabilities = benchmark(predictor.predict, rows)
+    ranking = predictor.rank(user_row, candidate_columns)
+    assert np.max(np.abs(probabilities[ranking.order] - ranking.probabilities)) <= 1e-5
+
+
+def matmul_session(size: int) -> ort.InferenceSession:
+    """ONNX Runtime running one float32 (size x size) @ (size x size) product, with a constant right-hand side."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [size, size], np.random.default_rng(0).random((size, size), dtype=np.float32).ravel())
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def test_gemm_rate(benchmark) -> None:
+    benchmark.group = "gemm"
+    benchmark.extra_info["flops"] = 2 * GEMM_SIZE ** 3
+    session = matmul_session(GEMM_SIZE)
+    a = np.random.default_rng(1).random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
+    (product,) = benchmark(session.run, None, {"a": a})
+    weight = np.random.default_rng(0).random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
+    assert np.allclose(product[:4], a[:4] @ weight, rtol=1e-4)

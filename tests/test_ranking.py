@@ -64,7 +64,7 @@ def test_rank_on_movielens_equals_predict(ml100k_samples: Path, ml100k_bundle: P
 def test_chunked_ranking_and_a_bundle_without_the_ranking_graph(bundle: Path, predictor: Predictor, tmp_path: Path) -> None:
     rows = raw_rows(50, seed=13)
     whole, _ = rank_against_predict(predictor, rows, user=3)
-    chunked, _ = rank_against_predict(Predictor.load(bundle, providers="cpu", rank_chunk=7), rows, user=3)
+    chunked, _ = rank_against_predict(Predictor.load(bundle, providers="cpu", rank_block=300), rows, user=3)  # a few candidates a block
     assert np.max(np.abs(whole.probabilities - chunked.probabilities)) <= 1e-6
     older = tmp_path / "older"
     shutil.copytree(bundle, older)
