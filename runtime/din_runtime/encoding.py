@@ -39,7 +39,7 @@ class Ragged:
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        return self.offsets[1:] - self.offsets[:-1]  # np.diff's own overhead is most of a small batch's cost
 
     def row_of(self, flat_index: int) -> int:
         return int(np.searchsorted(self.offsets, flat_index, side="right") - 1)
@@ -76,12 +76,16 @@ class Vocabulary:
         if len(self.keys) > 1 and not np.all(self.keys[1:] > self.keys[:-1]):
             raise ValueError("vocabulary keys must be strictly increasing")
         self.missing_index = len(self.keys) + FIRST_KEY_INDEX if missing_token else OOV_INDEX
+        # The dense table covers keys[0]-1 .. keys[-1]+1: a key minus keys[0] - 1, clipped to its ends, indexes it, and
+        # both ends hold the out-of-vocabulary index, so a lookup is a subtraction, a clip and a gather.
         self.dense: np.ndarray | None = None
         if key_type == "int" and len(self.keys):
-            span = int(self.keys[-1]) - int(self.keys[0]) + 1
-            if span <= max(DENSE_TABLE_MIN_SPAN, DENSE_TABLE_FILL_FACTOR * len(self.keys)):
+            self.low = int(self.keys[0]) - 1
+            span = int(self.keys[-1]) - self.low + 2
+            fits_int64 = self.low >= -INT64_MAX - 1 and int(self.keys[-1]) < INT64_MAX
+            if fits_int64 and span <= max(DENSE_TABLE_MIN_SPAN, DENSE_TABLE_FILL_FACTOR * len(self.keys)):
                 self.dense = np.full(span, OOV_INDEX, dtype=np.int64)
-                self.dense[self.keys - self.keys[0]] = np.arange(FIRST_KEY_INDEX, FIRST_KEY_INDEX + len(self.keys))
+                self.dense[self.keys - self.low] = np.arange(FIRST_KEY_INDEX, FIRST_KEY_INDEX + len(self.keys))
 
     @property
     def size(self) -> int:
@@ -141,14 +145,16 @@ class Vocabulary:
         if len(self.keys) == 0:
             indices = np.full(len(keys), OOV_INDEX, dtype=np.int64)
         elif self.dense is not None:
-            inside = (keys >= self.keys[0]) & (keys <= self.keys[-1]) & ~missing
-            indices = np.where(inside, self.dense[np.where(inside, keys - self.keys[0], 0)], OOV_INDEX)
+            # int64 subtraction may wrap for keys near the int64 ends; a wrapped value lands outside the table's
+            # span too, so the clip still sends it to an out-of-vocabulary end.
+            offsets = np.maximum(keys - self.low, 0)  # the ufuncs, not np.clip, whose wrapper costs more than a small batch
+            indices = self.dense.take(np.minimum(offsets, len(self.dense) - 1, out=offsets))
         else:
             position = np.searchsorted(self.keys, keys)
             clipped = np.minimum(position, len(self.keys) - 1)
-            found = (position < len(self.keys)) & (self.keys[clipped] == keys) & ~missing
+            found = (position < len(self.keys)) & (self.keys[clipped] == keys)
             indices = np.where(found, position + FIRST_KEY_INDEX, OOV_INDEX).astype(np.int64)
-        if self.missing_index != OOV_INDEX and missing.any():
+        if missing.any():
             indices[missing] = self.missing_index
         return indices
 
@@ -236,7 +242,7 @@ def _history_items(feature: str, row: int, value: Any) -> Sequence[Any]:
 
 def pad_recent(indices: np.ndarray, offsets: np.ndarray, max_len: int) -> np.ndarray:
     """Keep each row's last max_len items (the most recent), left-aligned, padded with 0 to the longest kept row."""
-    lengths = np.diff(offsets)
+    lengths = offsets[1:] - offsets[:-1]
     if len(lengths) and lengths[0] > 0 and (lengths == lengths[0]).all():  # rectangular: a reshape, no scatter
         return indices[offsets[0]:offsets[-1]].reshape(len(lengths), int(lengths[0]))[:, -max_len:].astype(np.int64, copy=False)
     kept = np.minimum(lengths, max_len)
@@ -297,7 +303,7 @@ class FeatureEncoder:
                 ragged = to_ragged(name, columns[name])
                 if reference is None:
                     reference = (name, ragged.lengths)
-                elif not np.array_equal(reference[1], ragged.lengths):
+                elif len(reference[1]) == len(ragged) and (reference[1] != ragged.lengths).any():  # other counts: below
                     row = _first_true(reference[1] != ragged.lengths)
                     raise InputError(name, f"history length differs from '{reference[0]}' (behaviour sequences must align)", row)
                 indices = self.vocabularies[feature["shares"]].encode(name, ragged.values, ragged.row_of)
