@@ -29,8 +29,14 @@ OPTIMIZATION_LEVELS = {
 
 
 def session_options_for(threads: int | None = None, optimization: str | None = None) -> ort.SessionOptions:
-    """ONNX Runtime session options from the two settings that matter most for latency."""
+    """ONNX Runtime session options from the two settings that matter most for latency.
+
+    Worker threads stop spinning when a call ends (session.force_spinning_stop): left spinning, one session's idle
+    pool competes with the next call's encoding and with the predictor's other session for the cores. Measured
+    on 2 cores: rank of 1,000 candidates right after predict calls 25.2 ms spinning, 10.0 ms stopped; predict at
+    batch 256 x 50 alone 4.6 ms against 4.8 ms, within noise."""
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
