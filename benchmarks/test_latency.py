@@ -1,6 +1,6 @@
 """Batch latency over batch size x sequence length, at the reference sizes, all in one run on one machine:
 
-- predict: the runtime from raw values (encoding included), folded graph;
+- predict: the runtime from raw values (encoding included), folded graph; encode: its encoding step alone;
 - session plain / folded / int8: the ONNX Runtime session alone on encoded arrays, the same weights exported three ways;
 - eager: PyTorch on the same weights (plain model, torch.inference_mode, the same thread count);
 - rank: 100 and 1,000 candidates for one user against predict on the replicated rows;
@@ -89,6 +89,16 @@ def test_runtime_predict(benchmark, predictor: Predictor, batch: int, length: in
     rows = raw_batch(predictor, batch, length)
     probabilities = benchmark(predictor.predict, rows)
     assert probabilities.shape == (batch,)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("batch", BATCHES)
+def test_runtime_encode(benchmark, predictor: Predictor, batch: int, length: int) -> None:
+    """predict's encoding step alone, so its share of predict is measured, not inferred."""
+    benchmark.group = f"batch={batch} length={length}"
+    rows = raw_batch(predictor, batch, length)
+    feed = benchmark(predictor.encode, rows)
+    assert feed["hist_item_id"].shape == (batch, length)
 
 
 @pytest.mark.parametrize("graph", GRAPHS)
