@@ -67,12 +67,13 @@ def predictor(reference_bundle: Path) -> Predictor:
 
 @pytest.fixture(scope="module")
 def graph_predictors(reference_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Predictor]:
-    """The same weights exported as the plain graph, the folded graph and the int8 (embedding tables) graph."""
+    """The same weights as the plain graph, the folded graph (the reference bundle's own) and the int8 (embedding
+    tables) graph."""
     folder = tmp_path_factory.mktemp("graphs")
-    settings = {"plain": {"graph": "plain"}, "folded": {"graph": "folded"}, "int8": {"graph": "folded", "precision": "int8", "force": True}}
-    for name, options in settings.items():
-        export_bundle(reference_bundle, folder / name, **options)
-    return {name: Predictor.load(folder / name, providers="cpu", threads=THREADS) for name in settings}
+    export_bundle(reference_bundle, folder / "plain", graph="plain")
+    export_bundle(reference_bundle, folder / "int8", graph="folded", precision="int8", force=True)
+    bundles = {"plain": folder / "plain", "folded": reference_bundle, "int8": folder / "int8"}
+    return {name: Predictor.load(path, providers="cpu", threads=THREADS) for name, path in bundles.items()}
 
 
 @pytest.fixture(scope="module")

@@ -85,8 +85,8 @@ class Predictor:
         self.output_name = manifest["onnx"]["outputs"][0]["name"]
         self.sequences = [f["name"] for f in manifest["encoding"] if f["kind"] == "sequence"]
         self.shared = sorted({f["shares"] for f in manifest["encoding"] if f["kind"] == "sequence"})
-        for graph in (session, ranking_session):
-            graph_inputs = sorted(i.name for i in graph.get_inputs()) if graph is not None else sorted(self.encoder.names)
+        for graph in (g for g in (session, ranking_session) if g is not None):
+            graph_inputs = sorted(i.name for i in graph.get_inputs())
             if graph_inputs != sorted(self.encoder.names):
                 raise BundleError(f"{bundle}: model inputs {graph_inputs} do not match the manifest's features {sorted(self.encoder.names)}")
 
