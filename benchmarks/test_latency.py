@@ -172,3 +172,15 @@ def test_gemm_rate(benchmark) -> None:
     (product,) = benchmark(session.run, None, {"a": a})
     weight = np.random.default_rng(0).random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)
     assert np.allclose(product[:4], a[:4] @ weight, rtol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["arrays", "lists"])
+def test_encode_input_form(benchmark, predictor: Predictor, form: str) -> None:
+    """Encoding 256 rows of 50 behaviours given as numpy arrays, or as plain Python lists (as JSON decodes them)."""
+    benchmark.group = "encode input form"
+    arrays = raw_batch(predictor, 256, 50)
+    rows = arrays if form == "arrays" else {name: [np.asarray(v).tolist() for v in column] if name.startswith("hist_") else
+                                            np.asarray(column).tolist() for name, column in arrays.items()}
+    feed = benchmark(predictor.encode, rows)
+    expected = predictor.encode(arrays)
+    assert all(np.array_equal(feed[name], expected[name]) for name in expected)
