@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import rank_against_predict
 from din_export.synthetic import generate
 from din_runtime import Predictor
 from din_runtime.providers import CPU, CUDA
@@ -52,3 +53,18 @@ def test_many_threads_get_the_sequential_results(bundle: Path) -> None:
         for _ in range(5):
             results = list(pool.map(predictor.predict, batches))
             assert all(np.array_equal(r, e) for r, e in zip(results, expected, strict=True))
+
+
+def test_predict_and_rank_from_many_threads_get_the_sequential_results(bundle: Path) -> None:
+    predictor = Predictor.load(bundle, providers="cpu")
+    batches = [rows(int(n), seed=100 + i) for i, n in enumerate(np.random.default_rng(1).integers(2, 40, 32))]
+
+    def both(batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        ranking, _ = rank_against_predict(predictor, batch, user=0)
+        return predictor.predict(batch), ranking.probabilities
+
+    expected = [both(b) for b in batches]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(3):
+            for (p, r), (pe, re) in zip(pool.map(both, batches), expected, strict=True):
+                assert np.array_equal(p, pe) and np.array_equal(r, re)
