@@ -137,15 +137,22 @@ def compare_with_pytorch(din: DIN, session: ort.InferenceSession, grid: list[tup
     for batch, sequence in grid:
         feed = random_feed(din.inputs, batch, sequence, rng)
         (onnx_out,) = session.run([OUTPUT_NAME], feed)
-        with torch.inference_mode():
-            torch_out = wrapper(*(torch.from_numpy(feed[n]) for n in din.inputs.names)).numpy()
-        if onnx_out.shape != (batch,) or not np.all(np.isfinite(onnx_out)):
-            raise error(f"batch {batch}, length {sequence}: ONNX Runtime gave shape {onnx_out.shape} or non-finite values")
-        difference = float(np.max(np.abs(onnx_out.astype(np.float64) - torch_out)))
-        if difference > atol:
-            raise error(f"batch {batch}, length {sequence}: ONNX Runtime and PyTorch differ by {difference:.3g} > {atol}")
-        worst = max(worst, difference)
+        worst = max(worst, check_case(wrapper, din.inputs, feed, onnx_out, f"batch {batch}, length {sequence}", atol, error))
     return {"atol": atol, "max_abs_diff": worst, "cases": [list(c) for c in grid], "all_padding_row": True, "oov_row": True}
+
+
+def check_case(wrapper: ProbabilityModel, inputs: ModelInputs, torch_feed: dict[str, np.ndarray], onnx_out: np.ndarray, case: str,
+               atol: float, error: type[ExportError]) -> float:
+    """One parity case: ONNX Runtime's probabilities against PyTorch's on `torch_feed` (one row per output);
+    raises `error` on a wrong shape, a non-finite value or a difference past atol, else returns the difference."""
+    with torch.inference_mode():
+        torch_out = wrapper(*(torch.from_numpy(torch_feed[n]) for n in inputs.names)).numpy()
+    if onnx_out.shape != torch_out.shape or not np.all(np.isfinite(onnx_out)):
+        raise error(f"{case}: ONNX Runtime gave shape {onnx_out.shape} or non-finite values")
+    difference = float(np.max(np.abs(onnx_out.astype(np.float64) - torch_out)))
+    if difference > atol:
+        raise error(f"{case}: ONNX Runtime and PyTorch differ by {difference:.3g} > {atol}")
+    return difference
 
 
 def verify_parity(din: DIN, path: Path, max_len: int, atol: float = ABSOLUTE_TOLERANCE) -> dict[str, Any]:

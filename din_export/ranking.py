@@ -28,6 +28,7 @@ from .export import (
     OUTPUT_NAME,
     SEQUENCE_DIM,
     ExportError,
+    check_case,
     check_structure,
     describe_io,
     parity_grid,
@@ -89,16 +90,8 @@ def compare_ranking_with_pytorch(din: DIN, session: ort.InferenceSession, grid: 
         for row in sorted({0, candidates - 1}):
             ranking_feed = one_history(feed, din.inputs, row)
             (onnx_out,) = session.run([OUTPUT_NAME], ranking_feed)
-            batch_feed = replicated(ranking_feed, din.inputs)
-            with torch.inference_mode():
-                torch_out = wrapper(*(torch.from_numpy(batch_feed[n]) for n in din.inputs.names)).numpy()
-            if onnx_out.shape != (candidates,) or not np.all(np.isfinite(onnx_out)):
-                raise error(f"ranking {candidates} candidates, length {sequence}: shape {onnx_out.shape} or non-finite values")
-            difference = float(np.max(np.abs(onnx_out.astype(np.float64) - torch_out)))
-            if difference > atol:
-                raise error(f"ranking {candidates} candidates, length {sequence}: ONNX Runtime and PyTorch on the replicated rows "
-                            f"differ by {difference:.3g} > {atol}")
-            worst = max(worst, difference)
+            case = f"ranking {candidates} candidates, length {sequence} (PyTorch on the replicated rows)"
+            worst = max(worst, check_case(wrapper, din.inputs, replicated(ranking_feed, din.inputs), onnx_out, case, atol, error))
     return {"atol": atol, "max_abs_diff": worst, "cases": [list(c) for c in grid], "empty_history": True, "oov_candidate": True}
 
 
