@@ -18,6 +18,7 @@ from flops import GRAPH_KINDS, flops_per_row
 from onnx import TensorProto, helper
 
 from din_export.checkpoint import load_model
+from din_export.model import in_form
 from din_export.reexport import export_bundle
 from din_runtime import Predictor
 
@@ -79,7 +80,7 @@ def graph_predictors(reference_bundle: Path, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="module")
 def torch_model(reference_bundle: Path):
     torch.set_num_threads(THREADS)
-    return load_model(reference_bundle)
+    return in_form(load_model(reference_bundle), "plain")
 
 
 @pytest.mark.parametrize("length", LENGTHS)

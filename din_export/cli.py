@@ -13,9 +13,12 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from .augment import AUGMENTATIONS
 from .layers import ACTIVATIONS, WEIGHTINGS
-from .model import BASE_POOLINGS, GRAPHS, VARIANTS
-from .train import SCHEDULES
+from .model import BASE_POOLINGS, GRAPHS, VARIANTS, ModelConfig
+from .train import DEVICES, SCHEDULES, TrainConfig
+
+MODEL_DEFAULTS, TRAINING_DEFAULTS = ModelConfig(), TrainConfig()  # the one place defaults live; flags show them
 
 DEFAULT_MODELS_DIR = Path("models")
 # CLI parameter -> ModelConfig / TrainConfig field; only flags given on the command line override the spec.
@@ -24,7 +27,8 @@ MODEL_FLAGS = {"variant": "variant", "embedding_dim": "embedding_dim", "attentio
                "mlp_hidden": "mlp_hidden", "activation": "mlp_activation", "dropout": "dropout", "batch_norm": "batch_norm",
                "base_pooling": "base_pooling", "encoder_heads": "encoder_heads", "encoder_layers": "encoder_layers"}
 TRAINING_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "learning_rate": "learning_rate", "patience": "patience",
-                  "seed": "seed", "embedding_l2": "embedding_l2", "lr_schedule": "lr_schedule"}
+                  "seed": "seed", "embedding_l2": "embedding_l2", "lr_schedule": "lr_schedule", "warmup_steps": "warmup_steps",
+                  "augmentation": "augmentation", "augmentation_rate": "augmentation_rate", "device": "device"}
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -98,34 +102,53 @@ DATA_OPTIONS = [
                  help="Rows of built-in synthetic data to generate (without --data or --log)."),
 ]
 MODEL_OPTIONS = [
-    click.option("--model", "variant", type=click.Choice(VARIANTS), default="din", show_default=True,
+    click.option("--model", "variant", type=click.Choice(VARIANTS), default=MODEL_DEFAULTS.variant, show_default=True,
                  help="din: target attention over the history (the local activation unit); base: mean or sum pooling "
                       "(the paper's BaseModel); din-seq: a Transformer encoder over the behaviours, then target attention."),
-    click.option("--embedding-dim", type=click.IntRange(min=1), default=16, show_default=True, help="Embedding size of every categorical feature."),
-    click.option("--attention-hidden", default="80,40", show_default=True, callback=_sizes, help="Hidden sizes of the local activation unit's MLP."),
-    click.option("--attention-activation", type=click.Choice(ACTIVATIONS), default="sigmoid", show_default=True,
+    click.option("--embedding-dim", type=click.IntRange(min=1), default=MODEL_DEFAULTS.embedding_dim, show_default=True,
+                 help="Embedding size of every categorical feature."),
+    click.option("--attention-hidden", default=",".join(map(str, MODEL_DEFAULTS.attention_hidden)), show_default=True,
+                 callback=_sizes, help="Hidden sizes of the local activation unit's MLP."),
+    click.option("--attention-activation", type=click.Choice(ACTIVATIONS), default=MODEL_DEFAULTS.attention_activation, show_default=True,
                  help="Activation inside the local activation unit."),
-    click.option("--attention-weighting", type=click.Choice(WEIGHTINGS), default="raw", show_default=True,
+    click.option("--attention-weighting", type=click.Choice(WEIGHTINGS), default=MODEL_DEFAULTS.attention_weighting, show_default=True,
                  help="raw: the unnormalised weights of the paper; softmax: normalised over the unpadded behaviours."),
-    click.option("--mlp-hidden", default="200,80", show_default=True, callback=_sizes, help="Hidden sizes of the final MLP."),
-    click.option("--activation", type=click.Choice(["prelu", "dice"]), default="prelu", show_default=True, help="Activation of the final MLP."),
-    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True, help="Dropout after each final-MLP layer."),
+    click.option("--mlp-hidden", default=",".join(map(str, MODEL_DEFAULTS.mlp_hidden)), show_default=True,
+                 callback=_sizes, help="Hidden sizes of the final MLP."),
+    click.option("--activation", type=click.Choice(["prelu", "dice"]), default=MODEL_DEFAULTS.mlp_activation, show_default=True,
+                 help="Activation of the final MLP."),
+    click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=MODEL_DEFAULTS.dropout, show_default=True,
+                 help="Dropout after each final-MLP layer."),
     click.option("--batch-norm", is_flag=True, help="Batch normalisation in the final MLP."),
-    click.option("--base-pooling", type=click.Choice(BASE_POOLINGS), default="mean", show_default=True, help="Pooling of --model base."),
-    click.option("--encoder-heads", type=click.IntRange(min=1), default=2, show_default=True, help="Attention heads of din-seq's encoder."),
-    click.option("--encoder-layers", type=click.IntRange(min=1), default=1, show_default=True, help="Layers of din-seq's encoder."),
+    click.option("--base-pooling", type=click.Choice(BASE_POOLINGS), default=MODEL_DEFAULTS.base_pooling, show_default=True,
+                 help="Pooling of --model base."),
+    click.option("--encoder-heads", type=click.IntRange(min=1), default=MODEL_DEFAULTS.encoder_heads, show_default=True,
+                 help="Attention heads of din-seq's encoder."),
+    click.option("--encoder-layers", type=click.IntRange(min=1), default=MODEL_DEFAULTS.encoder_layers, show_default=True,
+                 help="Layers of din-seq's encoder."),
 ]
 TRAINING_OPTIONS = [
-    click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Most epochs to train."),
-    click.option("--patience", type=click.IntRange(min=1), default=2, show_default=True,
+    click.option("--epochs", type=click.IntRange(min=1), default=TRAINING_DEFAULTS.epochs, show_default=True, help="Most epochs to train."),
+    click.option("--patience", type=click.IntRange(min=1), default=TRAINING_DEFAULTS.patience, show_default=True,
                  help="Stop after this many epochs without a better validation AUC; the best epoch is kept."),
-    click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True, help="Mini-batch size (over all processes)."),
-    click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Adam learning rate."),
-    click.option("--lr-schedule", type=click.Choice(SCHEDULES), default="constant", show_default=True,
-                 help="Learning-rate schedule over the epochs."),
-    click.option("--embedding-l2", type=click.FloatRange(min=0), default=0.0, show_default=True,
+    click.option("--batch-size", type=click.IntRange(min=2), default=TRAINING_DEFAULTS.batch_size, show_default=True,
+                 help="Mini-batch size (over all processes)."),
+    click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=TRAINING_DEFAULTS.learning_rate, show_default=True,
+                 help="Adam learning rate."),
+    click.option("--lr-schedule", type=click.Choice(SCHEDULES), default=TRAINING_DEFAULTS.lr_schedule, show_default=True,
+                 help="Learning rate over the run's steps after warm-up: constant, or cosine decay to zero at the last epoch's end."),
+    click.option("--warmup-steps", type=click.IntRange(min=0), default=TRAINING_DEFAULTS.warmup_steps, show_default=True,
+                 help="Optimizer steps of linear learning-rate warm-up from zero."),
+    click.option("--augmentation", type=click.Choice(AUGMENTATIONS), default=TRAINING_DEFAULTS.augmentation, show_default=True,
+                 help="Behaviour-sequence augmentation in training: crop keeps a random number of the most recent behaviours "
+                      "of a history (with probability --augmentation-rate); mask drops each behaviour with that probability."),
+    click.option("--augmentation-rate", type=click.FloatRange(0, 1, max_open=True), default=TRAINING_DEFAULTS.augmentation_rate,
+                 show_default=True, help="Probability of --augmentation per history (crop) or per behaviour (mask)."),
+    click.option("--device", type=click.Choice(DEVICES), default=TRAINING_DEFAULTS.device, show_default=True,
+                 help="Where training runs: auto takes CUDA when torch sees a GPU, else the CPU; cuda without a GPU is an error."),
+    click.option("--embedding-l2", type=click.FloatRange(min=0), default=TRAINING_DEFAULTS.embedding_l2, show_default=True,
                  help="Mini-batch aware L2 on the embedding rows present in each batch (the DIN paper's regulariser)."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed for data split, initialisation and shuffling."),
+    click.option("--seed", type=int, default=TRAINING_DEFAULTS.seed, show_default=True, help="Seed for data split, initialisation and shuffling."),
 ]
 
 
@@ -226,12 +249,29 @@ def train_and_export_command(ctx: click.Context, **params: Any) -> None:
         return
     click.echo(f"bundle written to {out}")
     click.echo(_summary(manifest))
+    seconds = manifest["seconds"]
+    rest = {name: value for name, value in seconds.items() if name != "train"}
+    click.echo(f"time: training {seconds['train']:.1f} s, everything else {sum(rest.values()):.1f} s ("
+               + ", ".join(f"{name} {value:.1f}" for name, value in rest.items()) + ")")
+
+
+def _gauc_note(row: dict[str, Any]) -> str:
+    """How many users GAUC averaged over, or why it is undefined."""
+    from .metrics import MIN_GAUC_USERS
+
+    users = row.get("gauc_users")
+    if users is None:
+        return ""
+    if row.get("gauc") is None:
+        return f"GAUC undefined: only {users} user(s) have both labels (it needs {MIN_GAUC_USERS})"
+    return f"GAUC over {users} users"
 
 
 def _summary(manifest: dict[str, Any]) -> str:
     test = manifest["metrics"]["test"]
     shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("auc", "gauc", "logloss", "accuracy") if test.get(k) is not None)
-    return (f"test: {shown} (best epoch {manifest['metrics']['best_epoch']}); "
+    note = _gauc_note(test)
+    return (f"test: {shown}{f' ({note})' if note else ''} (best epoch {manifest['metrics']['best_epoch']}); "
             f"ONNX vs PyTorch max |diff| {manifest['onnx']['parity']['max_abs_diff']:.2e}")
 
 
@@ -242,7 +282,7 @@ def _summary(manifest: dict[str, Any]) -> str:
 @click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True, help="Trial budget.")
 @click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Most epochs per trial; weak trials are pruned earlier.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Stop starting trials after this many seconds.")
-@click.option("--model", "variant", type=click.Choice(VARIANTS), default="din", show_default=True, help="Variant to tune.")
+@click.option("--model", "variant", type=click.Choice(VARIANTS), default=MODEL_DEFAULTS.variant, show_default=True, help="Variant to tune.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler, the split and every trial.")
 def tune_command(out: Path, trials: int, epochs: int, timeout: float | None, variant: str, seed: int, **params: Any) -> None:
     """Search learning rate, embedding size, MLP sizes, dropout and regularisation with Optuna (pruning bad trials)."""
@@ -277,7 +317,9 @@ def report_command(bundle: Path) -> None:
     for split in ("valid", "test"):
         row = metrics[split]
         values = [row.get(k) for k in ("auc", "gauc", "logloss", "accuracy")]
-        click.echo(f"{split:<6}{row['rows']:>8}" + "".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in values))
+        note = _gauc_note(row)
+        click.echo(f"{split:<6}{row['rows']:>8}" + "".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in values)
+                   + (f"   {note}" if note else ""))
     click.echo(f"{'epoch':<6}{'train loss':>12}{'valid AUC':>11}{'valid logloss':>15}")
     for entry in metrics["history"]:
         marker = "  <- best" if entry["epoch"] == metrics["best_epoch"] else ""

@@ -20,7 +20,7 @@ import torch
 
 from din_runtime.encoding import OOV_INDEX
 
-from .model import DIN, GRAPHS, ModelInputs, ProbabilityModel, folded
+from .model import DIN, GRAPHS, ModelInputs, ProbabilityModel, in_form
 
 BATCH_DIM = "batch"
 SEQUENCE_DIM = "seq_len"
@@ -76,7 +76,7 @@ def export_onnx(din: DIN, path: Path, graph: str = "folded") -> None:
     batch = torch.export.Dim(BATCH_DIM, min=1)
     sequence = torch.export.Dim(SEQUENCE_DIM, min=1)
     dynamic_shapes = {n: {0: batch, 1: sequence} if inputs.kinds[n] == "sequence" else {0: batch} for n in inputs.names}
-    write_onnx(ProbabilityModel(folded(din) if graph == "folded" else din), example, dynamic_shapes, path)
+    write_onnx(ProbabilityModel(in_form(din, graph)), example, dynamic_shapes, path)
     expected = {n: [BATCH_DIM, SEQUENCE_DIM] if inputs.kinds[n] == "sequence" else [BATCH_DIM] for n in inputs.names}
     check_structure(path, expected, [BATCH_DIM])
 
@@ -131,7 +131,7 @@ def compare_with_pytorch(din: DIN, session: ort.InferenceSession, grid: list[tup
     """ONNX Runtime against the plain PyTorch model (the source of truth, whatever graph was exported) over a grid
     of shapes, each with an all-padding first row and an out-of-vocabulary last row; raises `error` past the
     tolerance, on a wrong output shape or on a non-finite value."""
-    wrapper = ProbabilityModel(din).eval()
+    wrapper = ProbabilityModel(in_form(din, "plain")).eval()
     rng = np.random.default_rng(1)
     worst = 0.0
     for batch, sequence in grid:

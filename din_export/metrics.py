@@ -19,17 +19,24 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
-def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> float:
-    """Per-group AUC weighted by the group's rows, over groups that hold both classes (as in the DIN paper)."""
+# Below this many users holding both labels, GAUC is an average of a handful of per-user AUCs (a 200-row table
+# gave 1.0 from one user) and is reported as undefined, with the count beside it.
+MIN_GAUC_USERS = 10
+
+
+def gauc(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[float, int]:
+    """Per-group AUC weighted by the group's rows, over groups that hold both classes (as in the DIN paper), and
+    how many groups it averaged over."""
     order = np.argsort(groups, kind="mergesort")
     bounds = np.flatnonzero(np.diff(groups[order])) + 1
-    total, weight = 0.0, 0
+    total, weight, counted = 0.0, 0, 0
     for rows in np.split(order, bounds):
         value = auc(labels[rows], scores[rows])
         if value == value:
             total += value * len(rows)
             weight += len(rows)
-    return total / weight if weight else float("nan")
+            counted += 1
+    return (total / weight if weight else float("nan")), counted
 
 
 def logloss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
@@ -49,5 +56,7 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray |
         "rows": int(len(labels)),
     }
     if groups is not None:
-        metrics["gauc"] = gauc(labels, probabilities, groups)
+        value, users = gauc(labels, probabilities, groups)
+        metrics["gauc"] = value if users >= MIN_GAUC_USERS else float("nan")
+        metrics["gauc_users"] = users
     return {k: None if v != v else v for k, v in metrics.items()}  # undefined (one class only) is None, not NaN

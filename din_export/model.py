@@ -17,7 +17,7 @@ from torch import nn
 
 from din_runtime.encoding import Vocabulary
 
-from .layers import ACTIVATIONS, AttentionPooling, FoldedAttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp
+from .layers import ACTIVATIONS, FORMS, AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp
 
 VARIANTS = ("din", "base", "din-seq")
 BASE_POOLINGS = ("mean", "sum")
@@ -147,15 +147,18 @@ class DIN(nn.Module):
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
 
-GRAPHS = ("folded", "plain")
+GRAPHS = FORMS
 
 
-def folded(din: DIN) -> DIN:
-    """A copy of a trained DIN whose attention unit is the folded inference form (the model is unchanged if it
-    has no attention, as the base variant)."""
+def in_form(din: DIN, form: str) -> DIN:
+    """An evaluation-mode copy of a DIN whose attention unit computes in `form`: "folded" (how it trains and the
+    default export) or "plain" (the literal [q, k, q-k, q*k] of the paper, the reference parity checks use).
+    The weights are shared in meaning, not re-derived: both forms read the same parameters."""
+    if form not in FORMS:
+        raise ValueError(f"graph must be one of {FORMS}, not {form!r}")
     copy_ = copy.deepcopy(din).eval()
     if isinstance(copy_.pooling, AttentionPooling):
-        copy_.pooling = FoldedAttentionPooling(copy_.pooling)
+        copy_.pooling.form = form
     return copy_
 
 

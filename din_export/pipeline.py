@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,7 +104,7 @@ def checkpoint_path(out: Path) -> Path:
 
 def _run_key(spec: Spec, tables: dict[str, pa.Table], model_config: ModelConfig, train_config: TrainConfig) -> str:
     """What a checkpoint must match to be resumed: same spec, data sizes and settings (epochs aside)."""
-    settings = {k: v for k, v in train_config.to_dict().items() if k not in ("epochs", "progress")}
+    settings = {k: v for k, v in train_config.to_dict().items() if k not in ("epochs", "progress", "device")}
     return json.dumps([spec.to_dict(), {n: t.num_rows for n, t in tables.items()}, model_config.to_dict(), settings], sort_keys=True)
 
 
@@ -134,49 +137,77 @@ def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder) -> Encode
     return EncodedSplit(encoder.encode(columns), labels(table, spec), groups_of(columns, spec), [f.name for f in spec.of_kind("sequence")])
 
 
-def load_data(source: DataSource, spec: Spec, seed: int) -> PreparedData:
-    tables = load_tables(source, spec, seed)
-    encoding = fit_encoding(raw_columns(tables["train"], spec), spec)
-    encoder = FeatureEncoder(encoding)
-    return PreparedData(spec, tables, encoding, {name: encode_split(tables[name], spec, encoder) for name in SPLITS})
+@dataclass
+class Phases:
+    """Wall seconds per phase of a run, so the fixed cost around the epochs is measured where it is paid."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
+
+
+def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None = None) -> PreparedData:
+    phases = phases or Phases()
+    with phases.timed("read"):
+        tables = load_tables(source, spec, seed)
+    with phases.timed("fit encoding"):
+        encoding = fit_encoding(raw_columns(tables["train"], spec), spec)
+    with phases.timed("encode"):
+        encoder = FeatureEncoder(encoding)
+        splits = {name: encode_split(tables[name], spec, encoder) for name in SPLITS}
+    return PreparedData(spec, tables, encoding, splits)
 
 
 def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, model_config: ModelConfig,
                       train_config: TrainConfig, resume: bool, world: World, graph: str) -> dict[str, Any] | None:
     spec = load_spec(spec_path or SPEC_PATH)
-    data = load_data(source, spec, train_config.seed)
+    phases = Phases()
+    data = load_data(source, spec, train_config.seed, phases)
     tables, encoding, splits = data.tables, data.encoding, data.splits
 
     torch.manual_seed(train_config.seed)
     din = DIN(ModelInputs.from_encoding(encoding), model_config)
     checkpoint = checkpoint_path(out)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    result = train(din, splits["train"], splits["valid"], train_config, world, checkpoint, resume,
-                   _run_key(spec, tables, model_config, train_config))
+    with phases.timed("train"):
+        result = train(din, splits["train"], splits["valid"], train_config, world, checkpoint, resume,
+                       _run_key(spec, tables, model_config, train_config))
     if not world.is_main:
         return None
-    metrics: dict[str, Any] = {name: evaluate(splits[name].labels, predict(din, splits[name]), splits[name].groups)
-                               for name in ("valid", "test")}
+    with phases.timed("evaluate"):
+        metrics: dict[str, Any] = {name: evaluate(splits[name].labels, predict(din, splits[name]), splits[name].groups)
+                                   for name in ("valid", "test")}
     metrics.update(best_epoch=result.best_epoch, history=result.history)
 
     max_len = max(f.max_len for f in spec.of_kind("sequence"))
     with staged_bundle(out) as staging:
         model_path = staging / MODEL_FILE
-        export_onnx(din, model_path, graph)
-        parity = verify_parity(din, model_path, max_len)
+        with phases.timed("export"):
+            export_onnx(din, model_path, graph)
+        with phases.timed("parity"):
+            parity = verify_parity(din, model_path, max_len)
         rank_path = staging / RANKING_FILE
-        export_ranking(din, rank_path)
-        ranking = ranking_section(rank_path, verify_ranking_parity(din, rank_path, max_len))
-        torch.save({"model_config": model_config.to_dict(), "state_dict": din.state_dict(), "encoding": encoding,
-                    "spec": spec.to_dict()}, staging / CHECKPOINT_FILE)
-        plot_history(result.history, result.best_epoch, staging / PLOT_FILE, f"{source.name} · {model_config.variant}")
+        with phases.timed("export ranking"):
+            export_ranking(din, rank_path)
+        with phases.timed("ranking parity"):
+            ranking = ranking_section(rank_path, verify_ranking_parity(din, rank_path, max_len))
+        with phases.timed("bundle"):
+            torch.save({"model_config": model_config.to_dict(), "state_dict": din.state_dict(), "encoding": encoding,
+                        "spec": spec.to_dict()}, staging / CHECKPOINT_FILE)
+            plot_history(result.history, result.best_epoch, staging / PLOT_FILE, f"{source.name} · {model_config.variant}")
         manifest = {
             "format_version": FORMAT_VERSION,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "spec": spec.to_dict(),
             "encoding": encoding,
             "model": model_config.to_dict(),
-            "training": {**train_config.to_dict(), "processes": world.size,
+            "training": {**train_config.to_dict(), "processes": world.size, "device_used": result.device,
                          "samples_per_second": round(result.samples_per_second, 1)},
             "data": {"source": source.name, **{f"{name}_rows": tables[name].num_rows for name in SPLITS},
                      **source.to_dict(), "seed": train_config.seed},
@@ -188,6 +219,7 @@ def _train_and_export(source: DataSource, out: Path, spec_path: Path | None, mod
             "plot": PLOT_FILE,
             "versions": library_versions(),
             "command": " ".join(sys.argv),
+            "seconds": phases.seconds,  # bundle writing itself (a few ms) is not in it
         }
         write_json(staging / MANIFEST_FILE, manifest)
     checkpoint.unlink(missing_ok=True)

@@ -4,7 +4,7 @@ Serving DIN means scoring hundreds or thousands of candidate items for one user 
 graph each candidate carries its own copy of the history; this graph takes the history once, shape
 (1, seq_len), and every other input per candidate, shape (candidates,). The behaviours are embedded (and
 encoded, for din-seq) once, and the attention unit's first layer becomes one large matrix product with a table
-built from the history (FoldedAttentionPooling.one_history). Its probabilities equal the batch graph's on the
+built from the history (AttentionPooling.one_history). Its probabilities equal the batch graph's on the
 replicated rows, which the export checks against PyTorch.
 """
 
@@ -35,7 +35,7 @@ from .export import (
     random_feed,
     write_onnx,
 )
-from .model import DIN, ModelInputs, ProbabilityModel, folded
+from .model import DIN, ModelInputs, ProbabilityModel, in_form
 
 CANDIDATE_DIM = "candidates"
 
@@ -45,7 +45,7 @@ class RankingModel(nn.Module):
 
     def __init__(self, din: DIN) -> None:
         super().__init__()
-        self.din = folded(din)
+        self.din = in_form(din, "folded")
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         din = self.din
@@ -82,7 +82,7 @@ def compare_ranking_with_pytorch(din: DIN, session: ort.InferenceSession, grid: 
                                  error: type[ExportError] = ExportError) -> dict[str, Any]:
     """The ranking graph against the plain PyTorch model on the replicated rows, for an empty and a full history at
     each (candidates, length) of the grid, with an out-of-vocabulary candidate; raises `error` past the tolerance."""
-    wrapper = ProbabilityModel(din).eval()
+    wrapper = ProbabilityModel(in_form(din, "plain")).eval()
     rng = np.random.default_rng(2)
     worst = 0.0
     for candidates, sequence in grid:

@@ -50,6 +50,16 @@ def read_table(path: str | Path, spec: Spec) -> pa.Table:
     return table
 
 
+def _to_numpy(array: pa.Array) -> np.ndarray:
+    """A flat Arrow array as numpy. Text without nulls becomes a fixed-width str_ array through its dictionary
+    (a gather of the few distinct strings), not an object array of millions of Python strings, which every step
+    after (missing-value checks, vocabulary lookups) would have to walk one by one."""
+    if (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)) and array.null_count == 0:
+        encoded = array.dictionary_encode()
+        return np.asarray(encoded.dictionary.to_pylist(), dtype=np.str_)[encoded.indices.to_numpy()]
+    return array.to_numpy(zero_copy_only=False)
+
+
 def _ragged(name: str, column: pa.ChunkedArray) -> Ragged:
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     from_text = pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
@@ -58,7 +68,7 @@ def _ragged(name: str, column: pa.ChunkedArray) -> Ragged:
     if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
         raise TableError(f"column '{name}': a sequence must be a list column or space-separated IDs, not {array.type}")
     lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy().astype(np.int64)
-    values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+    values = _to_numpy(pc.list_flatten(array))
     if from_text:  # an empty or blank cell splits into one empty string, not zero IDs
         kept = values != ""
         lengths = np.bincount(np.repeat(np.arange(len(lengths)), lengths)[kept], minlength=len(lengths))
@@ -80,7 +90,7 @@ def raw_columns(table: pa.Table, spec: Spec) -> dict[str, Any]:
                 raise TableError(f"column '{feature.name}': numeric feature holds {column.type}, not numbers")
             columns[feature.name] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
         else:
-            columns[feature.name] = column.to_numpy(zero_copy_only=False)
+            columns[feature.name] = _to_numpy(column.combine_chunks())
     return columns
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,12 +20,25 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from . import augment
 from .bundle import write_atomic
 from .distributed import World
 from .metrics import evaluate
 from .model import DIN
 
 SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA where torch sees a GPU, else CPU; cuda without a GPU is an error, not a silent fallback."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # torchrun: one GPU per local process
+    return torch.device("cpu")
 
 
 @dataclass
@@ -42,13 +57,21 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def tensors(self, rows: np.ndarray) -> list[torch.Tensor]:
-        """Inputs for these rows, histories cut to the batch's longest (sequences are left-aligned)."""
-        width = max(1, int(self.lengths[rows].max()))
-        return [
-            torch.from_numpy(array[rows][:, :width] if name in self.sequences else array[rows])
-            for name, array in self.feed.items()
-        ]
+    def tensors(self, rows: np.ndarray, augmentation: tuple[str, float, np.random.Generator] | None = None) -> list[torch.Tensor]:
+        """Inputs for these rows, histories cut to the batch's longest (sequences are left-aligned); with
+        `augmentation` (kind, rate, generator), the histories are cropped or masked first (see augment.py)."""
+        lengths = self.lengths[rows]
+        width = max(1, int(lengths.max()))
+        batch = {name: array[rows][:, :width] if name in self.sequences else array[rows] for name, array in self.feed.items()}
+        keep = augment.keep_positions(*augmentation[:2], lengths, width, augmentation[2]) if augmentation else None
+        if keep is not None:
+            batch.update(augment.apply({name: batch[name] for name in self.sequences}, keep))
+        return [torch.from_numpy(array) for array in batch.values()]
+
+    def tensors_on(self, device: torch.device, rows: np.ndarray,
+                   augmentation: tuple[str, float, np.random.Generator] | None = None) -> list[torch.Tensor]:
+        """tensors() moved to `device` (a no-op on the CPU)."""
+        return [t.to(device, non_blocking=True) for t in self.tensors(rows, augmentation)]
 
 
 @dataclass(frozen=True)
@@ -61,12 +84,24 @@ class TrainConfig:
     progress: bool = True
     embedding_l2: float = 0.0
     lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    augmentation: str = "none"
+    augmentation_rate: float = 0.0
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, not {self.lr_schedule!r}")
         if self.embedding_l2 < 0:
             raise ValueError("embedding_l2 must be >= 0")
+        if self.warmup_steps < 0:
+            raise ValueError("warmup_steps must be >= 0")
+        if self.augmentation not in augment.AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {augment.AUGMENTATIONS}, not {self.augmentation!r}")
+        if not 0 <= self.augmentation_rate < 1:
+            raise ValueError(f"augmentation_rate must be in [0, 1), not {self.augmentation_rate}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +112,7 @@ class TrainResult:
     history: list[dict[str, float]]
     best_epoch: int
     samples_per_second: float
+    device: str = "cpu"
 
 
 class CheckpointError(RuntimeError):
@@ -84,12 +120,14 @@ class CheckpointError(RuntimeError):
 
 
 def predict(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> np.ndarray:
+    """Probabilities for every row of the split, on whatever device the model is."""
     model.eval()
+    device = next(model.parameters()).device
     out = np.empty(len(split), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(split), batch_size):
             rows = np.arange(start, min(start + batch_size, len(split)))
-            out[rows] = torch.sigmoid(model(*split.tensors(rows))).numpy()
+            out[rows] = torch.sigmoid(model(*split.tensors_on(device, rows))).cpu().numpy()
     return out
 
 
@@ -99,20 +137,33 @@ def embedding_frequencies(model: DIN, split: EncodedSplit) -> dict[str, torch.Te
     for table, embedding in model.embeddings.items():
         columns = [table] + [s for s in model.sequences if model.inputs.shares[s] == table]
         total = sum(np.bincount(split.feed[c].ravel(), minlength=embedding.num_embeddings) for c in columns)
-        counts[table] = torch.from_numpy(np.maximum(total, 1).astype(np.float32))
+        counts[table] = torch.from_numpy(np.maximum(total, 1).astype(np.float32)).to(embedding.weight.device)
     return counts
 
 
 def mini_batch_aware_l2(model: DIN, inputs: list[torch.Tensor], frequencies: dict[str, torch.Tensor]) -> torch.Tensor:
     """The DIN paper's regulariser: L2 only on embedding rows present in the batch, each divided by its frequency."""
     by_name = dict(zip(model.inputs.names, inputs, strict=True))
-    penalty = torch.zeros(())
+    penalty = torch.zeros((), device=next(model.parameters()).device)
     for table, embedding in model.embeddings.items():
         columns = [table] + [s for s in model.sequences if model.inputs.shares[s] == table]
         rows = torch.unique(torch.cat([by_name[c].reshape(-1) for c in columns]))
         rows = rows[rows != 0]
         penalty = penalty + (embedding.weight[rows].pow(2).sum(dim=1) / frequencies[table][rows]).sum()
     return penalty
+
+
+def learning_rate_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate's multiplier at each optimizer step: linear warm-up over `warmup_steps`, then constant or
+    a cosine decay to zero at the last step of the last epoch."""
+    total = max(1, config.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.lr_schedule == "cosine":
+            return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        return warm
+    return factor
 
 
 def _batches(rng: np.random.Generator, rows: int, batch_size: int, world: World) -> list[np.ndarray]:
@@ -130,7 +181,7 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 def _load(path: Path, run_key: str) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {path}")
-    state = torch.load(path, weights_only=True)
+    state = torch.load(path, weights_only=True, map_location="cpu")
     if state["run_key"] != run_key:
         raise CheckpointError(f"--resume: the checkpoint at {path} was written by a run with other data or settings")
     return state
@@ -142,11 +193,17 @@ def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, conf
     """Train in place and leave the model at its best validation AUC. With `checkpoint`, the full training state
     is written there after every epoch; `resume` continues from it exactly as an uninterrupted run would."""
     world = world or World()
+    device = resolve_device(config.device)
+    model.to(device)
     rng = np.random.default_rng(config.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs) if config.lr_schedule == "cosine" else None
+    steps_per_epoch = len(_batches(np.random.default_rng(0), len(train_split), config.batch_size, world))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch))
+    augmentation = (config.augmentation, config.augmentation_rate, rng) if config.augmentation != "none" else None
+    show_bar = config.progress and world.is_main and sys.stderr.isatty()  # a log file gets one line per epoch instead
     frequencies = embedding_frequencies(model, train_split) if config.embedding_l2 > 0 else {}
-    stepper = DistributedDataParallel(model) if world.active else model
+    stepper = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+               if world.active else model)
     loss_function = torch.nn.BCEWithLogitsLoss()
     history: list[dict[str, float]] = []
     best_auc, best_epoch, best_state, stale, first_epoch = -np.inf, 0, copy.deepcopy(model.state_dict()), 0, 1
@@ -154,8 +211,7 @@ def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, conf
         state = _load(checkpoint, run_key)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
+        scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = json.loads(state["numpy_rng"])
         torch.set_rng_state(state["torch_rng"])
         history, best_auc, best_epoch, best_state, stale = (state["history"], state["best_auc"], state["best_epoch"],
@@ -168,40 +224,41 @@ def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, conf
         model.train()
         batches = _batches(rng, len(train_split), config.batch_size, world)
         total_loss, started = 0.0, time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not (config.progress and world.is_main),
-                   file=sys.stderr, leave=False)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not show_bar, file=sys.stderr, leave=False)
         for rows in bar:
             optimizer.zero_grad()
-            inputs = train_split.tensors(rows)
-            loss = loss_function(stepper(*inputs), torch.from_numpy(train_split.labels[rows]))
+            inputs = train_split.tensors_on(device, rows, augmentation)
+            loss = loss_function(stepper(*inputs), torch.from_numpy(train_split.labels[rows]).to(device, non_blocking=True))
             if config.embedding_l2 > 0:
                 loss = loss + config.embedding_l2 * mini_batch_aware_l2(model, inputs, frequencies)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * len(rows)
-        if scheduler is not None:
             scheduler.step()
-        train_seconds += time.perf_counter() - started
+            total_loss += loss.item() * len(rows)
+        epoch_seconds = time.perf_counter() - started
+        train_seconds += epoch_seconds
         trained += sum(map(len, batches)) * world.size
         valid = world.broadcast(evaluate(valid_split.labels, predict(model, valid_split), valid_split.groups) if world.is_main else None)
         record = {"epoch": epoch, "train_loss": total_loss / max(1, sum(map(len, batches))),
                   "valid_auc": valid["auc"], "valid_logloss": valid["logloss"], "learning_rate": optimizer.param_groups[0]["lr"]}
         history.append(record)
         if config.progress and world.is_main:
-            print(f"epoch {epoch}: train loss {record['train_loss']:.4f}, valid AUC {valid['auc']:.4f}, "
-                  f"valid logloss {valid['logloss']:.4f}", file=sys.stderr)
+            print(f"epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.4f}, valid AUC {valid['auc']:.4f}, "
+                  f"valid logloss {valid['logloss']:.4f} ({epoch_seconds:.1f} s, "
+                  f"{sum(map(len, batches)) * world.size / epoch_seconds:,.0f} samples/s)", file=sys.stderr, flush=True)
         if valid["auc"] > best_auc:
             best_auc, best_epoch, best_state, stale = valid["auc"], epoch, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
         if checkpoint is not None and world.is_main:
             _save(checkpoint, {"run_key": run_key, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                               "scheduler": scheduler.state_dict(),
                                "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
                                "history": history, "best_auc": best_auc, "best_epoch": best_epoch, "best_state": best_state,
                                "stale": stale})
         if on_epoch is not None:
             on_epoch(epoch, valid["auc"])
     model.load_state_dict(best_state)
+    model.cpu()  # export, checkpoints and evaluation downstream expect a CPU model
     return TrainResult(history=history, best_epoch=best_epoch,
-                       samples_per_second=trained / train_seconds if train_seconds else float("nan"))
+                       samples_per_second=trained / train_seconds if train_seconds else float("nan"), device=str(device))

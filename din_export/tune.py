@@ -57,8 +57,10 @@ def tune(source: DataSource, spec: Spec, out: Path, trials: int, epochs: int, se
 
         torch.manual_seed(seed)
         result = train(DIN(inputs, model_config), data.splits["train"], data.splits["valid"], train_config, on_epoch=report)
-        trial.set_user_attr("model", model_config.to_dict())
-        trial.set_user_attr("training", {k: v for k, v in train_config.to_dict().items() if k != "progress"})
+        # Only what was searched goes into the output spec, over the input spec's own sections: the trial budget
+        # (epochs) and the seed are this search's, not settings for the training that uses the spec.
+        trial.set_user_attr("model", {**spec.model, **model_settings, "variant": variant})
+        trial.set_user_attr("training", {**spec.training, **training_settings})
         return max(h["valid_auc"] for h in result.history)
 
     study.optimize(objective, n_trials=trials, timeout=timeout)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from din_export.metrics import accuracy, auc, evaluate, gauc, logloss
+from din_export.metrics import MIN_GAUC_USERS, accuracy, auc, evaluate, gauc, logloss
 
 
 def pairwise_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -22,7 +22,20 @@ def test_gauc_weights_each_user_by_rows_and_skips_single_class_users() -> None:
     groups = np.array([0, 0, 1, 1, 1, 2, 2])
     # user 0: AUC 1 over 2 rows; user 1: its positive ranks below both negatives, AUC 0 over 3 rows;
     # user 2 has one class and is skipped
-    assert abs(gauc(labels, scores, groups) - (1.0 * 2 + 0.0 * 3) / 5) < 1e-12
+    value, users = gauc(labels, scores, groups)
+    assert abs(value - (1.0 * 2 + 0.0 * 3) / 5) < 1e-12
+    assert users == 2
+
+
+def test_gauc_needs_enough_users_with_both_labels() -> None:
+    rng = np.random.default_rng(0)
+    labels, scores = rng.integers(0, 2, 200), rng.random(200)
+    one_user = np.zeros(200, dtype=int)
+    one_user[:150] = np.arange(150)  # 150 single-row users (one class each) and one user with 50 rows
+    few = evaluate(labels, scores, one_user)
+    assert few["gauc"] is None and few["gauc_users"] == 1
+    many = evaluate(labels, scores, np.arange(200) % MIN_GAUC_USERS)
+    assert many["gauc_users"] == MIN_GAUC_USERS and 0 <= many["gauc"] <= 1
 
 
 def test_logloss_accuracy_and_undefined_auc() -> None:

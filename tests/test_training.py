@@ -16,8 +16,9 @@ from click.testing import CliRunner
 from din_export.cli import main
 from din_export.model import DIN, ModelConfig, ModelInputs
 from din_export.pipeline import checkpoint_path
+from din_export.settings import resolve
 from din_export.spec import load_spec
-from din_export.train import EncodedSplit, embedding_frequencies, mini_batch_aware_l2
+from din_export.train import EncodedSplit, TrainConfig, embedding_frequencies, mini_batch_aware_l2
 
 SMALL = ["--embedding-dim", "8", "--attention-hidden", "16,8", "--mlp-hidden", "32,16", "--quiet"]
 ENCODING = [{"name": "item", "kind": "categorical", "key_type": "int", "keys": list(range(1, 11))},
@@ -88,6 +89,9 @@ def test_tune_writes_a_spec_that_train_and_export_follows(tmp_path: Path) -> Non
     assert "best validation AUC" in result.output
     spec = load_spec(best)
     assert {"embedding_dim", "mlp_hidden", "dropout"} <= set(spec.model) and {"learning_rate", "embedding_l2"} <= set(spec.training)
+    # the search's own budget and seed stay out of the spec: training from it keeps the default epochs
+    assert not {"epochs", "seed", "progress"} & set(spec.training)
+    assert resolve(spec, {}, {})[1].epochs == TrainConfig().epochs
     result = CliRunner().invoke(main, ["train-and-export", "--samples", "3000", "--spec", str(best), "--epochs", "1",
                                        "--out", str(tmp_path / "bundle"), "--quiet"])
     assert result.exit_code == 0, result.output
