@@ -34,7 +34,7 @@ class ModelConfig:
     attention_activation: str = "sigmoid"
     attention_weighting: str = "raw"
     mlp_hidden: tuple[int, ...] = (200, 80)
-    mlp_activation: str = "prelu"
+    mlp_activation: str = "dice"  # chosen by benchmarks/recipe_search.py (README, "Training recipe")
     embedding_init_std: float = 0.2
     dropout: float = 0.0
     batch_norm: bool = False

@@ -125,4 +125,4 @@ def test_learning_rate_schedule_is_recorded(tmp_path: Path, schedule: str) -> No
                                        schedule, "--out", str(tmp_path / "b"), *SMALL])
     assert result.exit_code == 0, result.output
     history = json.loads((tmp_path / "b" / "manifest.json").read_text())["metrics"]["history"]
-    assert history[0]["learning_rate"] < 1e-3 and history[1]["learning_rate"] < history[0]["learning_rate"]
+    assert history[0]["learning_rate"] < TrainConfig().learning_rate and history[1]["learning_rate"] < history[0]["learning_rate"]
