@@ -45,8 +45,8 @@ LIKED_TIME = {"log": {"label": "rating:float", "label_min": 4}, "sampling": {"ne
 
 # The settings train-and-export had before this search (its defaults until then).
 OLD_DEFAULT: dict[str, dict[str, Any]] = {
-    "model": {"embedding_dim": 16, "attention_hidden": (80, 40), "attention_activation": "sigmoid", "mlp_hidden": (200, 80),
-              "mlp_activation": "prelu", "embedding_init_std": 0.2, "dropout": 0.0},
+    "model": {"embedding_dim": 16, "attention_hidden": (80, 40), "attention_activation": "sigmoid", "attention_weighting": "raw",
+              "mlp_hidden": (200, 80), "mlp_activation": "prelu", "embedding_init_std": 0.2, "dropout": 0.0, "batch_norm": False},
     "training": {"batch_size": 256, "learning_rate": 1e-3, "lr_schedule": "constant", "warmup_steps": 0, "embedding_l2": 0.0,
                  "augmentation": "none", "augmentation_rate": 0.0},
 }
@@ -145,21 +145,39 @@ def run(data: PreparedData, settings: dict[str, dict[str, Any]], seed: int, epoc
 
 
 def _cell(rows: list[dict[str, Any]], key: str, digits: int = 4) -> str:
-    values = [r[key] for r in rows if r[key] is not None]
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def changes(candidate: str) -> str:
+    """What a candidate changes from the old default, in the flags' terms."""
+    if candidate not in CANDIDATES:
+        return "?"
+    settings = CANDIDATES[candidate]
+    changed = [f"{k} {_shown(v)}" for section in ("model", "training") for k, v in settings[section].items()
+               if OLD_DEFAULT[section].get(k) != v]
+    return ", ".join(changed) or "(none)"
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def summarise(rows: list[dict[str, Any]]) -> str:
-    lines = ["| data | candidate | model | runs | test AUC | test GAUC | test logloss | best epoch | samples/s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| data | candidate | changes from the old default | model | seeds | test AUC | test GAUC | test logloss | best epoch |",
+             "|---|---|---|---|---|---:|---:|---:|---:|"]
     keys = sorted({(r["data"], r["candidate"], r["variant"]) for r in rows}, key=lambda k: (k[0], -statistics.mean(
         [r["auc"] for r in rows if (r["data"], r["candidate"], r["variant"]) == k])))
     for key in keys:
-        mine = [r for r in rows if (r["data"], r["candidate"], r["variant"]) == key]
+        mine = sorted((r for r in rows if (r["data"], r["candidate"], r["variant"]) == key), key=lambda r: r["seed"])
+        seeds = ", ".join(str(r["seed"]) for r in mine)
         epochs = ", ".join(str(r["best_epoch"]) for r in mine)
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {len(mine)} | {_cell(mine, 'auc')} | {_cell(mine, 'gauc')} | "
-                     f"{_cell(mine, 'logloss')} | {epochs} | {_cell(mine, 'samples_per_second', 0)} |")
+        lines.append(f"| {key[0]} | {key[1]} | {changes(key[1])} | {key[2]} | {seeds} | {_cell(mine, 'auc')} | {_cell(mine, 'gauc')} | "
+                     f"{_cell(mine, 'logloss')} | {epochs} |")
     return "\n".join(lines)
 
 
