@@ -48,7 +48,7 @@ OLD_DEFAULT: dict[str, dict[str, Any]] = {
     "model": {"embedding_dim": 16, "attention_hidden": (80, 40), "attention_activation": "sigmoid", "attention_weighting": "raw",
               "mlp_hidden": (200, 80), "mlp_activation": "prelu", "embedding_init_std": 0.2, "dropout": 0.0, "batch_norm": False},
     "training": {"batch_size": 256, "learning_rate": 1e-3, "lr_schedule": "constant", "warmup_steps": 0, "embedding_l2": 0.0,
-                 "augmentation": "none", "augmentation_rate": 0.0},
+                 "augmentation": "none", "augmentation_rate": 0.0, "patience": 2},
 }
 
 
@@ -92,6 +92,10 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
                                              embedding_l2=1e-1, lr_schedule="cosine"),
     "dice-l2x10-cosine-bs512": _candidate({"mlp_activation": "dice"}, batch_size=512, learning_rate=5e-3, warmup_steps=100,
                                           embedding_l2=1e-1, lr_schedule="cosine"),
+    "dice-l2x10-cosine-bs512-lr-3e-3": _candidate({"mlp_activation": "dice"}, batch_size=512, learning_rate=3e-3, warmup_steps=100,
+                                                  embedding_l2=1e-1, lr_schedule="cosine"),
+    "dice-l2x10-cosine-bs512-patience-3": _candidate({"mlp_activation": "dice"}, batch_size=512, learning_rate=5e-3, warmup_steps=100,
+                                                     embedding_l2=1e-1, lr_schedule="cosine", patience=3),
     "l2x10-cosine": _candidate(learning_rate=3e-3, embedding_l2=1e-1, lr_schedule="cosine"),
     "dice-l2x3-cosine-crop": _candidate({"mlp_activation": "dice"}, learning_rate=3e-3, embedding_l2=3e-2, lr_schedule="cosine",
                                         augmentation="crop", augmentation_rate=0.5),
