@@ -180,7 +180,8 @@ def summarise(rows: list[dict[str, Any]]) -> str:
         mine = sorted((r for r in rows if (r["data"], r["candidate"], r["variant"]) == key), key=lambda r: r["seed"])
         seeds = ", ".join(str(r["seed"]) for r in mine)
         epochs = ", ".join(str(r["best_epoch"]) for r in mine)
-        lines.append(f"| {key[0]} | {key[1]} | {changes(key[1])} | {key[2]} | {seeds} | {_cell(mine, 'auc')} | {_cell(mine, 'gauc')} | "
+        described = mine[0].get("description") or changes(key[1])
+        lines.append(f"| {key[0]} | {key[1]} | {described} | {key[2]} | {seeds} | {_cell(mine, 'auc')} | {_cell(mine, 'gauc')} | "
                      f"{_cell(mine, 'logloss')} | {epochs} |")
     return "\n".join(lines)
 

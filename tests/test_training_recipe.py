@@ -68,7 +68,7 @@ def test_warmup_then_cosine_reaches_zero_at_the_last_step() -> None:
     factor = learning_rate_factor(TrainConfig(epochs=2, warmup_steps=4, lr_schedule="cosine"), steps_per_epoch=10)
     assert [round(factor(s), 3) for s in range(4)] == [round(0.25 * (s + 1) * 0.5 * (1 + np.cos(np.pi * s / 20)), 3) for s in range(4)]
     assert factor(19) > 0 and factor(20) == pytest.approx(0, abs=1e-12)
-    constant = learning_rate_factor(TrainConfig(warmup_steps=0), steps_per_epoch=10)
+    constant = learning_rate_factor(TrainConfig(warmup_steps=0, lr_schedule="constant"), steps_per_epoch=10)
     assert {constant(s) for s in (0, 5, 500)} == {1.0}
 
 

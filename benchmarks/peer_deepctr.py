@@ -1,0 +1,110 @@
+"""DeepCTR-Torch's DIN beside din-export's on the same split: the ids+genre MovieLens-100k samples, encoded once by
+din-export (the same vocabularies, histories and padding feed both), trained as DeepCTR-Torch's README shows
+(`compile("adam", "binary_crossentropy")`, `fit` with batch 256), one epoch at a time with early stopping on
+validation AUC (patience 2, at most 10 epochs, the best epoch's weights kept), the settings of the comparison in
+issue 11 (embedding 18, attention 64-16 with Dice, DNN 256-128, its other defaults). Test AUC, GAUC and logloss
+by din-export's own metric functions; samples/s over `fit` alone. Rows go to --results in recipe_search.py's
+format, so one table shows both:
+
+    .venv/bin/pip install deepctr-torch==0.3.0 scikit-learn requests    # benchmark-only, not a project dependency
+    .venv/bin/python benchmarks/peer_deepctr.py --seeds 0 1 2 --results peer-runs.jsonl
+    .venv/bin/python benchmarks/recipe_search.py --data ids-genre --candidates default --seeds 0 1 2 --results peer-runs.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
+from deepctr_torch.models import DIN
+from recipe_search import prepared
+
+from din_export.metrics import evaluate
+from din_export.pipeline import PreparedData
+from din_runtime.encoding import Vocabulary
+
+EMBEDDING, ATTENTION, DNN, BATCH, MAX_EPOCHS, PATIENCE = 18, (64, 16), (256, 128), 256, 10, 2
+
+
+def columns(data: PreparedData) -> tuple[list, list[str]]:
+    """DeepCTR feature columns for din-export's encoding: each categorical a SparseFeat of its vocabulary's size,
+    each sequence a VarLenSparseFeat sharing its categorical's embedding, masked by its length."""
+    features, histories = [], []
+    sizes = {f["name"]: Vocabulary.from_manifest(f).size for f in data.encoding if f["kind"] == "categorical"}
+    for f in data.encoding:
+        if f["kind"] == "categorical":
+            features.append(SparseFeat(f["name"], sizes[f["name"]], embedding_dim=EMBEDDING))
+        elif f["kind"] == "sequence":
+            shared = f["shares"]
+            features.append(VarLenSparseFeat(SparseFeat(f["name"], sizes[shared], embedding_dim=EMBEDDING, embedding_name=shared),
+                                             maxlen=int(f["max_len"]), length_name=f"{f['name']}_length"))
+            histories.append(shared)
+    return features, histories
+
+
+def inputs(data: PreparedData, split: str) -> dict[str, np.ndarray]:
+    """The split's encoded arrays, histories padded to max_len, plus each history's length."""
+    encoded = data.splits[split]
+    x: dict[str, np.ndarray] = {}
+    for f in data.encoding:
+        array = encoded.feed[f["name"]]
+        if f["kind"] == "sequence":
+            width = int(f["max_len"])
+            array = np.pad(array, ((0, 0), (0, width - array.shape[1])))
+            x[f"{f['name']}_length"] = (array != 0).sum(axis=1)
+        x[f["name"]] = array
+    return x
+
+
+def run(data: PreparedData, seed: int) -> dict:
+    features, histories = columns(data)
+    model = DIN(features, histories, att_hidden_size=ATTENTION, dnn_hidden_units=DNN, device="cpu", seed=seed)
+    model.compile("adam", "binary_crossentropy")
+    train_x, valid_x, test_x = (inputs(data, s) for s in ("train", "valid", "test"))
+    labels = data.splits["train"].labels
+    best_auc, best_epoch, best_state, stale, fit_seconds, epochs = -1.0, 0, None, 0, 0.0, 0
+    for epoch in range(1, MAX_EPOCHS + 1):
+        np.random.seed(seed + epoch)  # DeepCTR shuffles with torch's DataLoader; numpy is seeded for completeness
+        started = time.perf_counter()
+        model.fit(train_x, labels, batch_size=BATCH, epochs=1, verbose=0)
+        fit_seconds += time.perf_counter() - started
+        epochs = epoch
+        valid_auc = evaluate(data.splits["valid"].labels, model.predict(valid_x, 8192).reshape(-1), None)["auc"]
+        if valid_auc > best_auc:
+            best_auc, best_epoch, best_state, stale = valid_auc, epoch, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= PATIENCE:
+                break
+    model.load_state_dict(best_state)
+    test = evaluate(data.splits["test"].labels, model.predict(test_x, 8192).reshape(-1), data.splits["test"].groups)
+    return {"data": "ids-genre", "candidate": "deepctr-torch-0.3.0", "variant": "din", "seed": seed, "auc": test["auc"],
+            "description": "DeepCTR-Torch's DIN: embedding 18, attention 64-16 Dice, DNN 256-128, Adam 1e-3, batch 256",
+            "gauc": test.get("gauc"), "logloss": test["logloss"], "best_epoch": best_epoch, "epochs_run": epochs,
+            "samples_per_second": epochs * len(labels) / fit_seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--results", type=Path, default=Path("peer-runs.jsonl"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as scratch:
+        data = prepared("ids-genre", Path(scratch))
+        for seed in args.seeds:
+            row = run(data, seed)
+            with open(args.results, "a", encoding="utf-8") as stream:
+                stream.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
