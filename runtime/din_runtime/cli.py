@@ -55,6 +55,9 @@ def score(bundle: Path, source: Path, target: Path, id_column: str | None, chunk
                 done += len(probabilities)
                 if progress:
                     print(f"\r{done:,} rows scored", end="", file=sys.stderr, flush=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # the mode of any new file here, not mkstemp's private 0600
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

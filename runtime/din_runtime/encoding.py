@@ -7,6 +7,7 @@ Everything is vectorised over rows; Python-level work happens only on an error p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -54,12 +55,22 @@ def _first_true(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+_INTEGER_TEXT = re.compile(r"[-+]?\d+")
+
+
+def _absent(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip())
+
+
 def _missing_mask(values: np.ndarray) -> np.ndarray:
-    """True where a value is absent: None in an object array, NaN in a float array."""
+    """True where a value is absent: None, NaN, or an empty (or blank) string, as a CSV reader or a JSON client
+    gives an empty cell."""
     if values.dtype == object:
-        return np.fromiter((v is None or (isinstance(v, float) and v != v) for v in values), bool, len(values))
+        return np.fromiter(map(_absent, values), bool, len(values))
     if values.dtype.kind == "f":
         return np.isnan(values)
+    if values.dtype.kind == "U":
+        return np.strings.str_len(np.strings.strip(values)) == 0
     return np.zeros(len(values), dtype=bool)
 
 
@@ -98,7 +109,12 @@ class Vocabulary:
 
     def coerce(self, feature: str, values: Any, row_of=lambda i: i) -> tuple[np.ndarray, np.ndarray]:
         """Convert raw values to the key dtype; returns (keys, missing mask). Unconvertible values raise."""
-        array = np.asarray(values)
+        try:
+            array = np.asarray(values)
+        except ValueError:  # ragged items (a list among IDs): keep each as it is, so the error names its row
+            array = np.empty(len(values), dtype=object)
+            for i, value in enumerate(values):
+                array[i] = value
         if array.ndim != 1:
             raise InputError(feature, f"expected one value per row, got an array of shape {array.shape}")
         missing = _missing_mask(array)
@@ -124,21 +140,24 @@ class Vocabulary:
             out_of_range = finite & (np.abs(array) >= 2.0**63)
             return np.where(missing | out_of_range, 0, array).astype(np.int64), missing | out_of_range
         present = np.where(missing, 0, array.astype(object)) if missing.any() else array
-        try:
+        try:  # integer strings ("2222", as CSV and JSON clients send them) are IDs too
             return present.astype(np.int64), missing
         except (TypeError, ValueError, OverflowError):
             # Slow path, only for mixed or oversized values: integers beyond int64 are out of vocabulary, anything
             # that is not an integer is an error naming its row.
             beyond = np.zeros(len(present), dtype=bool)
-            for i, value in enumerate(present):
+            values = present.astype(object)
+            for i, value in enumerate(values):
+                if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+                    value = values[i] = int(value)
                 if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and abs(int(value)) > INT64_MAX:
                     beyond[i] = True
                     continue
                 try:
-                    np.int64(int(value))
+                    np.int64(int(value)) if not isinstance(value, str) else int("not an integer")
                 except (TypeError, ValueError, OverflowError):
-                    raise InputError(feature, f"ID {_shown(value)} is not an integer", row_of(i)) from None
-            return np.where(beyond, 0, present).astype(np.int64), missing | beyond
+                    raise InputError(feature, f"ID {_shown(array[i])} is not an integer", row_of(i)) from None
+            return np.where(beyond, 0, values).astype(np.int64), missing | beyond
 
     def lookup(self, keys: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """Indices of keys in the embedding table; unknown keys go to the out-of-vocabulary index."""
@@ -182,13 +201,17 @@ class NumericScaler:
         if array.ndim != 1:
             raise InputError(feature, f"expected one number per row, got an array of shape {array.shape}")
         if array.dtype.kind not in "biuf":
+            # Text as a CSV reader or JSON client sends it: numeric strings are numbers, empty cells are missing.
             missing = _missing_mask(array)
             try:
-                array = np.where(missing, np.nan, array).astype(np.float64)
+                array = np.where(missing, np.nan, array.astype(object)).astype(np.float64)
             except (TypeError, ValueError):
                 for i, value in enumerate(array):
-                    if not missing[i] and not isinstance(value, (int, float, np.number)):
-                        raise InputError(feature, f"value {_shown(value)} is not a number", i) from None
+                    if not missing[i]:
+                        try:
+                            float(value)
+                        except (TypeError, ValueError):
+                            raise InputError(feature, f"value {_shown(value)} is not a number", i) from None
                 raise
         array = array.astype(np.float64)
         array = np.where(np.isfinite(array), array, self.fill)
