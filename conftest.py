@@ -27,6 +27,20 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_bundle(tmp_path_factory.mktemp("bundles") / "din")
 
 
+@pytest.fixture(scope="module")
+def predictor(bundle: Path):
+    """The bundle's Predictor on the CPU (modules that need another override this)."""
+    from din_runtime import Predictor
+
+    return Predictor.load(bundle, providers="cpu")
+
+
+@pytest.fixture(scope="module")
+def keys(predictor) -> dict[str, list]:
+    """The vocabulary keys of each categorical feature of the predictor's bundle."""
+    return {f["name"]: f["keys"] for f in predictor.manifest["encoding"] if f["kind"] == "categorical"}
+
+
 
 @pytest.fixture(scope="session")
 def reference_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:

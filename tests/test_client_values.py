@@ -17,16 +17,6 @@ from hypothesis import strategies as st
 from din_runtime import InputError, Predictor
 
 
-@pytest.fixture(scope="module")
-def predictor(bundle: Path) -> Predictor:
-    return Predictor.load(bundle, providers="cpu")
-
-
-@pytest.fixture(scope="module")
-def keys(predictor: Predictor) -> dict[str, list]:
-    return {f["name"]: f["keys"] for f in predictor.manifest["encoding"] if f["kind"] == "categorical"}
-
-
 def typed_rows(keys: dict) -> dict:
     item, cate, user = keys["item_id"], keys["cate_id"], keys["user_id"]
     return {"user_id": user[:3], "item_id": [item[0], None, item[2]], "cate_id": cate[:3], "price": [8.23, 3.1, None],

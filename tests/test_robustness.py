@@ -24,16 +24,6 @@ from din_runtime.manifest import sha256_of
 MAX_LEN = 50
 
 
-@pytest.fixture(scope="module")
-def predictor(bundle: Path) -> Predictor:
-    return Predictor.load(bundle, providers="cpu")
-
-
-@pytest.fixture(scope="module")
-def keys(predictor: Predictor) -> dict[str, list]:
-    return {f["name"]: f["keys"] for f in predictor.manifest["encoding"] if f["kind"] == "categorical"}
-
-
 def good_rows(keys: dict, n: int = 3, length: int = 5) -> dict:
     rng = np.random.default_rng(n * 100 + length)
     return {"user_id": list(rng.choice(keys["user_id"], n)), "item_id": list(rng.choice(keys["item_id"], n)),
