@@ -98,3 +98,20 @@ def test_the_string_form_of_any_row_scores_exactly_like_its_typed_form(predictor
         "hist_cate_id": [data.draw(st.lists(st.sampled_from(keys["cate_id"]), min_size=k, max_size=k)) for k in lengths],
     }
     assert np.array_equal(predictor.predict(as_text(rows)), predictor.predict(rows))
+
+
+def test_cli_scores_parquet_with_nulls_like_predict(predictor: Predictor, bundle: Path, keys: dict, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    typed = typed_rows(keys)
+    table = pa.table({**typed, "hist_item_id": pa.array([*typed["hist_item_id"][:1], None, *typed["hist_item_id"][2:]], pa.list_(pa.int64()))})
+    pq.write_table(table, tmp_path / "in.parquet")
+    result = subprocess.run([sys.executable, "-m", "din_runtime.cli", "predict", str(bundle), str(tmp_path / "in.parquet"),
+                             str(tmp_path / "out.csv"), "--quiet", "--providers", "cpu", "--id-column", "user_id"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    with open(tmp_path / "out.csv", newline="") as stream:
+        rows = list(csv.reader(stream))
+    assert [r[0] for r in rows[1:]] == [str(u) for u in typed["user_id"]]
+    assert np.max(np.abs(np.array([float(r[1]) for r in rows[1:]], dtype=np.float32) - predictor.predict(typed))) <= 1e-6

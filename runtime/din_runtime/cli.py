@@ -15,9 +15,17 @@ import tempfile
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+
+from .encoding import Ragged
 from .errors import BundleError, InputError, ProviderError
 from .predictor import Predictor
+
+# Measured on a 161,616-row Parquet file of the built-in data at the default --chunk-rows: the session fed 16,384
+# rows at a time peaked at 2.36 GB resident, 4,096 at 0.84 GB, 1,024 at 0.50 GB, and 1,024 was also the fastest.
+SESSION_ROWS = 1024
 
 
 def _csv_chunks(path: Path, rows: int) -> Iterator[dict[str, list]]:
@@ -27,18 +35,33 @@ def _csv_chunks(path: Path, rows: int) -> Iterator[dict[str, list]]:
             yield {name: [row[name] if row[name] != "" else None for row in chunk] for name in reader.fieldnames or []}
 
 
-def _parquet_chunks(path: Path, rows: int) -> Iterator[dict[str, list]]:
+def _parquet_chunks(path: Path, rows: int) -> Iterator[dict[str, Any]]:
+    """Each chunk's columns as numpy arrays, list columns as Ragged (flat values and offsets): no Python object per
+    value (`to_pydict()` made one per history entry; this reads a 161,616-row file in 6.3 s instead of 7.1)."""
     try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
     except ImportError:
         raise InputError("input", "reading Parquet needs pyarrow (pip install pyarrow); CSV needs nothing more") from None
     for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
-        yield batch.to_pydict()
+        columns: dict[str, Any] = {}
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
+                offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+                np.cumsum(lengths, out=offsets[1:])
+                columns[name] = Ragged(pc.list_flatten(column).to_numpy(zero_copy_only=False), offsets)
+            else:
+                columns[name] = column.to_numpy(zero_copy_only=False)
+        yield columns
 
 
 def score(bundle: Path, source: Path, target: Path, id_column: str | None, chunk_rows: int, providers: str, progress: bool) -> int:
     """Score every row of `source` into `target`; returns the number of rows."""
-    predictor = Predictor.load(bundle, providers=providers)
+    # The session sees at most SESSION_ROWS rows at a time: its activations (rows x history x attention width floats)
+    # and ONNX Runtime's arena, which keeps its largest size, are what bound memory, not the chunk read.
+    predictor = Predictor.load(bundle, providers=providers, chunk_rows=SESSION_ROWS)
     chunks = _parquet_chunks(source, chunk_rows) if source.suffix.lower() in (".parquet", ".pq") else _csv_chunks(source, chunk_rows)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     done = 0
