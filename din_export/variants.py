@@ -10,6 +10,7 @@ fp16: float16 weights and arithmetic for CUDA, with float32 inputs and outputs k
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,15 @@ DEFAULT_MAX_AUC_DROP = 0.002
 QUANTIZED_OPS = ["Gather"]
 
 
+class _WithoutPreprocessingAdvice(logging.Filter):
+    """Drops the quantiser's advice to run its pre-processing (shape inference and optimisation for static
+    quantisation of vision models) first: it does not apply to dynamic quantisation of embedding tables, and it
+    came once per graph, twice for every bundle."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def convert(source: Path, target: Path, precision: str) -> None:
     """Write the `precision` form of the float32 graph at `source` to `target`."""
     if precision == "int8":
@@ -38,9 +48,12 @@ def convert(source: Path, target: Path, precision: str) -> None:
         del model.graph.value_info[:]
         cleared = target.with_suffix(".cleared.onnx")
         onnx.save(model, str(cleared))
+        advice = _WithoutPreprocessingAdvice()
+        logging.getLogger().addFilter(advice)
         try:
             quantize_dynamic(str(cleared), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS)
         finally:
+            logging.getLogger().removeFilter(advice)
             cleared.unlink(missing_ok=True)
     elif precision == "fp16":
         converted = ir.from_proto(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))

@@ -13,7 +13,7 @@ import onnxruntime as ort
 from .encoding import FeatureEncoder
 from .errors import BundleError, InputError, ProviderError
 from .manifest import read_manifest, verify_model_file
-from .providers import ProviderChoice, create_session
+from .providers import ProviderChoice, create_session, resolve
 
 DEFAULT_CHUNK_ROWS = 16_384
 # rank scores candidates in blocks of at most this many candidate x behaviour pairs, which bounds the attention
@@ -108,8 +108,14 @@ class Predictor:
         bundle = Path(bundle)
         manifest = read_manifest(bundle)
         options = session_options or session_options_for(threads, optimization)
-        sessions = [_open_session(verify_model_file(bundle, manifest, section), providers, options, fallback, provider_options)
-                    for section in ("onnx", "ranking") if manifest.get(section) is not None]
+        session = _open_session(verify_model_file(bundle, manifest, "onnx"), providers, options, fallback, provider_options)
+        sessions = [session]
+        if manifest.get("ranking") is not None:
+            # The ranking graph goes where the batch graph went: after a fallback its warning is not repeated.
+            requested, required = resolve(providers)
+            fell_back = fallback and required and session.get_providers()[0] != requested[0]
+            sessions.append(_open_session(verify_model_file(bundle, manifest, "ranking"), session.get_providers() if fell_back else providers,
+                                          options, fallback, None if fell_back else provider_options))
         return cls(bundle, manifest, sessions[0], chunk_rows, sessions[1] if len(sessions) > 1 else None, rank_block)
 
     @property

@@ -45,8 +45,9 @@ def create_session(model_path: str, choice: ProviderChoice, options: ort.Session
     requested, required = resolve(choice)
     if provider_options is not None and len(provider_options) != len(requested):
         raise ValueError(f"provider_options needs one dict per provider {requested}")
-    if (not required or fallback) and requested[0] == CUDA:
-        # CUDA is only preferred here: keep ONNX Runtime's load error for missing CUDA libraries off the console.
+    if requested[0] == CUDA:
+        # Keep ONNX Runtime's own load error for missing CUDA libraries off the console: what happened is reported
+        # once, below, as a ProviderError (or a warning with fallback=True), not twice in two voices.
         ort.set_default_logger_severity(4)
     try:
         session = ort.InferenceSession(model_path, sess_options=options, providers=requested, provider_options=provider_options)
