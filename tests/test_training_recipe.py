@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from din_export import augment
 from din_export.cli import main
+from din_export.distributed import World
 from din_export.model import DIN, ModelConfig, ModelInputs, in_form
-from din_export.train import EncodedSplit, TrainConfig, learning_rate_factor
+from din_export.train import EncodedSplit, TrainConfig, _batches, _steps_per_epoch, learning_rate_factor
 
 ENCODING = [{"name": "user", "kind": "categorical", "key_type": "int", "keys": list(range(1, 30))},
             {"name": "item", "kind": "categorical", "key_type": "int", "keys": list(range(1, 50))},
@@ -68,6 +69,9 @@ def test_warmup_then_cosine_reaches_zero_at_the_last_step() -> None:
     factor = learning_rate_factor(TrainConfig(epochs=2, warmup_steps=4, lr_schedule="cosine"), steps_per_epoch=10)
     assert [round(factor(s), 3) for s in range(4)] == [round(0.25 * (s + 1) * 0.5 * (1 + np.cos(np.pi * s / 20)), 3) for s in range(4)]
     assert factor(19) > 0 and factor(20) == pytest.approx(0, abs=1e-12)
+    for rows, batch_size, size in [(1000, 256, 1), (1025, 256, 1), (1026, 256, 1), (1027, 256, 2), (1028, 256, 2), (256, 256, 2)]:
+        world = World(rank=0, size=size)  # the schedule's length is the number of batches train() will take
+        assert _steps_per_epoch(rows, batch_size, world) == len(_batches(np.random.default_rng(0), rows, batch_size, world))
     constant = learning_rate_factor(TrainConfig(warmup_steps=0, lr_schedule="constant"), steps_per_epoch=10)
     assert {constant(s) for s in (0, 5, 500)} == {1.0}
 

@@ -32,7 +32,7 @@ def _csv_chunks(path: Path, rows: int) -> Iterator[dict[str, list]]:
     with open(path, newline="", encoding="utf-8") as stream:
         reader = csv.DictReader(stream)
         while chunk := list(islice(reader, rows)):
-            yield {name: [row[name] if row[name] != "" else None for row in chunk] for name in reader.fieldnames or []}
+            yield {name: [row[name] for row in chunk] for name in reader.fieldnames or []}  # the encoder reads '' as missing
 
 
 def _parquet_chunks(path: Path, rows: int) -> Iterator[dict[str, Any]]:

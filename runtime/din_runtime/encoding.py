@@ -70,7 +70,7 @@ def _missing_mask(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind == "f":
         return np.isnan(values)
     if values.dtype.kind == "U":
-        return np.strings.str_len(np.strings.strip(values)) == 0
+        return np.char.strip(values) == ""  # np.char, not np.strings: the runtime supports numpy 1.24 too
     return np.zeros(len(values), dtype=bool)
 
 
@@ -148,13 +148,15 @@ class Vocabulary:
             beyond = np.zeros(len(present), dtype=bool)
             values = present.astype(object)
             for i, value in enumerate(values):
-                if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+                if isinstance(value, str):  # only plain integer text: Python's int() would also take "1_000"
+                    if not _INTEGER_TEXT.fullmatch(value.strip()):
+                        raise InputError(feature, f"ID {_shown(array[i])} is not an integer", row_of(i)) from None
                     value = values[i] = int(value)
                 if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and abs(int(value)) > INT64_MAX:
                     beyond[i] = True
                     continue
                 try:
-                    np.int64(int(value)) if not isinstance(value, str) else int("not an integer")
+                    np.int64(int(value))
                 except (TypeError, ValueError, OverflowError):
                     raise InputError(feature, f"ID {_shown(array[i])} is not an integer", row_of(i)) from None
             return np.where(beyond, 0, values).astype(np.int64), missing | beyond

@@ -112,8 +112,7 @@ class Predictor:
         sessions = [session]
         if manifest.get("ranking") is not None:
             # The ranking graph goes where the batch graph went: after a fallback its warning is not repeated.
-            requested, required = resolve(providers)
-            fell_back = fallback and required and session.get_providers()[0] != requested[0]
+            fell_back = session.get_providers()[0] != resolve(providers)[0][0]
             sessions.append(_open_session(verify_model_file(bundle, manifest, "ranking"), session.get_providers() if fell_back else providers,
                                           options, fallback, None if fell_back else provider_options))
         return cls(bundle, manifest, sessions[0], chunk_rows, sessions[1] if len(sessions) > 1 else None, rank_block)
