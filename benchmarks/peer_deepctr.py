@@ -26,44 +26,40 @@ from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
 from deepctr_torch.models import DIN
 from recipe_search import prepared
 
-from din_export.metrics import evaluate
-from din_export.pipeline import PreparedData
-from din_runtime.encoding import Vocabulary
+from din_export.data.dataset import EncodedData
+from din_export.training.metrics import evaluate
 
 EMBEDDING, ATTENTION, DNN, BATCH, MAX_EPOCHS, PATIENCE = 18, (64, 16), (256, 128), 256, 10, 2
 
 
-def columns(data: PreparedData) -> tuple[list, list[str]]:
+def columns(data: EncodedData) -> tuple[list, list[str]]:
     """DeepCTR feature columns for din-export's encoding: each categorical a SparseFeat of its vocabulary's size,
     each sequence a VarLenSparseFeat sharing its categorical's embedding, masked by its length."""
     features, histories = [], []
-    sizes = {f["name"]: Vocabulary.from_manifest(f).size for f in data.encoding if f["kind"] == "categorical"}
-    for f in data.encoding:
-        if f["kind"] == "categorical":
-            features.append(SparseFeat(f["name"], sizes[f["name"]], embedding_dim=EMBEDDING))
-        elif f["kind"] == "sequence":
-            shared = f["shares"]
-            features.append(VarLenSparseFeat(SparseFeat(f["name"], sizes[shared], embedding_dim=EMBEDDING, embedding_name=shared),
-                                             maxlen=int(f["max_len"]), length_name=f"{f['name']}_length"))
-            histories.append(shared)
+    for f in data.schema.features:
+        if f.kind == "categorical":
+            features.append(SparseFeat(f.name, f.size, embedding_dim=EMBEDDING))
+        elif f.kind == "sequence":
+            features.append(VarLenSparseFeat(SparseFeat(f.name, data.schema[f.shares].size, embedding_dim=EMBEDDING, embedding_name=f.shares),
+                                             maxlen=f.max_len, length_name=f"{f.name}_length"))
+            histories.append(f.shares)
     return features, histories
 
 
-def inputs(data: PreparedData, split: str) -> dict[str, np.ndarray]:
+def inputs(data: EncodedData, split: str) -> dict[str, np.ndarray]:
     """The split's encoded arrays, histories padded to max_len, plus each history's length."""
     encoded = data.splits[split]
     x: dict[str, np.ndarray] = {}
-    for f in data.encoding:
-        array = encoded.feed[f["name"]]
-        if f["kind"] == "sequence":
-            width = int(f["max_len"])
-            array = np.pad(array, ((0, 0), (0, width - array.shape[1])))
-            x[f"{f['name']}_length"] = (array != 0).sum(axis=1)
-        x[f["name"]] = array
+    for f in data.schema.features:
+        array = encoded.feed[f.name]
+        if f.kind == "sequence":
+            array = np.pad(array, ((0, 0), (0, f.max_len - array.shape[1])))
+            x[f"{f.name}_length"] = (array != 0).sum(axis=1)
+        x[f.name] = array
     return x
 
 
-def run(data: PreparedData, seed: int) -> dict:
+def run(data: EncodedData, seed: int) -> dict:
     features, histories = columns(data)
     model = DIN(features, histories, att_hidden_size=ATTENTION, dnn_hidden_units=DNN, device="cpu", seed=seed)
     model.compile("adam", "binary_crossentropy")

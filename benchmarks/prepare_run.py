@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from din_export.prepare import Sources, prepare
+from din_export.data.prepare import Sources, prepare
 
 
 def peak_rss_mb() -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from din_export.synthetic import LOG_SPEC_PATH, generate_log
+from din_export.data.synthetic import LOG_SPEC_PATH, generate_log
 
 HERE = Path(__file__).parent
 

@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from din_export.export import random_feed
-from din_export.model import ModelInputs
-from din_export.ranking import one_history
-from din_runtime.manifest import read_manifest
+from din_export.export.graphs import one_history, random_feed
+from din_runtime.manifest import read_manifest, schema_of
 
 THREADS = 2
 WARMUP = 20
@@ -26,10 +24,10 @@ WARMUP = 20
 
 def profile(bundle: Path, batch: int, length: int, runs: int, graph: str) -> dict[str, float]:
     """Milliseconds per call by operator type (kernel time only; the profiler's own overhead inflates the total)."""
-    inputs = ModelInputs.from_encoding(read_manifest(bundle)["encoding"])
-    feed = random_feed(inputs, batch, length, np.random.default_rng(0))
+    schema = schema_of(read_manifest(bundle))
+    feed = random_feed(schema, batch, length, np.random.default_rng(0))
     if graph == "rank":
-        feed = one_history(feed, inputs, batch - 1)
+        feed = one_history(feed, schema, batch - 1)
     with tempfile.TemporaryDirectory() as folder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = THREADS

@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 
-from din_export.metrics import evaluate
-from din_export.model import DIN, ModelConfig, ModelInputs
-from din_export.pipeline import DataSource, PreparedData, load_data
-from din_export.prepare import SPEC_FILE, Sources, prepare
-from din_export.spec import load_spec
-from din_export.synthetic import SPEC_PATH
-from din_export.train import TrainConfig, predict, train
+from din_export.config import ModelConfig, TrainConfig
+from din_export.data.dataset import DataSource, EncodedData, load_data
+from din_export.data.prepare import SPEC_FILE, Sources, prepare
+from din_export.data.spec import load_spec
+from din_export.data.synthetic import SPEC_PATH
+from din_export.model.din import DIN
+from din_export.training.metrics import evaluate
+from din_export.training.train import predict, train
 
 ROOT = Path(__file__).resolve().parent.parent
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -102,7 +103,7 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def prepared(name: str, scratch: Path) -> PreparedData:
+def prepared(name: str, scratch: Path) -> EncodedData:
     """The named data set, read and encoded once for every run on it."""
     if name == "synthetic":
         return load_data(DataSource(), load_spec(SPEC_PATH), seed=0)
@@ -135,11 +136,11 @@ def _to_toml(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(data: PreparedData, settings: dict[str, dict[str, Any]], seed: int, epochs: int, variant: str) -> dict[str, Any]:
+def run(data: EncodedData, settings: dict[str, dict[str, Any]], seed: int, epochs: int, variant: str) -> dict[str, Any]:
     model_config = ModelConfig(**{**settings["model"], "variant": variant})
     train_config = TrainConfig(**{**settings["training"], "epochs": epochs, "seed": seed, "progress": False})
     torch.manual_seed(seed)
-    din = DIN(ModelInputs.from_encoding(data.encoding), model_config)
+    din = DIN(data.schema, model_config)
     started = time.perf_counter()
     result = train(din, data.splits["train"], data.splits["valid"], train_config)
     test = evaluate(data.splits["test"].labels, predict(din, data.splits["test"]), data.splits["test"].groups)

@@ -17,9 +17,9 @@ import torch
 from flops import GRAPH_KINDS, flops_per_row
 from onnx import TensorProto, helper
 
-from din_export.checkpoint import load_model
-from din_export.model import in_form
-from din_export.reexport import export_bundle
+from din_export.bundle import load_bundle
+from din_export.export.rebuild import export_bundle
+from din_export.model.din import in_form
 from din_runtime import Predictor
 
 BATCHES = (1, 32, 256, 1024, 4096)
@@ -80,7 +80,7 @@ def graph_predictors(reference_bundle: Path, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="module")
 def torch_model(reference_bundle: Path):
     torch.set_num_threads(THREADS)
-    return in_form(load_model(reference_bundle), "plain")
+    return in_form(load_bundle(reference_bundle).din, "plain")
 
 
 @pytest.mark.parametrize("length", LENGTHS)

@@ -5,7 +5,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from din_export.reexport import export_bundle
+from din_export.export.rebuild import export_bundle
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from din_export.synthetic import LOG_SPEC_PATH, generate_log
+from din_export.data.synthetic import LOG_SPEC_PATH, generate_log
 
 EVENTS = 1_000_000
 RUNNER = Path(__file__).parent / "prepare_run.py"

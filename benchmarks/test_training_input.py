@@ -11,12 +11,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from din_export.model import DIN, ModelConfig, ModelInputs
-from din_export.preprocess import fit_encoding
-from din_export.spec import load_spec
-from din_export.tables import labels, raw_columns
-from din_export.train import EncodedSplit
+from din_export.config import ModelConfig
+from din_export.data.dataset import EncodedSplit
+from din_export.data.fitting import fit_schema
+from din_export.data.spec import load_spec
+from din_export.data.tables import labels, raw_columns
+from din_export.model.din import DIN
+from din_export.training.train import batch_tensors
 from din_runtime import FeatureEncoder
+from din_runtime.schema import FeatureSchema
 
 ROWS = 20_000
 BATCH = 256
@@ -54,15 +57,15 @@ class PerRowDataset(Dataset):
 def movielens(ml100k_samples: Path):
     spec = load_spec(ml100k_samples / "spec.toml")
     table = pq.read_table(ml100k_samples / "train.parquet").slice(0, ROWS)
-    encoding = fit_encoding(raw_columns(table, spec), spec)
-    split = EncodedSplit(FeatureEncoder(encoding).encode(raw_columns(table, spec)), labels(table, spec), None,
-                         [f.name for f in spec.of_kind("sequence")])
+    schema = fit_schema(raw_columns(table, spec), spec)
+    encoding = schema.to_manifest()
+    split = EncodedSplit(FeatureEncoder(schema).encode(raw_columns(table, spec)), labels(table, spec), None, schema.sequence_names)
     return table.to_pydict(), encoding, split
 
 
 def train_epoch(batches, encoding) -> int:
     torch.manual_seed(0)
-    model = DIN(ModelInputs.from_encoding(encoding), ModelConfig())
+    model = DIN(FeatureSchema.from_manifest(encoding), ModelConfig())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     seen = 0
     for inputs, target in batches:
@@ -87,7 +90,7 @@ def test_contiguous_arrays(benchmark, movielens, step) -> None:
     def batches():
         for start in range(0, len(split), BATCH):
             rows = order[start:start + BATCH]
-            yield split.tensors(rows), torch.from_numpy(split.labels[rows])
+            yield batch_tensors(split, rows), torch.from_numpy(split.labels[rows])
 
     seen = benchmark.pedantic(lambda: step(batches(), encoding), rounds=1, iterations=1)
     assert seen == ROWS

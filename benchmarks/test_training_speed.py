@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from din_export.model import DIN, ModelConfig, ModelInputs
-from din_export.pipeline import DataSource, load_data
-from din_export.prepare import SPEC_FILE, Sources, prepare
-from din_export.spec import load_spec
-from din_export.train import EncodedSplit, TrainConfig, train
+from din_export.config import ModelConfig, TrainConfig
+from din_export.data.dataset import DataSource, EncodedSplit, load_data
+from din_export.data.prepare import SPEC_FILE, Sources, prepare
+from din_export.data.spec import load_spec
+from din_export.model.din import DIN
+from din_export.training.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
@@ -48,7 +49,7 @@ def test_training_throughput_folded_against_plain(benchmark, ids_genre, batch_si
     models = {}
     for form in ("folded", "plain"):
         torch.manual_seed(0)
-        models[form] = DIN(ModelInputs.from_encoding(ids_genre.encoding), ModelConfig())
+        models[form] = DIN(ids_genre.schema, ModelConfig())
         models[form].pooling.form = form
         train(models[form], head(subset, 10 * batch_size), valid, training)  # warm-up
     rates: dict[str, list[float]] = {"folded": [], "plain": []}

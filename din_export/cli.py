@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import tempfile
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,13 +10,24 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .augment import AUGMENTATIONS
-from .layers import ACTIVATIONS, WEIGHTINGS
-from .model import BASE_POOLINGS, GRAPHS, VARIANTS, ModelConfig
-from .train import DEVICES, SCHEDULES, TrainConfig
+from din_runtime.commands import OneLineErrors
+
+from .config import (
+    ACTIVATIONS,
+    AUGMENTATIONS,
+    BASE_POOLINGS,
+    DEFAULT_MAX_AUC_DROP,
+    DEVICES,
+    FORMS,
+    PRECISIONS,
+    SCHEDULES,
+    VARIANTS,
+    WEIGHTINGS,
+    ModelConfig,
+    TrainConfig,
+)
 
 MODEL_DEFAULTS, TRAINING_DEFAULTS = ModelConfig(), TrainConfig()  # the one place defaults live; flags show them
-
 DEFAULT_MODELS_DIR = Path("models")
 # CLI parameter -> ModelConfig / TrainConfig field; only flags given on the command line override the spec.
 MODEL_FLAGS = {"variant": "variant", "embedding_dim": "embedding_dim", "attention_hidden": "attention_hidden",
@@ -41,43 +49,6 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     if not sizes or min(sizes) < 1:
         raise click.BadParameter(f"expected positive layer sizes, not {value!r}")
     return sizes
-
-
-class _Group(click.Group):
-    """Any error ends the command with exit status 2 and one line saying what and where; --debug adds the traceback."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["standalone_mode"] = False  # usage errors too become one line, not click's usage banner
-        try:
-            return super().main(*args, **kwargs)
-        except click.exceptions.Abort:
-            click.echo("error: aborted", err=True)
-            sys.exit(1)
-        except click.exceptions.NoArgsIsHelpError as error:
-            click.echo(error.format_message(), err=True)
-            sys.exit(error.exit_code)
-        except click.ClickException as error:
-            click.echo(f"error: {error.format_message()}", err=True)
-            sys.exit(error.exit_code)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
-            raise
-        except Exception as error:  # noqa: BLE001 - the one place every unexpected error is reported
-            _fail(error)
-
-
-def _fail(error: Exception) -> None:
-    if _DEBUG["on"]:
-        traceback.print_exception(error)
-    first_line = (str(error).splitlines() or [type(error).__name__])[0]
-    click.echo(f"error: {first_line}", err=True)
-    sys.exit(2)
-
-
-_DEBUG = {"on": False}
 
 
 def _options(options: list[Callable]) -> Callable:
@@ -152,12 +123,11 @@ TRAINING_OPTIONS = [
 ]
 
 
-@click.group(cls=_Group)
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="din-export")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
 def main(debug: bool) -> None:
     """Train a Deep Interest Network, export it to ONNX, serve it with din_runtime."""
-    _DEBUG["on"] = debug
 
 
 @main.command("prepare")
@@ -172,14 +142,9 @@ def main(debug: bool) -> None:
               help="Samples built and written per chunk; bounds memory.")
 def prepare_command(recipe: Path, log: str, items: str | None, users: str | None, out: Path, chunk_rows: int) -> None:
     """Turn a behaviour log (and item and user tables) into train, valid and test sample tables for train-and-export."""
-    from .prepare import Sources, prepare
-    from .spec import SpecError
-    from .tables import TableError
+    from .data.prepare import Sources, prepare
 
-    try:
-        summary = prepare(recipe, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows)
-    except (SpecError, TableError, ValueError) as error:
-        _fail(error)
+    summary = prepare(recipe, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows)
     rows = summary["rows"]
     click.echo(f"prepared {summary['events']} events of {summary['users']} users into {out}: "
                f"{rows['train']} train, {rows['valid']} valid, {rows['test']} test samples "
@@ -189,8 +154,8 @@ def prepare_command(recipe: Path, log: str, items: str | None, users: str | None
 def _data_source(scratch: Path, data: Path | None, log: str | None, items: str | None, users: str | None,
                  valid: Path | None, test: Path | None, spec: Path | None, samples: int) -> tuple[Any, Path | None, str]:
     """(DataSource, spec path, name for default output) from the data options; a log is prepared into scratch."""
-    from .pipeline import DataSource
-    from .prepare import SPEC_FILE, Sources, prepare
+    from .data.dataset import DataSource
+    from .data.prepare import SPEC_FILE, Sources, prepare
 
     if (data is not None or log is not None) and spec is None:
         raise click.UsageError("--data and --log need --spec, the TOML file that names the label and features")
@@ -216,7 +181,7 @@ def _explicit(ctx: click.Context, params: dict[str, Any], mapping: dict[str, str
                    "An existing bundle there is replaced only once the new one is complete.")
 @_options(MODEL_OPTIONS)
 @_options(TRAINING_OPTIONS)
-@click.option("--graph", type=click.Choice(GRAPHS), default="folded", show_default=True,
+@click.option("--graph", type=click.Choice(FORMS), default=FORMS[0], show_default=True,
               help="Exported graph: folded (the attention unit's first layer folded for inference) or plain.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last per-epoch checkpoint (same data and settings).")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
@@ -226,25 +191,19 @@ def train_and_export_command(ctx: click.Context, **params: Any) -> None:
 
     Under `torchrun --nproc-per-node N`, training runs data-parallel (gloo on CPU, NCCL on GPU); rank 0 writes the bundle.
     """
-    from .export import ExportError
+    from .config import resolve
+    from .data.spec import load_spec
+    from .data.synthetic import SPEC_PATH
     from .pipeline import train_and_export
-    from .settings import resolve
-    from .spec import SpecError, load_spec
-    from .synthetic import SPEC_PATH
-    from .tables import TableError
-    from .train import CheckpointError
 
     with tempfile.TemporaryDirectory(prefix="din-export-") as scratch:
-        try:
-            source, spec_path, name = _data_source(Path(scratch), *(params[k] for k in
-                                                   ("data", "log", "items", "users", "valid", "test", "spec", "samples")))
-            spec = load_spec(spec_path or SPEC_PATH)
-            model_config, train_config = resolve(spec, _explicit(ctx, params, MODEL_FLAGS),
-                                                 {**_explicit(ctx, params, TRAINING_FLAGS), "progress": not params["quiet"]})
-            out = params["out"] or DEFAULT_MODELS_DIR / f"{name}-{model_config.variant}"
-            manifest = train_and_export(source, out, spec_path, model_config, train_config, resume=params["resume"], graph=params["graph"])
-        except (SpecError, TableError, ExportError, CheckpointError, ValueError) as error:
-            _fail(error)
+        source, spec_path, name = _data_source(Path(scratch), *(params[k] for k in
+                                               ("data", "log", "items", "users", "valid", "test", "spec", "samples")))
+        spec = load_spec(spec_path or SPEC_PATH)
+        model_config, train_config = resolve(spec, _explicit(ctx, params, MODEL_FLAGS),
+                                             {**_explicit(ctx, params, TRAINING_FLAGS), "progress": not params["quiet"]})
+        out = params["out"] or DEFAULT_MODELS_DIR / f"{name}-{model_config.variant}"
+        manifest = train_and_export(source, out, spec, model_config, train_config, resume=params["resume"], graph=params["graph"])
     if manifest is None:  # another rank of a torchrun job
         return
     click.echo(f"bundle written to {out}")
@@ -257,7 +216,7 @@ def train_and_export_command(ctx: click.Context, **params: Any) -> None:
 
 def _gauc_note(row: dict[str, Any]) -> str:
     """How many users GAUC averaged over, or why it is undefined."""
-    from .metrics import MIN_GAUC_USERS
+    from .training.metrics import MIN_GAUC_USERS
 
     users = row.get("gauc_users")
     if users is None:
@@ -286,18 +245,14 @@ def _summary(manifest: dict[str, Any]) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler, the split and every trial.")
 def tune_command(out: Path, trials: int, epochs: int, timeout: float | None, variant: str, seed: int, **params: Any) -> None:
     """Search learning rate, embedding size, MLP sizes, dropout and regularisation with Optuna (pruning bad trials)."""
-    from .spec import SpecError, load_spec
-    from .synthetic import SPEC_PATH
-    from .tables import TableError
-    from .tune import tune
+    from .data.spec import load_spec
+    from .data.synthetic import SPEC_PATH
+    from .training.tune import tune
 
     with tempfile.TemporaryDirectory(prefix="din-export-") as scratch:
-        try:
-            source, spec_path, _ = _data_source(Path(scratch), *(params[k] for k in
-                                                ("data", "log", "items", "users", "valid", "test", "spec", "samples")))
-            summary = tune(source, load_spec(spec_path or SPEC_PATH), out, trials, epochs, seed, variant, timeout)
-        except (SpecError, TableError, ValueError) as error:
-            _fail(error)
+        source, spec_path, _ = _data_source(Path(scratch), *(params[k] for k in
+                                            ("data", "log", "items", "users", "valid", "test", "spec", "samples")))
+        summary = tune(source, load_spec(spec_path or SPEC_PATH), out, trials, epochs, seed, variant, timeout)
     click.echo(f"best validation AUC {summary['best_valid_auc']:.4f} (trial {summary['best_trial']}; {summary['complete']} complete, "
                f"{summary['pruned']} pruned of {summary['trials']}); best spec written to {out}")
 
@@ -306,10 +261,9 @@ def tune_command(out: Path, trials: int, epochs: int, timeout: float | None, var
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def report_command(bundle: Path) -> None:
     """Print a bundle's metrics, its per-epoch history and the path of its training plot."""
-    manifest_path = bundle / "manifest.json"
-    if not manifest_path.is_file():
-        _fail(ValueError(f"{bundle}: no manifest.json (is this a din-export bundle?)"))
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    from din_runtime.manifest import read_manifest
+
+    manifest = read_manifest(bundle)
     metrics, model, training = manifest["metrics"], manifest["model"], manifest["training"]
     click.echo(f"bundle {bundle}: {model['variant']}, data {manifest['data']['source']}, "
                f"{training.get('samples_per_second', float('nan')):,.0f} training samples/s on {training.get('processes', 1)} process(es)")
@@ -324,32 +278,33 @@ def report_command(bundle: Path) -> None:
     for entry in metrics["history"]:
         marker = "  <- best" if entry["epoch"] == metrics["best_epoch"] else ""
         click.echo(f"{entry['epoch']:<6}{entry['train_loss']:>12.4f}{entry['valid_auc']:>11.4f}{entry['valid_logloss']:>15.4f}{marker}")
-    click.echo(f"plot: {bundle / manifest.get('plot', 'training.png')}")
+    click.echo(f"plot: {bundle / manifest['plot']}" if manifest["plot"] else "plot: none in this bundle")
 
 
 @main.command("export")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle folder to write.")
-@click.option("--graph", type=click.Choice(GRAPHS), default="folded", show_default=True, help="folded (for inference) or plain.")
-@click.option("--variant", "precision", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True,
-              help="int8: ONNX Runtime dynamic quantisation; fp16: half precision for CUDA (float32 inputs and outputs).")
-@click.option("--valid", type=FILE, help="Validation table to score a variant on (default: the bundle's own validation split).")
-@click.option("--max-auc-drop", type=click.FloatRange(min=0), default=0.002, show_default=True,
-              help="Refuse a variant whose validation AUC is lower than float32's by more than this.")
-@click.option("--force", is_flag=True, help="Keep a variant even past --max-auc-drop.")
+@click.option("--graph", type=click.Choice(FORMS), default=FORMS[0], show_default=True, help="folded (for inference) or plain.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="int8: ONNX Runtime dynamic quantisation; fp16: half precision for CUDA (float32 inputs and outputs). [default: fp32]")
+@click.option("--variant", "old_precision", type=click.Choice(PRECISIONS), default=None, hidden=True,
+              help="The name --precision had in 0.1.0; kept for one release.")
+@click.option("--valid", type=FILE, help="Validation table to score a precision on (default: the bundle's own validation split).")
+@click.option("--max-auc-drop", type=click.FloatRange(min=0), default=DEFAULT_MAX_AUC_DROP, show_default=True,
+              help="Refuse a precision whose validation AUC is lower than float32's by more than this.")
+@click.option("--force", is_flag=True, help="Keep a precision even past --max-auc-drop.")
 @click.option("--optimize", is_flag=True, help="Save ONNX Runtime's basic (portable) offline optimisation of the graph.")
-def export_command(source: Path, out: Path, graph: str, precision: str, valid: Path | None, max_auc_drop: float, force: bool,
-                   optimize: bool) -> None:
+def export_command(source: Path, out: Path, graph: str, precision: str | None, old_precision: str | None, valid: Path | None,
+                   max_auc_drop: float, force: bool, optimize: bool) -> None:
     """Export a bundle folder or a weights.pt checkpoint again, without retraining: graph, precision, optimisation."""
-    from .export import ExportError
-    from .reexport import export_bundle
-    from .spec import SpecError
-    from .tables import TableError
+    from .export.rebuild import export_bundle
 
-    try:
-        manifest = export_bundle(source, out, graph, precision, valid, max_auc_drop, force, optimize)
-    except (ExportError, SpecError, TableError, ValueError) as error:
-        _fail(error)
+    if precision is not None and old_precision is not None and precision != old_precision:
+        raise click.UsageError(f"--precision {precision} and --variant {old_precision} disagree; give --precision alone")
+    if old_precision is not None:
+        click.echo("note: --variant is now --precision; --variant goes in the next release", err=True)
+    precision = precision or old_precision or PRECISIONS[0]
+    manifest = export_bundle(source, out, graph, precision, valid, max_auc_drop, force, optimize)
     onnx_info = manifest["onnx"]
     click.echo(f"bundle written to {out}: {graph} graph, {precision}; ONNX vs PyTorch max |diff| "
                f"{onnx_info['parity']['max_abs_diff']:.2e} (tolerance {onnx_info['parity']['atol']})")
@@ -363,14 +318,9 @@ def export_command(source: Path, out: Path, graph: str, precision: str, valid: P
 def verify_command(bundle: Path) -> None:
     """Check a bundle: output names, symbolic dimensions, output shapes, values against PyTorch over a grid of
     shapes, onnx.checker, and ONNX's reference evaluator against ONNX Runtime."""
-    from din_runtime import BundleError
+    from .export.verify import verify_bundle
 
-    from .verify import VerificationError, verify_bundle
-
-    try:
-        report = verify_bundle(bundle)
-    except (VerificationError, BundleError) as error:
-        _fail(error)
+    report = verify_bundle(bundle)
     parity, reference = report["parity"], report["reference_evaluator"]
     click.echo(f"{bundle}: verified. outputs {report['outputs']}; inputs " +
                ", ".join(f"{i['name']}{i['dims']}" for i in report["inputs"]))
@@ -383,18 +333,14 @@ def verify_command(bundle: Path) -> None:
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def inspect_command(bundle: Path) -> None:
     """Print a bundle's inputs, outputs, symbolic dimensions, opset, graph, precision, metrics, sizes and sha256."""
-    from din_runtime import BundleError
     from din_runtime.manifest import read_manifest, sha256_of
 
-    try:
-        manifest = read_manifest(bundle)
-    except BundleError as error:
-        _fail(error)
+    manifest = read_manifest(bundle)
     onnx_info = manifest["onnx"]
     model_path = bundle / onnx_info["file"]
     click.echo(f"bundle {bundle}")
-    click.echo(f"model: {manifest['model'].get('variant')}; graph {onnx_info.get('graph', 'plain')}, precision "
-               f"{onnx_info.get('precision', 'fp32')}, optimisation {onnx_info.get('optimization') or 'none'}, opset {onnx_info['opset']}")
+    click.echo(f"model: {manifest['model']['variant']}; graph {onnx_info['graph']}, precision "
+               f"{onnx_info['precision']}, optimisation {onnx_info['optimization'] or 'none'}, opset {onnx_info['opset']}")
     for kind in ("inputs", "outputs"):
         for entry in onnx_info[kind]:
             click.echo(f"  {kind[:-1]:<7}{entry['name']:<20}{entry['dtype']:<9}{entry['dims']}")
@@ -405,7 +351,7 @@ def inspect_command(bundle: Path) -> None:
     for file in sorted(bundle.iterdir()):
         click.echo(f"  file {file.name:<16}{file.stat().st_size:>12,} bytes")
     actual = sha256_of(model_path) if model_path.is_file() else "missing"
-    click.echo(f"sha256 {actual} ({'matches' if actual == onnx_info.get('sha256') else 'DOES NOT MATCH'} the manifest)")
+    click.echo(f"sha256 {actual} ({'matches' if actual == onnx_info['sha256'] else 'DOES NOT MATCH'} the manifest)")
 
 
 @main.command("triton")
@@ -419,12 +365,7 @@ def inspect_command(bundle: Path) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="ONNX Runtime intra-op threads per instance.")
 def triton_command(bundle: Path, repository: Path, name: str | None, gpu: bool, max_batch_size: int, instances: int, threads: int) -> None:
     """Write a Triton Inference Server model repository entry (config.pbtxt and 1/model.onnx) for a bundle."""
-    from din_runtime import BundleError
+    from .export.triton import write_repository
 
-    from .triton import write_repository
-
-    try:
-        path = write_repository(bundle, repository, name, gpu, max_batch_size, instances, threads)
-    except (BundleError, ValueError) as error:
-        _fail(error)
+    path = write_repository(bundle, repository, name, gpu, max_batch_size, instances, threads)
     click.echo(f"Triton model written to {path} ({'GPU' if gpu else 'CPU'}, max_batch_size {max_batch_size})")

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from din_export.synthetic import generate
+from din_export.data.synthetic import generate
 from din_runtime import Predictor
 
 

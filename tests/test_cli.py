@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from din_export.cli import main
-from din_export.synthetic import SPEC_PATH, generate
+from din_export.data.synthetic import SPEC_PATH, generate
 from din_runtime import Predictor
 
 SMALL = ["--epochs", "1", "--batch-size", "128", "--embedding-dim", "8", "--attention-hidden", "16,8",

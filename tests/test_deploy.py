@@ -12,8 +12,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from din_export.cli import main
-from din_export.reexport import VariantRejected, export_bundle
-from din_export.verify import DimensionError, OutputNameError, ParityError, verify_bundle
+from din_export.export.precision import PrecisionRejected
+from din_export.export.rebuild import export_bundle
+from din_export.export.verify import DimensionError, OutputNameError, ParityError, verify_bundle
 from din_runtime import Predictor
 from din_runtime.manifest import sha256_of
 
@@ -64,7 +65,7 @@ def test_precision_variants_verify_and_record_validation_metrics(source_bundle: 
     assert report["parity"]["atol"] == {"int8": 0.05, "fp16": 0.01}[precision]
     drop = precisions["auc_drop"]
     if drop > 0:
-        with pytest.raises(VariantRejected, match="validation AUC"):
+        with pytest.raises(PrecisionRejected, match="validation AUC"):
             export_bundle(source_bundle, tmp_path / "refused", precision=precision, max_auc_drop=drop / 2)
         assert not (tmp_path / "refused").exists()
     else:

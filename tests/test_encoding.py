@@ -3,6 +3,7 @@ import pytest
 
 from din_runtime import FeatureEncoder, InputError, Ragged
 from din_runtime.encoding import OOV_INDEX, Vocabulary, pad_recent
+from din_runtime.schema import CategoricalFeature, FeatureSchema
 
 ENCODING = [
     {"name": "user_id", "kind": "categorical", "key_type": "str", "keys": ["alice", "bob"]},
@@ -16,7 +17,7 @@ def test_vocabulary_maps_known_keys_and_sends_the_rest_to_oov() -> None:
     vocabulary = Vocabulary([10, 20, 30], "int")
     indices = vocabulary.encode("item_id", np.array([30, 10, 99, -5, 2**62]))
     assert indices.tolist() == [4, 2, OOV_INDEX, OOV_INDEX, OOV_INDEX]
-    assert vocabulary.size == 5
+    assert CategoricalFeature("item_id", "int", [10, 20, 30]).size == 5  # padding, out-of-vocabulary, three keys
 
 
 def test_huge_unsigned_and_missing_ids_are_oov_not_errors() -> None:
@@ -42,7 +43,7 @@ def test_pad_recent_keeps_the_most_recent_items_left_aligned() -> None:
 
 
 def test_feature_encoder_accepts_lists_strings_and_empty_histories() -> None:
-    encoder = FeatureEncoder(ENCODING)
+    encoder = FeatureEncoder(FeatureSchema.from_manifest(ENCODING))
     feed = encoder.encode({
         "user_id": ["bob", "carol", None],
         "item_id": [20, 40, 10],
@@ -58,7 +59,7 @@ def test_feature_encoder_accepts_lists_strings_and_empty_histories() -> None:
 
 
 def test_ragged_and_2d_inputs_encode_like_lists() -> None:
-    encoder = FeatureEncoder(ENCODING[1:2] + ENCODING[3:])
+    encoder = FeatureEncoder(FeatureSchema.from_manifest(ENCODING[1:2] + ENCODING[3:]))
     from_lists = encoder.encode({"item_id": [10, 20], "hist_item_id": [[10, 20], [30, 30]]})
     from_array = encoder.encode({"item_id": np.array([10, 20]), "hist_item_id": np.array([[10, 20], [30, 30]])})
     from_ragged = encoder.encode({"item_id": [10, 20], "hist_item_id": Ragged(np.array([10, 20, 30, 30]), np.array([0, 2, 4]))})
@@ -78,7 +79,7 @@ def test_ragged_and_2d_inputs_encode_like_lists() -> None:
 )
 def test_bad_input_raises_input_error_naming_the_feature(columns: dict, message: str) -> None:
     with pytest.raises(InputError) as error:
-        FeatureEncoder(ENCODING).encode(columns)
+        FeatureEncoder(FeatureSchema.from_manifest(ENCODING)).encode(columns)
     assert message in str(error.value)
     assert isinstance(error.value, ValueError)
 
@@ -86,7 +87,7 @@ def test_bad_input_raises_input_error_naming_the_feature(columns: dict, message:
 def test_misaligned_behaviour_sequences_are_rejected() -> None:
     encoding = ENCODING[1:2] + ENCODING[3:] + [{"name": "hist_b", "kind": "sequence", "shares": "item_id", "max_len": 3}]
     with pytest.raises(InputError, match="feature 'hist_b', row 1: history length differs from 'hist_item_id'"):
-        FeatureEncoder(encoding).encode({"item_id": [10, 20], "hist_item_id": [[10], [10, 20]], "hist_b": [[10], [20]]})
+        FeatureEncoder(FeatureSchema.from_manifest(encoding)).encode({"item_id": [10, 20], "hist_item_id": [[10], [10, 20]], "hist_b": [[10], [20]]})
 
 
 def test_dense_table_and_binary_search_agree() -> None:
@@ -109,6 +110,6 @@ def test_string_vocabulary_uses_the_same_lookup() -> None:
 
 
 def test_history_of_arrays_with_a_nested_row_is_rejected() -> None:
-    encoder = FeatureEncoder(ENCODING[1:2] + ENCODING[3:])
+    encoder = FeatureEncoder(FeatureSchema.from_manifest(ENCODING[1:2] + ENCODING[3:]))
     with pytest.raises(InputError, match="nested lists"):
         encoder.encode({"item_id": [10, 20], "hist_item_id": [np.array([10, 20]), np.array([[10], [20]])]})

@@ -8,11 +8,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import build_bundle
-from din_export.checkpoint import load_model
-from din_export.export import ExportError, export_onnx, random_feed, verify_parity
-from din_export.model import DIN, ModelConfig, ModelInputs
+from din_export.bundle import load_bundle
+from din_export.config import ModelConfig
+from din_export.export.graphs import BATCH, TOLERANCE, ExportError, export_graph, random_feed
+from din_export.export.parity import verify_file
+from din_export.model.din import DIN
 from din_runtime.manifest import read_manifest
+from din_runtime.schema import FeatureSchema
+from helpers import build_bundle
 
 
 def test_inputs_have_named_batch_and_sequence_dimensions(bundle: Path) -> None:
@@ -39,12 +42,12 @@ def test_manifest_records_what_serving_needs(bundle: Path) -> None:
 
 @pytest.mark.parametrize(("batch", "sequence"), [(1, 1), (1, 50), (9, 17), (1000, 50), (3, 200)])
 def test_onnx_runtime_agrees_with_pytorch_on_unseen_shapes(bundle: Path, batch: int, sequence: int) -> None:
-    din = load_model(bundle)
+    din = load_bundle(bundle).din
     session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    feed = random_feed(din.inputs, batch, sequence, np.random.default_rng(batch * 1000 + sequence))
+    feed = random_feed(din.schema, batch, sequence, np.random.default_rng(batch * 1000 + sequence))
     (onnx_out,) = session.run(None, feed)
     with torch.inference_mode():
-        torch_out = torch.sigmoid(din(*(torch.from_numpy(feed[n]) for n in din.inputs.names))).numpy()
+        torch_out = torch.sigmoid(din(*(torch.from_numpy(feed[n]) for n in din.schema.names))).numpy()
     assert onnx_out.shape == (batch,)
     assert np.all(np.isfinite(onnx_out))
     assert np.max(np.abs(onnx_out - torch_out)) <= 1e-5
@@ -53,9 +56,9 @@ def test_onnx_runtime_agrees_with_pytorch_on_unseen_shapes(bundle: Path, batch: 
 def test_all_padding_rows_are_finite_for_every_weighting(tmp_path: Path) -> None:
     for weighting in ("raw", "softmax"):
         out = build_bundle(tmp_path / weighting, samples=600, epochs=1, attention_weighting=weighting, mlp_activation="dice")
-        din = load_model(out)
+        din = load_bundle(out).din
         session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-        feed = random_feed(din.inputs, 4, 6, np.random.default_rng(0))
+        feed = random_feed(din.schema, 4, 6, np.random.default_rng(0))
         for name in ("hist_item_id", "hist_cate_id"):
             feed[name][:] = 0
         (probabilities,) = session.run(None, feed)
@@ -65,11 +68,11 @@ def test_all_padding_rows_are_finite_for_every_weighting(tmp_path: Path) -> None
 def test_parity_failure_stops_the_export(tmp_path: Path) -> None:
     encoding = [{"name": "item", "kind": "categorical", "key_type": "int", "keys": [1, 2, 3]},
                 {"name": "hist", "kind": "sequence", "shares": "item", "max_len": 4}]
-    din = DIN(ModelInputs.from_encoding(encoding), ModelConfig(embedding_dim=4, attention_hidden=(8,), mlp_hidden=(8,))).eval()
+    din = DIN(FeatureSchema.from_manifest(encoding), ModelConfig(embedding_dim=4, attention_hidden=(8,), mlp_hidden=(8,))).eval()
     path = tmp_path / "model.onnx"
-    export_onnx(din, path)
-    assert verify_parity(din, path, 4)["max_abs_diff"] <= 1e-5
+    export_graph(din, BATCH, path)
+    assert verify_file(din, path, BATCH, TOLERANCE["fp32"])["max_abs_diff"] <= 1e-5
     with torch.no_grad():
         din.mlp[-1].bias += 1.0  # the PyTorch model no longer matches the file
     with pytest.raises(ExportError, match="ONNX Runtime and PyTorch differ"):
-        verify_parity(din, path, 4)
+        verify_file(din, path, BATCH, TOLERANCE["fp32"])

@@ -1,6 +1,6 @@
 import numpy as np
 
-from din_export.metrics import MIN_GAUC_USERS, accuracy, auc, evaluate, gauc, logloss
+from din_export.training.metrics import MIN_GAUC_USERS, accuracy, auc, evaluate, gauc, logloss
 
 
 def pairwise_auc(labels: np.ndarray, scores: np.ndarray) -> float:

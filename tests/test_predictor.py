@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from din_export.checkpoint import load_model
-from din_export.synthetic import generate
+from din_export.bundle import load_bundle
+from din_export.data.synthetic import generate
 from din_runtime import BundleError, Predictor, ProviderError
 from din_runtime.providers import CUDA
 
@@ -29,7 +29,7 @@ def test_predict_equals_pytorch_on_the_same_raw_rows(bundle: Path) -> None:
     rows["hist_item_id"][0], rows["hist_cate_id"][0] = [], []  # an all-padding history
     probabilities = predictor.predict(rows)
     feed = predictor.encode(rows)
-    din = load_model(bundle)
+    din = load_bundle(bundle).din
     with torch.inference_mode():
         expected = torch.sigmoid(din(*(torch.from_numpy(feed[n]) for n in predictor.feature_names))).numpy()
     assert probabilities.dtype == np.float32 and probabilities.shape == (300,)

@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from conftest import ML100K, ML100K_RECIPE
 from din_export.cli import main
-from din_export.logs import read_source
-from din_export.prepare import Sources, prepare
-from din_export.spec import SpecError, load_spec
-from din_export.synthetic import LOG_SPEC_PATH, generate_log
-from din_export.tables import TableError
+from din_export.data.logs import read_source
+from din_export.data.prepare import Sources, prepare
+from din_export.data.spec import SpecError, load_spec
+from din_export.data.synthetic import LOG_SPEC_PATH, generate_log
+from din_export.data.tables import TableError
+from helpers import ML100K, ML100K_RECIPE
 
 SPLITS = ("train", "valid", "test")
 

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from conftest import build_bundle
 from din_runtime.manifest import read_manifest
+from helpers import build_bundle
 
 
 def test_din_beats_mean_pooling_on_builtin_data(tmp_path: Path) -> None:

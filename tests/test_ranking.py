@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import rank_against_predict
-from din_export.synthetic import generate
+from din_export.data.synthetic import generate
 from din_runtime import BundleError, InputError, Predictor, Ranking
+from helpers import rank_against_predict
 
 ATOL = 1e-5
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from din_export.triton import write_repository
+from din_export.export.triton import write_repository
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 NETWORK_LINES = ("InferenceServerClient(", "client.infer(")  # the Triton snippet's two lines that need a live server

@@ -123,13 +123,13 @@ def test_model_with_external_data_is_refused(bundle: Path, tmp_path: Path) -> No
 
 
 def test_cli_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_path: Path) -> None:
-    from din_export.synthetic import SPEC_PATH
+    from din_export.data.synthetic import SPEC_PATH
 
     malformed = tmp_path / "bad.csv"
     malformed.write_text("user_id,item_id\n1,2,3\n")
     result = CliRunner().invoke(main, ["train-and-export", "--data", str(malformed), "--spec", str(SPEC_PATH), "--quiet"])
     assert result.exit_code == 2 and result.output.strip().count("\n") == 0 and "bad.csv" in result.output
-    debug = subprocess.run([sys.executable, "-m", "din_export.cli_entry", "--debug", "train-and-export", "--data", str(malformed),
+    debug = subprocess.run([sys.executable, "-m", "din_export", "--debug", "train-and-export", "--data", str(malformed),
                             "--spec", str(SPEC_PATH), "--quiet"], capture_output=True, text=True, timeout=120)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
     result = CliRunner().invoke(main, ["train-and-export", "--data", str(tmp_path / "absent.csv"), "--spec", str(SPEC_PATH)])
@@ -141,7 +141,7 @@ def test_cli_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_p
 
 
 def test_kill_at_any_point_leaves_the_previous_bundle_or_the_new_one(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "din_export.cli_entry", "train-and-export", "--samples", "3000", "--epochs", "2",
+    args = [sys.executable, "-m", "din_export", "train-and-export", "--samples", "3000", "--epochs", "2",
             "--embedding-dim", "8", "--quiet", "--out", str(tmp_path / "bundle")]
     assert subprocess.run(args, capture_output=True, timeout=300).returncode == 0
     for delay in (0.5, 3.0, 6.0, 9.0):

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import rank_against_predict
-from din_export.synthetic import generate
+from din_export.data.synthetic import generate
 from din_runtime import Predictor
 from din_runtime.providers import CPU, CUDA
+from helpers import rank_against_predict
 
 
 def rows(count: int, seed: int) -> dict:

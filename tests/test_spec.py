@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from din_export.spec import SpecError, load_spec, spec_from_dict
-from din_export.synthetic import SPEC_PATH
+from din_export.data.spec import SpecError, load_spec, spec_from_dict
+from din_export.data.synthetic import SPEC_PATH
 
 ISSUE_FORM = """
 label = "label"

@@ -14,11 +14,13 @@ import torch
 from click.testing import CliRunner
 
 from din_export.cli import main
-from din_export.model import DIN, ModelConfig, ModelInputs
+from din_export.config import ModelConfig, TrainConfig, resolve
+from din_export.data.dataset import EncodedSplit
+from din_export.data.spec import load_spec
+from din_export.model.din import DIN
 from din_export.pipeline import checkpoint_path
-from din_export.settings import resolve
-from din_export.spec import load_spec
-from din_export.train import EncodedSplit, TrainConfig, embedding_frequencies, mini_batch_aware_l2
+from din_export.training.train import embedding_frequencies, mini_batch_aware_l2
+from din_runtime.schema import FeatureSchema
 
 SMALL = ["--embedding-dim", "8", "--attention-hidden", "16,8", "--mlp-hidden", "32,16", "--quiet"]
 ENCODING = [{"name": "item", "kind": "categorical", "key_type": "int", "keys": list(range(1, 11))},
@@ -26,7 +28,7 @@ ENCODING = [{"name": "item", "kind": "categorical", "key_type": "int", "keys": l
 
 
 def test_mini_batch_aware_l2_touches_only_rows_in_the_batch_scaled_by_frequency() -> None:
-    din = DIN(ModelInputs.from_encoding(ENCODING), ModelConfig(embedding_dim=3, attention_hidden=(4,), mlp_hidden=(4,)))
+    din = DIN(FeatureSchema.from_manifest(ENCODING), ModelConfig(embedding_dim=3, attention_hidden=(4,), mlp_hidden=(4,)))
     feed = {"item": np.array([2, 2, 3]), "hist": np.array([[2, 4, 0, 0], [3, 0, 0, 0], [0, 0, 0, 0]])}
     frequencies = embedding_frequencies(din, EncodedSplit(feed, np.zeros(3, dtype=np.float32), None, ["hist"]))
     assert frequencies["item"][[2, 3, 4, 5]].tolist() == [3.0, 2.0, 1.0, 1.0]  # unseen rows count as 1
@@ -44,7 +46,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     reference = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "reference")])
     assert reference.exit_code == 0, reference.output
     out = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, "-m", "din_export.cli_entry", *args, "--out", str(out)],
+    process = subprocess.Popen([sys.executable, "-m", "din_export", *args, "--out", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = checkpoint_path(out)
     deadline = time.monotonic() + 240
@@ -73,7 +75,7 @@ def test_two_processes_reach_the_single_process_auc(tmp_path: Path) -> None:
     assert single.exit_code == 0, single.output
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29517", "-m", "din_export.cli_entry", *args,
+    result = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29517", "-m", "din_export", *args,
                              "--out", str(tmp_path / "double")], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     manifests = [json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("single", "double")]
@@ -111,7 +113,7 @@ def test_report_prints_metrics_and_the_plot(bundle: Path) -> None:
 
 
 def test_unknown_model_setting_in_spec_is_rejected(tmp_path: Path) -> None:
-    from din_export.synthetic import SPEC_PATH
+    from din_export.data.synthetic import SPEC_PATH
 
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC_PATH.read_text() + "\n[model]\nlayers = 3\n")

@@ -11,16 +11,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from din_export import augment
 from din_export.cli import main
-from din_export.distributed import World
-from din_export.model import DIN, ModelConfig, ModelInputs, in_form
-from din_export.train import EncodedSplit, TrainConfig, _batches, _steps_per_epoch, learning_rate_factor
+from din_export.config import ModelConfig, TrainConfig
+from din_export.data.dataset import EncodedSplit
+from din_export.model.din import DIN, in_form
+from din_export.training import augment
+from din_export.training.distributed import World
+from din_export.training.train import _batches, _steps_per_epoch, batch_tensors, learning_rate_factor
+from din_runtime.schema import FeatureSchema
 
 ENCODING = [{"name": "user", "kind": "categorical", "key_type": "int", "keys": list(range(1, 30))},
             {"name": "item", "kind": "categorical", "key_type": "int", "keys": list(range(1, 50))},
             {"name": "cate", "kind": "categorical", "key_type": "int", "keys": list(range(1, 8))},
-            {"name": "price", "kind": "numeric", "fill": 0.0, "normalize": "none"},
+            {"name": "price", "kind": "numeric", "fill": 0.0, "shift": 0.0, "scale": 1.0},
             {"name": "hist_item", "kind": "sequence", "shares": "item", "max_len": 12},
             {"name": "hist_cate", "kind": "sequence", "shares": "cate", "max_len": 12}]
 SMALL = ["--embedding-dim", "8", "--attention-hidden", "16,8", "--mlp-hidden", "32,16"]
@@ -41,7 +44,7 @@ def batch(rows: int = 9, steps: int = 12, seed: int = 0) -> list[torch.Tensor]:
                                       {"attention_weighting": "softmax", "attention_activation": "prelu"}, {"variant": "din-seq"}])
 def test_folded_attention_trains_with_the_plain_forms_gradients(settings: dict) -> None:
     torch.manual_seed(0)
-    din = DIN(ModelInputs.from_encoding(ENCODING), ModelConfig(embedding_dim=6, attention_hidden=(10, 5), mlp_hidden=(12,), **settings))
+    din = DIN(FeatureSchema.from_manifest(ENCODING), ModelConfig(embedding_dim=6, attention_hidden=(10, 5), mlp_hidden=(12,), **settings))
     assert din.pooling.form == "folded"  # what training uses by default
     inputs, labels = batch(), torch.from_numpy(np.random.default_rng(1).integers(0, 2, 9).astype(np.float32))
     gradients = {}
@@ -58,7 +61,7 @@ def test_folded_attention_trains_with_the_plain_forms_gradients(settings: dict) 
 
 def test_forms_share_parameters_and_agree_in_inference() -> None:
     torch.manual_seed(0)
-    din = DIN(ModelInputs.from_encoding(ENCODING), ModelConfig(embedding_dim=6, attention_hidden=(10, 5), mlp_hidden=(12,)))
+    din = DIN(FeatureSchema.from_manifest(ENCODING), ModelConfig(embedding_dim=6, attention_hidden=(10, 5), mlp_hidden=(12,)))
     plain = in_form(din, "plain")
     assert plain.state_dict().keys() == din.state_dict().keys() and plain.pooling.form == "plain"
     with torch.inference_mode():
@@ -99,14 +102,14 @@ def test_augmented_batches_differ_between_epochs_and_stay_valid() -> None:
     feed = {"hist_item": np.tile(np.arange(1, 11), (64, 1)), "item": np.arange(64)}
     split = EncodedSplit(feed, np.zeros(64, dtype=np.float32), None, ["hist_item"])
     rng = np.random.default_rng(0)
-    first, second = (split.tensors(np.arange(64), ("mask", 0.3, rng))[0].numpy() for _ in range(2))
+    first, second = (batch_tensors(split, np.arange(64), augmentation=("mask", 0.3, rng))[0].numpy() for _ in range(2))
     assert not np.array_equal(first, second)
     assert 0.5 < (first != 0).mean() / 1.0 < 0.9  # about 30% of the behaviours dropped
-    assert np.array_equal(split.tensors(np.arange(64))[0].numpy(), feed["hist_item"])  # no augmentation: unchanged
+    assert np.array_equal(batch_tensors(split, np.arange(64))[0].numpy(), feed["hist_item"])  # no augmentation: unchanged
 
 
 def test_log_has_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "din_export.cli_entry", "train-and-export", "--samples", "3000", "--epochs", "3",
+    result = subprocess.run([sys.executable, "-m", "din_export", "train-and-export", "--samples", "3000", "--epochs", "3",
                              "--patience", "3", "--out", str(tmp_path / "b"), *SMALL], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()

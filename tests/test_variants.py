@@ -7,12 +7,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import build_bundle, rank_against_predict
-from din_export.checkpoint import load_model
-from din_export.export import random_feed
-from din_export.synthetic import generate
+from din_export.bundle import load_bundle
+from din_export.data.synthetic import generate
+from din_export.export.graphs import random_feed
 from din_runtime import Predictor
 from din_runtime.manifest import read_manifest
+from helpers import build_bundle, rank_against_predict
 
 VARIANTS = {
     "base-mean": {"variant": "base"},
@@ -29,15 +29,15 @@ def test_variant_exports_with_parity(tmp_path: Path, name: str) -> None:
     manifest = read_manifest(bundle)
     assert manifest["model"]["variant"] == VARIANTS[name]["variant"]
     assert manifest["onnx"]["parity"]["max_abs_diff"] <= manifest["onnx"]["parity"]["atol"]
-    din = load_model(bundle)
+    din = load_bundle(bundle).din
     session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     for batch, length in ((1, 1), (6, 50), (3, 13)):
-        feed = random_feed(din.inputs, batch, length, np.random.default_rng(length))
+        feed = random_feed(din.schema, batch, length, np.random.default_rng(length))
         for sequence in ("hist_item_id", "hist_cate_id"):
             feed[sequence][0] = 0  # an all-padding row
         (probabilities,) = session.run(None, feed)
         with torch.inference_mode():
-            expected = torch.sigmoid(din(*(torch.from_numpy(feed[n]) for n in din.inputs.names))).numpy()
+            expected = torch.sigmoid(din(*(torch.from_numpy(feed[n]) for n in din.schema.names))).numpy()
         assert np.all(np.isfinite(probabilities))
         assert np.max(np.abs(probabilities - expected)) <= 1e-5
     table = generate(30, seed=4, max_history=60)
@@ -48,9 +48,9 @@ def test_variant_exports_with_parity(tmp_path: Path, name: str) -> None:
 
 
 def test_dice_and_batch_norm_use_running_statistics_in_inference(tmp_path: Path) -> None:
-    din = load_model(build_bundle(tmp_path / "dice", samples=800, epochs=1, mlp_activation="dice", batch_norm=True))
-    feed = random_feed(din.inputs, 8, 5, np.random.default_rng(0))
-    tensors = [torch.from_numpy(feed[n]) for n in din.inputs.names]
+    din = load_bundle(build_bundle(tmp_path / "dice", samples=800, epochs=1, mlp_activation="dice", batch_norm=True)).din
+    feed = random_feed(din.schema, 8, 5, np.random.default_rng(0))
+    tensors = [torch.from_numpy(feed[n]) for n in din.schema.names]
     with torch.inference_mode():
         together = din(*tensors)
         alone = torch.cat([din(*(t[i:i + 1] for t in tensors)) for i in range(8)])

@@ -4,8 +4,9 @@ from typing import Any
 
 from .encoding import FeatureEncoder, Ragged
 from .errors import BundleError, InputError, ProviderError
+from .schema import FeatureSchema
 
-__all__ = ["BundleError", "FeatureEncoder", "InputError", "Predictor", "ProviderError", "Ragged", "Ranking"]
+__all__ = ["BundleError", "FeatureEncoder", "FeatureSchema", "InputError", "Predictor", "ProviderError", "Ragged", "Ranking"]
 __version__ = "0.1.0"
 
 

@@ -7,7 +7,6 @@ to a temporary file beside OUTPUT and renamed into place when complete.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import sys
@@ -17,10 +16,13 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import click
 import numpy as np
 
+from . import __version__
+from .commands import OneLineErrors
 from .encoding import Ragged
-from .errors import BundleError, InputError, ProviderError
+from .errors import InputError
 from .predictor import Predictor
 
 # Measured on a 161,616-row Parquet file of the built-in data at the default --chunk-rows: the session fed 16,384
@@ -90,31 +92,25 @@ def score(bundle: Path, source: Path, target: Path, id_column: str | None, chunk
     return done
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="din-runtime", description="Serve din-export bundles with ONNX Runtime.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    predict = commands.add_parser("predict", help="score a CSV or Parquet table in chunks")
-    predict.add_argument("bundle", type=Path)
-    predict.add_argument("input", type=Path)
-    predict.add_argument("output", type=Path, help="CSV file: the ID column and probability")
-    predict.add_argument("--id-column", help="input column written beside each probability (default: the row number)")
-    predict.add_argument("--chunk-rows", type=int, default=65_536, help="rows read and scored at a time (default 65536)")
-    predict.add_argument("--providers", default="auto", choices=["auto", "cpu", "cuda"])
-    predict.add_argument("--quiet", action="store_true", help="no progress line")
-    args = parser.parse_args(argv)
-    if args.chunk_rows < 1:
-        parser.error("--chunk-rows must be at least 1")
-    if not args.input.is_file():
-        print(f"error: {args.input}: no such file", file=sys.stderr)
-        return 2
+@click.group(cls=OneLineErrors)
+@click.version_option(__version__, package_name="din-runtime")
+def main() -> None:
+    """Serve din-export bundles with ONNX Runtime."""
+
+
+@main.command("predict")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("input", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--id-column", help="Input column written beside each probability (default: the row number).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=65_536, show_default=True, help="Rows read and scored at a time.")
+@click.option("--providers", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: CUDA where usable, else the CPU; cuda: an error unless CUDA is in use.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def predict_command(bundle: Path, input: Path, output: Path, id_column: str | None, chunk_rows: int, providers: str, quiet: bool) -> None:
+    """Score a CSV or Parquet table in chunks into OUTPUT (CSV: the ID column and probability)."""
     try:
-        rows = score(args.bundle, args.input, args.output, args.id_column, args.chunk_rows, args.providers, not args.quiet)
-    except (InputError, BundleError, ProviderError, OSError, csv.Error) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{rows:,} rows scored into {args.output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        rows = score(bundle, input, output, id_column, chunk_rows, providers, not quiet)
+    except csv.Error as error:
+        raise InputError("input", f"{input}: not readable as CSV ({error})") from None
+    click.echo(f"{rows:,} rows scored into {output}")

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .schema import FIRST_KEY_INDEX, CategoricalFeature, FeatureSchema, NumericFeature, SequenceFeature
 
 PADDING_INDEX = 0
 OOV_INDEX = 1
-FIRST_KEY_INDEX = 2
 INT64_MAX = np.iinfo(np.int64).max
 # Integer keys within a compact range get a direct index table instead of a binary search: an array of at most
 # max(2**20, 8 * keys) entries (8 MiB at 2**20) makes a lookup one gather, several times faster than searchsorted.
@@ -74,6 +74,62 @@ def _missing_mask(values: np.ndarray) -> np.ndarray:
     return np.zeros(len(values), dtype=bool)
 
 
+def coerce_keys(feature: str, values: Any, key_type: str, row_of=lambda i: i) -> tuple[np.ndarray, np.ndarray]:
+    """Convert raw values to a vocabulary's key type (int or str); returns (keys, missing mask). Unconvertible values
+    raise InputError naming the feature and row (`row_of` maps a flat position to its row)."""
+    try:
+        array = np.asarray(values)
+    except ValueError:  # ragged items (a list among IDs): keep each as it is, so the error names its row
+        array = np.empty(len(values), dtype=object)
+        for i, value in enumerate(values):
+            array[i] = value
+    if array.ndim != 1:
+        raise InputError(feature, f"expected one value per row, got an array of shape {array.shape}")
+    missing = _missing_mask(array)
+    if key_type == "str":
+        if array.dtype == object:
+            return np.asarray(["" if absent else str(v) for v, absent in zip(array, missing, strict=True)], dtype=np.str_), missing
+        return array.astype(np.str_, copy=False), missing
+    return _coerce_int(feature, array, missing, row_of)
+
+def _coerce_int(feature: str, array: np.ndarray, missing: np.ndarray, row_of) -> tuple[np.ndarray, np.ndarray]:
+    kind = array.dtype.kind
+    if kind in "ib":
+        return array.astype(np.int64, copy=False), missing
+    if kind == "u":
+        too_big = array > INT64_MAX
+        return np.where(too_big, 0, array).astype(np.int64), missing | too_big
+    if kind == "f":
+        finite = np.isfinite(array)
+        bad = ~missing & (~finite | (np.floor(array) != array))
+        if bad.any():
+            i = _first_true(bad)
+            raise InputError(feature, f"ID {_shown(array[i])} is not an integer", row_of(i))
+        out_of_range = finite & (np.abs(array) >= 2.0**63)
+        return np.where(missing | out_of_range, 0, array).astype(np.int64), missing | out_of_range
+    present = np.where(missing, 0, array.astype(object)) if missing.any() else array
+    try:  # integer strings ("2222", as CSV and JSON clients send them) are IDs too
+        return present.astype(np.int64), missing
+    except (TypeError, ValueError, OverflowError):
+        # Slow path, only for mixed or oversized values: integers beyond int64 are out of vocabulary, anything
+        # that is not an integer is an error naming its row.
+        beyond = np.zeros(len(present), dtype=bool)
+        values = present.astype(object)
+        for i, value in enumerate(values):
+            if isinstance(value, str):  # only plain integer text: Python's int() would also take "1_000"
+                if not _INTEGER_TEXT.fullmatch(value.strip()):
+                    raise InputError(feature, f"ID {_shown(array[i])} is not an integer", row_of(i)) from None
+                value = values[i] = int(value)
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and abs(int(value)) > INT64_MAX:
+                beyond[i] = True
+                continue
+            try:
+                np.int64(int(value))
+            except (TypeError, ValueError, OverflowError):
+                raise InputError(feature, f"ID {_shown(array[i])} is not an integer", row_of(i)) from None
+        return np.where(beyond, 0, values).astype(np.int64), missing | beyond
+
+
 class Vocabulary:
     """Sorted keys of one categorical feature; index 0 is padding, 1 is out-of-vocabulary, keys from 2. When the
     training data had missing values (`missing_token`), they get their own index after the keys; otherwise a
@@ -98,68 +154,12 @@ class Vocabulary:
                 self.dense = np.full(span, OOV_INDEX, dtype=np.int64)
                 self.dense[self.keys - self.low] = np.arange(FIRST_KEY_INDEX, FIRST_KEY_INDEX + len(self.keys))
 
-    @property
-    def size(self) -> int:
-        """Rows of the embedding table: padding, out-of-vocabulary, one per key, and the missing token if any."""
-        return len(self.keys) + FIRST_KEY_INDEX + (self.missing_index != OOV_INDEX)
-
     @classmethod
-    def from_manifest(cls, entry: Mapping[str, Any]) -> Vocabulary:
-        return cls(entry["keys"], entry["key_type"], bool(entry.get("missing_token", False)))
+    def of(cls, feature: CategoricalFeature) -> Vocabulary:
+        return cls(feature.keys, feature.key_type, feature.missing_token)
 
     def coerce(self, feature: str, values: Any, row_of=lambda i: i) -> tuple[np.ndarray, np.ndarray]:
-        """Convert raw values to the key dtype; returns (keys, missing mask). Unconvertible values raise."""
-        try:
-            array = np.asarray(values)
-        except ValueError:  # ragged items (a list among IDs): keep each as it is, so the error names its row
-            array = np.empty(len(values), dtype=object)
-            for i, value in enumerate(values):
-                array[i] = value
-        if array.ndim != 1:
-            raise InputError(feature, f"expected one value per row, got an array of shape {array.shape}")
-        missing = _missing_mask(array)
-        if self.key_type == "str":
-            if array.dtype == object:
-                return np.asarray(["" if absent else str(v) for v, absent in zip(array, missing, strict=True)], dtype=np.str_), missing
-            return array.astype(np.str_, copy=False), missing
-        return self._coerce_int(feature, array, missing, row_of)
-
-    def _coerce_int(self, feature: str, array: np.ndarray, missing: np.ndarray, row_of) -> tuple[np.ndarray, np.ndarray]:
-        kind = array.dtype.kind
-        if kind in "ib":
-            return array.astype(np.int64, copy=False), missing
-        if kind == "u":
-            too_big = array > INT64_MAX
-            return np.where(too_big, 0, array).astype(np.int64), missing | too_big
-        if kind == "f":
-            finite = np.isfinite(array)
-            bad = ~missing & (~finite | (np.floor(array) != array))
-            if bad.any():
-                i = _first_true(bad)
-                raise InputError(feature, f"ID {_shown(array[i])} is not an integer", row_of(i))
-            out_of_range = finite & (np.abs(array) >= 2.0**63)
-            return np.where(missing | out_of_range, 0, array).astype(np.int64), missing | out_of_range
-        present = np.where(missing, 0, array.astype(object)) if missing.any() else array
-        try:  # integer strings ("2222", as CSV and JSON clients send them) are IDs too
-            return present.astype(np.int64), missing
-        except (TypeError, ValueError, OverflowError):
-            # Slow path, only for mixed or oversized values: integers beyond int64 are out of vocabulary, anything
-            # that is not an integer is an error naming its row.
-            beyond = np.zeros(len(present), dtype=bool)
-            values = present.astype(object)
-            for i, value in enumerate(values):
-                if isinstance(value, str):  # only plain integer text: Python's int() would also take "1_000"
-                    if not _INTEGER_TEXT.fullmatch(value.strip()):
-                        raise InputError(feature, f"ID {_shown(array[i])} is not an integer", row_of(i)) from None
-                    value = values[i] = int(value)
-                if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and abs(int(value)) > INT64_MAX:
-                    beyond[i] = True
-                    continue
-                try:
-                    np.int64(int(value))
-                except (TypeError, ValueError, OverflowError):
-                    raise InputError(feature, f"ID {_shown(array[i])} is not an integer", row_of(i)) from None
-            return np.where(beyond, 0, values).astype(np.int64), missing | beyond
+        return coerce_keys(feature, values, self.key_type, row_of)
 
     def lookup(self, keys: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """Indices of keys in the embedding table; unknown keys go to the out-of-vocabulary index."""
@@ -283,56 +283,45 @@ def pad_recent(indices: np.ndarray, offsets: np.ndarray, max_len: int) -> np.nda
 
 
 class FeatureEncoder:
-    """Encodes a mapping of raw feature columns into the ONNX feed, following the manifest's encoding section."""
+    """Encodes a mapping of raw feature columns into the ONNX feed, following the fitted feature schema."""
 
-    def __init__(self, encoding: Sequence[Mapping[str, Any]]) -> None:
-        self.features = [dict(f) for f in encoding]
-        self.vocabularies: dict[str, Vocabulary] = {}
-        self.scalers: dict[str, NumericScaler] = {}
-        for feature in self.features:
-            name, kind = feature["name"], feature["kind"]
-            if kind == "categorical":
-                self.vocabularies[name] = Vocabulary.from_manifest(feature)
-            elif kind == "numeric":
-                self.scalers[name] = NumericScaler(float(feature["fill"]), float(feature["shift"]), float(feature["scale"]))
-            elif kind != "sequence":
-                raise ValueError(f"feature '{name}': unknown kind {kind!r}")
-        self.sequences = [f for f in self.features if f["kind"] == "sequence"]
-        for sequence in self.sequences:
-            if sequence["shares"] not in self.vocabularies:
-                raise ValueError(f"feature '{sequence['name']}' shares '{sequence['shares']}', which is not a categorical feature")
+    def __init__(self, schema: FeatureSchema) -> None:
+        self.schema = schema
+        self.vocabularies = {f.name: Vocabulary.of(f) for f in schema.categoricals}
+        self.scalers = {f.name: NumericScaler(f.fill, f.shift, f.scale) for f in schema.numerics}
 
     @property
     def names(self) -> list[str]:
-        return [f["name"] for f in self.features]
+        return self.schema.names
 
     def encode(self, columns: Mapping[str, Any], only: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """Encode every feature (or those named in `only`); extra keys (a label, an ID column) are ignored."""
-        features = self.features if only is None else [f for f in self.features if f["name"] in only]
-        missing = [f["name"] for f in features if f["name"] not in columns]
+        features = self.schema.features if only is None else [f for f in self.schema.features if f.name in only]
+        missing = [f.name for f in features if f.name not in columns]
         if missing:
             raise InputError(missing[0], "missing from the input")
         if not features:
             return {}
-        first = features[0]["name"]
+        first = features[0].name
         rows = self._row_count(columns, first)
         feed: dict[str, np.ndarray] = {}
         reference: tuple[str, np.ndarray] | None = None
         for feature in features:
-            name, kind = feature["name"], feature["kind"]
-            if kind == "categorical":
+            name = feature.name
+            if isinstance(feature, CategoricalFeature):
                 feed[name] = self.vocabularies[name].encode(name, columns[name])
-            elif kind == "numeric":
+            elif isinstance(feature, NumericFeature):
                 feed[name] = self.scalers[name].encode(name, columns[name])
             else:
+                assert isinstance(feature, SequenceFeature)
                 ragged = to_ragged(name, columns[name])
                 if reference is None:
                     reference = (name, ragged.lengths)
                 elif len(reference[1]) == len(ragged) and (reference[1] != ragged.lengths).any():  # other counts: below
                     row = _first_true(reference[1] != ragged.lengths)
                     raise InputError(name, f"history length differs from '{reference[0]}' (behaviour sequences must align)", row)
-                indices = self.vocabularies[feature["shares"]].encode(name, ragged.values, ragged.row_of)
-                feed[name] = pad_recent(indices, ragged.offsets, int(feature["max_len"]))
+                indices = self.vocabularies[feature.shares].encode(name, ragged.values, ragged.row_of)
+                feed[name] = pad_recent(indices, ragged.offsets, feature.max_len)
         for name, array in feed.items():
             if len(array) != rows:
                 raise InputError(name, f"has {len(array)} rows where '{first}' has {rows}")

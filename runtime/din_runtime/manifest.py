@@ -8,13 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .schema import FeatureSchema
 
 FORMAT_VERSION = 1
+# Every file a bundle may hold, named here only.
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 RANKING_FILE = "rank.onnx"
+CHECKPOINT_FILE = "weights.pt"
+PLOT_FILE = "training.png"
 GRAPH_FILES = {"onnx": MODEL_FILE, "ranking": RANKING_FILE}  # manifest section -> the one file name it may name
 REQUIRED_KEYS = ("format_version", "spec", "encoding", "onnx", "metrics", "versions")
+# Keys that bundles of earlier releases may lack, with the value they meant; read_manifest fills them in, so no
+# reader needs a default of its own.
+ONNX_DEFAULTS = {"graph": "plain", "precision": "fp32", "optimization": None, "precisions": {}}
+TOP_LEVEL_DEFAULTS = {"ranking": None, "training": {}, "data": {}, "plot": None, "checkpoint": CHECKPOINT_FILE}
 
 
 def sha256_of(path: Path) -> str:
@@ -47,7 +55,19 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
             continue  # bundles may lack the ranking graph; Predictor.rank then replicates the history
         if not isinstance(entry, dict) or entry.get("file") != file_name:
             raise BundleError(f"{path}: {section}.file must be '{file_name}'")
+    for key, value in TOP_LEVEL_DEFAULTS.items():
+        manifest.setdefault(key, value)
+    for key, value in ONNX_DEFAULTS.items():
+        manifest["onnx"].setdefault(key, value)
     return manifest
+
+
+def schema_of(manifest: dict[str, Any]) -> FeatureSchema:
+    """The manifest's fitted feature schema (its `encoding` section)."""
+    try:
+        return FeatureSchema.from_manifest(manifest["encoding"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise BundleError(f"the manifest's encoding section is malformed ({error!r})") from None
 
 
 def verify_model_file(bundle: Path, manifest: dict[str, Any], section: str = "onnx") -> Path:

@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from .encoding import FeatureEncoder
 from .errors import BundleError, InputError, ProviderError
-from .manifest import read_manifest, verify_model_file
+from .manifest import read_manifest, schema_of, verify_model_file
 from .providers import ProviderChoice, create_session, resolve
 
 DEFAULT_CHUNK_ROWS = 16_384
@@ -81,10 +81,11 @@ class Predictor:
         self.ranking_session = ranking_session
         self.chunk_rows = chunk_rows
         self.rank_block = rank_block
-        self.encoder = FeatureEncoder(manifest["encoding"])
+        self.schema = schema_of(manifest)
+        self.encoder = FeatureEncoder(self.schema)
         self.output_name = manifest["onnx"]["outputs"][0]["name"]
-        self.sequences = [f["name"] for f in manifest["encoding"] if f["kind"] == "sequence"]
-        self.shared = sorted({f["shares"] for f in manifest["encoding"] if f["kind"] == "sequence"})
+        self.sequences = self.schema.sequence_names
+        self.shared = sorted(set(self.schema.shared))
         for graph in (g for g in (session, ranking_session) if g is not None):
             graph_inputs = sorted(i.name for i in graph.get_inputs())
             if graph_inputs != sorted(self.encoder.names):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
@@ -60,3 +61,8 @@ def create_session(model_path: str, choice: ProviderChoice, options: ort.Session
             raise ProviderError(message)
         logging.getLogger("din_runtime").warning("%s (fallback=True: continuing on %s)", message, in_use[0])
     return session
+
+
+def cpu_session(model_path: str | Path, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """A session on the CPU provider alone: what export checks, verification and offline scoring run on."""
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=[CPU])

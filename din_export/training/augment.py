@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-AUGMENTATIONS = ("none", "crop", "mask")
+from ..config import AUGMENTATIONS
 
 
 def keep_positions(kind: str, rate: float, lengths: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from din_runtime.manifest import MODEL_FILE, read_manifest, verify_model_file
 
-from .bundle import staged_bundle
+from ..files import staged_bundle
 
 TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32"}
 

@@ -1,4 +1,4 @@
-"""Quantised and half-precision graphs, and their validation metrics beside the float32 graph's.
+"""Precision (--precision): quantised and half-precision graphs, scored on validation data beside float32.
 
 int8: ONNX Runtime's dynamic quantisation of the embedding tables (Gather), which hold nearly all the weights.
 The MLPs' MatMuls are left in float32: with them quantised too (activations per tensor, per call) the
@@ -17,19 +17,21 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from .export import OUTPUT_NAME
-from .metrics import evaluate
-from .train import EncodedSplit
+from din_runtime.providers import cpu_session
 
-PRECISIONS = ("fp32", "int8", "fp16")
-# Largest |probability difference| against PyTorch accepted on the verification grid, per precision (CPU).
-TOLERANCE = {"fp32": 1e-5, "int8": 0.05, "fp16": 1e-2}
-DEFAULT_MAX_AUC_DROP = 0.002
+from ..config import PRECISIONS
+from ..data.dataset import EncodedSplit
+from ..training.metrics import evaluate
+from .graphs import OUTPUT_NAME, ExportError
+
 QUANTIZED_OPS = ["Gather"]
+
+
+class PrecisionRejected(ExportError):
+    """A quantised or half-precision graph lost more validation AUC than allowed."""
 
 
 class _WithoutPreprocessingAdvice(logging.Filter):
@@ -65,7 +67,7 @@ def convert(source: Path, target: Path, precision: str) -> None:
 
 def session_metrics(path: Path, split: EncodedSplit, batch_size: int = 4096) -> dict[str, Any]:
     """AUC, GAUC, logloss and accuracy of an ONNX file on an encoded split, run by ONNX Runtime on CPU."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(path)
     probabilities = np.empty(len(split), dtype=np.float32)
     for start in range(0, len(split), batch_size):
         rows = np.arange(start, min(start + batch_size, len(split)))

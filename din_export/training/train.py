@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..config import DEVICES, TrainConfig
+from ..data.dataset import EncodedSplit
+from ..files import write_atomic
+from ..model.din import DIN
 from . import augment
-from .bundle import write_atomic
 from .distributed import World
 from .metrics import evaluate
-from .model import DIN
-
-SCHEDULES = ("constant", "cosine")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -42,76 +41,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
-class EncodedSplit:
-    """One split as contiguous arrays: the ONNX feed, labels, and group IDs (users) for GAUC."""
-
-    feed: dict[str, np.ndarray]
-    labels: np.ndarray
-    groups: np.ndarray | None
-    sequences: list[str]
-    lengths: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.lengths = (self.feed[self.sequences[0]] != 0).sum(axis=1)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def tensors(self, rows: np.ndarray, augmentation: tuple[str, float, np.random.Generator] | None = None) -> list[torch.Tensor]:
-        """Inputs for these rows, histories cut to the batch's longest (sequences are left-aligned); with
-        `augmentation` (kind, rate, generator), the histories are cropped or masked first (see augment.py)."""
-        lengths = self.lengths[rows]
-        width = max(1, int(lengths.max()))
-        batch = {name: array[rows][:, :width] if name in self.sequences else array[rows] for name, array in self.feed.items()}
-        keep = augment.keep_positions(*augmentation[:2], lengths, width, augmentation[2]) if augmentation else None
-        if keep is not None:
-            batch.update(augment.apply({name: batch[name] for name in self.sequences}, keep))
-        return [torch.from_numpy(array) for array in batch.values()]
-
-    def tensors_on(self, device: torch.device, rows: np.ndarray,
-                   augmentation: tuple[str, float, np.random.Generator] | None = None) -> list[torch.Tensor]:
-        """tensors() moved to `device` (a no-op on the CPU)."""
-        return [t.to(device, non_blocking=True) for t in self.tensors(rows, augmentation)]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings. The defaults are the recipe chosen by benchmarks/recipe_search.py (README, "Training
-    recipe"): batches of 512, Adam at 5e-3 after 100 warm-up steps, decayed by a cosine to zero, the paper's
-    mini-batch aware L2 at 0.1, no augmentation."""
-
-    epochs: int = 10
-    batch_size: int = 512
-    learning_rate: float = 5e-3
-    patience: int = 2
-    seed: int = 0
-    progress: bool = True
-    embedding_l2: float = 0.1
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 100
-    augmentation: str = "none"
-    augmentation_rate: float = 0.0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, not {self.lr_schedule!r}")
-        if self.embedding_l2 < 0:
-            raise ValueError("embedding_l2 must be >= 0")
-        if self.warmup_steps < 0:
-            raise ValueError("warmup_steps must be >= 0")
-        if self.augmentation not in augment.AUGMENTATIONS:
-            raise ValueError(f"augmentation must be one of {augment.AUGMENTATIONS}, not {self.augmentation!r}")
-        if not 0 <= self.augmentation_rate < 1:
-            raise ValueError(f"augmentation_rate must be in [0, 1), not {self.augmentation_rate}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
 class TrainResult:
     history: list[dict[str, float]]
     best_epoch: int
@@ -123,6 +52,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be resumed: missing, or written by a different run."""
 
 
+def batch_tensors(split: EncodedSplit, rows: np.ndarray, device: torch.device | None = None,
+                  augmentation: tuple[str, float, np.random.Generator] | None = None) -> list[torch.Tensor]:
+    """The model's inputs for these rows of a split, on `device`; with `augmentation` (kind, rate, generator), the
+    histories are cropped or masked first (see augment.py)."""
+    batch = split.rows(rows)
+    if augmentation is not None:
+        width = batch[split.sequences[0]].shape[1]
+        keep = augment.keep_positions(*augmentation[:2], split.lengths[rows], width, augmentation[2])
+        if keep is not None:
+            batch.update(augment.apply({name: batch[name] for name in split.sequences}, keep))
+    tensors = [torch.from_numpy(array) for array in batch.values()]
+    return tensors if device is None else [t.to(device, non_blocking=True) for t in tensors]
+
+
 def predict(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> np.ndarray:
     """Probabilities for every row of the split, on whatever device the model is."""
     model.eval()
@@ -131,7 +74,7 @@ def predict(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> np.ndarr
     with torch.inference_mode():
         for start in range(0, len(split), batch_size):
             rows = np.arange(start, min(start + batch_size, len(split)))
-            out[rows] = torch.sigmoid(model(*split.tensors_on(device, rows))).cpu().numpy()
+            out[rows] = torch.sigmoid(model(*batch_tensors(split, rows, device))).cpu().numpy()
     return out
 
 
@@ -139,19 +82,17 @@ def embedding_frequencies(model: DIN, split: EncodedSplit) -> dict[str, torch.Te
     """How often each embedding row occurs in the training split (candidates and histories), at least 1."""
     counts = {}
     for table, embedding in model.embeddings.items():
-        columns = [table] + [s for s in model.sequences if model.inputs.shares[s] == table]
-        total = sum(np.bincount(split.feed[c].ravel(), minlength=embedding.num_embeddings) for c in columns)
+        total = sum(np.bincount(split.feed[c].ravel(), minlength=embedding.num_embeddings) for c in model.schema.columns_of(table))
         counts[table] = torch.from_numpy(np.maximum(total, 1).astype(np.float32)).to(embedding.weight.device)
     return counts
 
 
 def mini_batch_aware_l2(model: DIN, inputs: list[torch.Tensor], frequencies: dict[str, torch.Tensor]) -> torch.Tensor:
     """The DIN paper's regulariser: L2 only on embedding rows present in the batch, each divided by its frequency."""
-    by_name = dict(zip(model.inputs.names, inputs, strict=True))
+    by_name = dict(zip(model.schema.names, inputs, strict=True))
     terms = []
     for table, embedding in model.embeddings.items():
-        columns = [table] + [s for s in model.sequences if model.inputs.shares[s] == table]
-        rows = torch.unique(torch.cat([by_name[c].reshape(-1) for c in columns]))
+        rows = torch.unique(torch.cat([by_name[c].reshape(-1) for c in model.schema.columns_of(table)]))
         rows = rows[rows != 0]
         terms.append((embedding.weight[rows].pow(2).sum(dim=1) / frequencies[table][rows]).sum())
     return sum(terms)  # added in order from zero, as the per-table loop always did
@@ -241,7 +182,7 @@ def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, conf
         bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not show_bar, file=sys.stderr, leave=False)
         for rows in bar:
             optimizer.zero_grad()
-            inputs = train_split.tensors_on(device, rows, augmentation)
+            inputs = batch_tensors(train_split, rows, device, augmentation)
             loss = loss_function(stepper(*inputs), torch.from_numpy(train_split.labels[rows]).to(device, non_blocking=True))
             if config.embedding_l2 > 0:
                 loss = loss + config.embedding_l2 * mini_batch_aware_l2(model, inputs, frequencies)

@@ -10,11 +10,11 @@ from typing import Any
 import optuna
 import torch
 
-from .bundle import write_atomic
-from .model import DIN, ModelInputs
-from .pipeline import DataSource, load_data
-from .settings import resolve
-from .spec import Spec, spec_from_dict, spec_to_toml
+from ..config import resolve
+from ..data.dataset import DataSource, load_data
+from ..data.spec import Spec, spec_from_dict, spec_to_toml
+from ..files import write_atomic
+from ..model.din import DIN
 from .train import train
 
 MLP_SIZES = {"200,80": [200, 80], "128,64": [128, 64], "64,32": [64, 32]}
@@ -41,7 +41,6 @@ def tune(source: DataSource, spec: Spec, out: Path, trials: int, epochs: int, se
     """Run the study and write the best spec to `out`; returns a summary of the study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = load_data(source, spec, seed)
-    inputs = ModelInputs.from_encoding(data.encoding)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
 
@@ -56,7 +55,7 @@ def tune(source: DataSource, spec: Spec, out: Path, trials: int, epochs: int, se
                 raise optuna.TrialPruned()
 
         torch.manual_seed(seed)
-        result = train(DIN(inputs, model_config), data.splits["train"], data.splits["valid"], train_config, on_epoch=report)
+        result = train(DIN(data.schema, model_config), data.splits["train"], data.splits["valid"], train_config, on_epoch=report)
         # Only what was searched goes into the output spec, over the input spec's own sections: the trial budget
         # (epochs) and the seed are this search's, not settings for the training that uses the spec.
         trial.set_user_attr("model", {**spec.model, **model_settings, "variant": variant})

@@ -9,8 +9,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-PLOT_FILE = "training.png"
-
 
 def plot_history(history: list[dict[str, float]], best_epoch: int, path: Path, title: str) -> None:
     epochs = [h["epoch"] for h in history]

@@ -1,4 +1,5 @@
-"""Fitting the encoding on the training split: vocabularies and numeric statistics, stored in the manifest."""
+"""Fitting the feature schema on the training split: vocabularies and numeric statistics. Written once here, it is
+what the encoder, the model, the exporters and the predictor read (stored as the manifest's `encoding`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from din_runtime.encoding import Ragged, Vocabulary
+from din_runtime.encoding import Ragged, coerce_keys
+from din_runtime.schema import CategoricalFeature, Feature, FeatureSchema, NumericFeature, SequenceFeature
 
 from .spec import Spec
 
@@ -32,12 +34,11 @@ def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str], min
     whether missing values occurred, which then get a token of their own."""
     column = np.asarray(columns[name])
     key_type = _key_type(column)
-    probe = Vocabulary([], key_type)
     parts, tallies, any_missing = [], [], False
     for source, values, row_of in [(name, column, lambda i: i)] + [
         (s, columns[s].values, columns[s].row_of) for s in sharers if isinstance(columns[s], Ragged)
     ]:
-        keys, missing = probe.coerce(source, values, row_of)
+        keys, missing = coerce_keys(source, values, key_type, row_of)
         distinct, counts = _distinct_counts(keys[~missing] if missing.any() else keys)
         parts.append(distinct)
         tallies.append(counts)
@@ -47,7 +48,7 @@ def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str], min
     return key_type, keys[counts >= min_count].tolist(), any_missing
 
 
-def _numeric_statistics(values: np.ndarray, fill: str, normalize: str) -> dict[str, float]:
+def _numeric_feature(name: str, values: np.ndarray, fill: str, normalize: str) -> NumericFeature:
     observed = values[np.isfinite(values)]
     if fill == "zero" or len(observed) == 0:
         fill_value = 0.0
@@ -58,20 +59,19 @@ def _numeric_statistics(values: np.ndarray, fill: str, normalize: str) -> dict[s
         shift, scale = float(np.mean(observed)), float(np.std(observed))
     elif normalize == "minmax" and len(observed):
         shift, scale = float(np.min(observed)), float(np.max(observed) - np.min(observed))
-    return {"fill": fill_value, "shift": shift, "scale": scale if scale > 0 else 1.0}
+    return NumericFeature(name, fill_value, shift, scale if scale > 0 else 1.0)
 
 
-def fit_encoding(columns: dict[str, Any], spec: Spec) -> list[dict[str, Any]]:
-    """The manifest's encoding section, in spec order: what the runtime's FeatureEncoder needs and nothing else."""
-    encoding: list[dict[str, Any]] = []
+def fit_schema(columns: dict[str, Any], spec: Spec) -> FeatureSchema:
+    """The fitted schema, in spec order, from the training split's raw columns."""
+    features: list[Feature] = []
     for feature in spec.features:
-        entry: dict[str, Any] = {"name": feature.name, "kind": feature.kind}
         if feature.kind == "categorical":
             sharers = [s.name for s in spec.of_kind("sequence") if s.shares == feature.name]
-            entry["key_type"], entry["keys"], entry["missing_token"] = _vocabulary_keys(feature.name, columns, sharers, feature.min_count)
+            key_type, keys, missing_token = _vocabulary_keys(feature.name, columns, sharers, feature.min_count)
+            features.append(CategoricalFeature(feature.name, key_type, keys, missing_token))
         elif feature.kind == "numeric":
-            entry.update(_numeric_statistics(np.asarray(columns[feature.name], dtype=np.float64), feature.fill, feature.normalize))
+            features.append(_numeric_feature(feature.name, np.asarray(columns[feature.name], dtype=np.float64), feature.fill, feature.normalize))
         else:
-            entry.update({"shares": feature.shares, "max_len": feature.max_len})
-        encoding.append(entry)
-    return encoding
+            features.append(SequenceFeature(feature.name, feature.shares, feature.max_len))
+    return FeatureSchema(tuple(features))

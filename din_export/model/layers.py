@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-ACTIVATIONS = ("prelu", "dice", "sigmoid", "relu")
-WEIGHTINGS = ("raw", "softmax")
+from ..config import ACTIVATIONS, FORMS, WEIGHTINGS
+
 MASKED_SCORE = -1e9  # finite fill for softmax weighting: -inf would turn an all-padding row into NaN
 
 
@@ -68,7 +68,6 @@ def mlp(in_features: int, hidden: Sequence[int], activation_name: str, dropout: 
     return nn.Sequential(*layers)
 
 
-FORMS = ("folded", "plain")
 
 
 class AttentionPooling(nn.Module):

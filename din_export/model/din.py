@@ -1,6 +1,6 @@
 """Deep Interest Network (Zhou et al., KDD 2018), readable top to bottom.
 
-Inputs arrive positionally in the order of the manifest's encoding section (the ONNX input order):
+Inputs arrive positionally in the order of the fitted feature schema (the ONNX input order):
 categorical IDs (batch,), numeric values (batch,), behaviour sequences (batch, seq_len). Every sequence
 shares the embedding table of one categorical feature; those shared categoricals form the candidate
 (the query of attention) and the sequences form the behaviours (its keys). Index 0 is padding.
@@ -9,99 +9,31 @@ shares the embedding table of one categorical feature; those shared categoricals
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
-from din_runtime.encoding import Vocabulary
+from din_runtime.schema import FeatureSchema
 
-from .layers import ACTIVATIONS, FORMS, AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp
-
-VARIANTS = ("din", "base", "din-seq")
-BASE_POOLINGS = ("mean", "sum")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Hyperparameters. `variant`: din (target attention over the behaviours), base (the paper's BaseModel:
-    mean or sum pooling), din-seq (a Transformer encoder over the behaviours, then target attention)."""
-
-    variant: str = "din"
-    embedding_dim: int = 16
-    attention_hidden: tuple[int, ...] = (80, 40)
-    attention_activation: str = "sigmoid"
-    attention_weighting: str = "raw"
-    mlp_hidden: tuple[int, ...] = (200, 80)
-    mlp_activation: str = "dice"  # chosen by benchmarks/recipe_search.py (README, "Training recipe")
-    embedding_init_std: float = 0.2
-    dropout: float = 0.0
-    batch_norm: bool = False
-    base_pooling: str = "mean"
-    encoder_heads: int = 2
-    encoder_layers: int = 1
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, not {self.variant!r}")
-        for name in (self.attention_activation, self.mlp_activation):
-            if name not in ACTIVATIONS:
-                raise ValueError(f"activation must be one of {ACTIVATIONS}, not {name!r}")
-        if self.embedding_dim < 1:
-            raise ValueError("embedding_dim must be positive")
-        if self.base_pooling not in BASE_POOLINGS:
-            raise ValueError(f"base_pooling must be one of {BASE_POOLINGS}, not {self.base_pooling!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), not {self.dropout}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-@dataclass(frozen=True)
-class ModelInputs:
-    """What the model needs to know of the features: names in input order, kinds, vocabulary sizes, sharing."""
-
-    names: tuple[str, ...]
-    kinds: dict[str, str]
-    vocab_sizes: dict[str, int] = field(default_factory=dict)
-    shares: dict[str, str] = field(default_factory=dict)
-    max_lens: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def from_encoding(cls, encoding: list[dict[str, Any]]) -> ModelInputs:
-        return cls(
-            names=tuple(f["name"] for f in encoding),
-            kinds={f["name"]: f["kind"] for f in encoding},
-            vocab_sizes={f["name"]: Vocabulary.from_manifest(f).size for f in encoding if f["kind"] == "categorical"},
-            shares={f["name"]: f["shares"] for f in encoding if f["kind"] == "sequence"},
-            max_lens={f["name"]: int(f["max_len"]) for f in encoding if f["kind"] == "sequence"},
-        )
-
-    def of_kind(self, kind: str) -> list[str]:
-        return [n for n in self.names if self.kinds[n] == kind]
+from ..config import FORMS, ModelConfig
+from .layers import AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp
 
 
 class DIN(nn.Module):
     """Returns the click logit; ProbabilityModel adds the sigmoid for export."""
 
-    def __init__(self, inputs: ModelInputs, config: ModelConfig) -> None:
+    def __init__(self, schema: FeatureSchema, config: ModelConfig) -> None:
         super().__init__()
-        self.inputs = inputs
+        self.schema = schema
         self.config = config
-        self.sequences = inputs.of_kind("sequence")
-        self.candidates = [inputs.shares[s] for s in self.sequences]
-        self.context = [c for c in inputs.of_kind("categorical") if c not in self.candidates]
-        self.numerics = inputs.of_kind("numeric")
+        self.sequences = schema.sequence_names
+        self.candidates = schema.shared
+        self.context = [c.name for c in schema.categoricals if c.name not in self.candidates]
+        self.numerics = [n.name for n in schema.numerics]
 
         dim = config.embedding_dim
         self.embeddings = nn.ModuleDict({
-            name: nn.Embedding(size, dim, padding_idx=0) for name, size in inputs.vocab_sizes.items()
+            feature.name: nn.Embedding(feature.size, dim, padding_idx=0) for feature in schema.categoricals
         })
         for table in self.embeddings.values():
             # Small initial embeddings: torch's N(0, 1) makes q*k and the raw-weighted sum of up to max_len
@@ -112,7 +44,7 @@ class DIN(nn.Module):
         behaviour_dim = dim * len(self.sequences)
         self.encoder = None
         if config.variant == "din-seq":
-            self.encoder = SelfAttentionEncoder(behaviour_dim, max(inputs.max_lens.values()), config.encoder_heads,
+            self.encoder = SelfAttentionEncoder(behaviour_dim, schema.max_len, config.encoder_heads,
                                                 config.encoder_layers, config.dropout)
         if config.variant == "base":
             self.pooling: nn.Module = MeanPooling() if config.base_pooling == "mean" else SumPooling()
@@ -122,7 +54,7 @@ class DIN(nn.Module):
         self.mlp = mlp(mlp_in, config.mlp_hidden, config.mlp_activation, config.dropout, config.batch_norm)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        x = dict(zip(self.inputs.names, tensors, strict=True))
+        x = dict(zip(self.schema.names, tensors, strict=True))
         query = self.candidate(x)
         keys, mask = self.behaviours(x)
         return self.head(x, query, self.pooling(query, keys, mask))
@@ -133,7 +65,7 @@ class DIN(nn.Module):
 
     def behaviours(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys of attention (batch, seq_len, E), through the encoder where there is one, and their mask."""
-        keys = torch.cat([self.embeddings[self.inputs.shares[s]](x[s]) for s in self.sequences], dim=-1)
+        keys = torch.cat([self.embeddings[s.shares](x[s.name]) for s in self.schema.sequences], dim=-1)
         mask = x[self.sequences[0]] != 0  # built from the IDs, never from a Python-side length
         if self.encoder is not None:
             keys = self.encoder(keys, mask)
@@ -145,9 +77,6 @@ class DIN(nn.Module):
         if self.numerics:
             parts.append(torch.stack([x[n] for n in self.numerics], dim=-1))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
-
-
-GRAPHS = FORMS
 
 
 def in_form(din: DIN, form: str) -> DIN:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-SPEC_PATH = Path(__file__).parent / "data" / "synthetic.toml"
+SPEC_PATH = Path(__file__).parent / "synthetic.toml"
 
 
 def _list_column(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
@@ -77,7 +77,7 @@ def generate(num_samples: int = 100_000, seed: int = 0, num_users: int | None = 
     })
 
 
-LOG_SPEC_PATH = Path(__file__).parent / "data" / "synthetic-log.toml"
+LOG_SPEC_PATH = Path(__file__).parent / "synthetic-log.toml"
 
 
 def generate_log(num_events: int = 100_000, seed: int = 0, num_users: int | None = None, num_items: int = 5_000,

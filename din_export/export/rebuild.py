@@ -1,0 +1,94 @@
+"""`din-export export`: a new bundle from a bundle or a weights-only checkpoint, without retraining.
+
+Choices: the graph form (folded or plain), the precision (fp32, int8, fp16) and offline graph optimisation. A
+precision other than fp32 is scored on the validation split beside the float32 graph and refused when its AUC
+drops by more than the threshold, unless forced.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from din_runtime.encoding import FeatureEncoder
+from din_runtime.manifest import PLOT_FILE
+from din_runtime.providers import cpu_session
+
+from ..bundle import LoadedBundle, load_bundle, save_checkpoint, write_manifest
+from ..config import DEFAULT_MAX_AUC_DROP
+from ..data.dataset import DataSource, EncodedSplit, encode_split, load_tables
+from ..data.tables import read_table
+from ..files import staged_bundle
+from .graphs import BATCH, ExportError, GraphContract
+from .precision import PrecisionRejected, convert, session_metrics
+from .verified import export_verified
+
+OPTIMIZATION_LEVEL = "basic"  # ONNX Runtime's basic optimisations are hardware-independent, so the saved file stays portable
+
+
+def _validation_split(bundle: LoadedBundle, valid: Path | None) -> EncodedSplit:
+    spec, data = bundle.spec, (bundle.manifest or {}).get("data") or {}
+    if valid is not None:
+        table = read_table(valid, spec)
+    elif data.get("paths") is not None:
+        source = DataSource.from_manifest(data)
+        missing = [str(p) for p in (source.data, source.valid) if p is not None and not p.is_file()]
+        if missing:
+            raise ExportError(f"the training data {missing} is gone; pass --valid TABLE to score the precision")
+        table = load_tables(source, spec, data.get("seed", 0))["valid"]
+    else:
+        raise ExportError("scoring a precision needs validation data: pass --valid TABLE")
+    return encode_split(table, spec, FeatureEncoder(bundle.schema))
+
+
+def optimize_offline(path: Path) -> None:
+    """Save ONNX Runtime's basic-level optimised graph in place of the file."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    optimized = path.with_suffix(".optimized.onnx")
+    options.optimized_model_filepath = str(optimized)
+    cpu_session(path, options)
+    os.replace(optimized, path)
+
+
+def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str = "fp32", valid: Path | None = None,
+                  max_auc_drop: float = DEFAULT_MAX_AUC_DROP, force: bool = False, optimize: bool = False) -> dict[str, Any]:
+    """Write a verified bundle at `out` and return its manifest."""
+    source, out = Path(source), Path(out)
+    bundle = load_bundle(source)
+    precisions: dict[str, Any] = {}
+
+    def finish(path: Path, contract: GraphContract) -> None:
+        """Convert to the precision (the batch graph scored first, so a lossy one is refused), then optimise."""
+        if precision != "fp32":
+            converted = path.with_name(f"{precision}.onnx")
+            convert(path, converted, precision)
+            if contract is BATCH:
+                split = _validation_split(bundle, valid)
+                precisions.update({"fp32": session_metrics(path, split), precision: session_metrics(converted, split)})
+                drop = precisions["fp32"]["auc"] - precisions[precision]["auc"]
+                precisions.update(auc_drop=drop, max_auc_drop=max_auc_drop)
+                if drop > max_auc_drop and not force:
+                    raise PrecisionRejected(f"{precision} loses {drop:.4f} validation AUC (float32 {precisions['fp32']['auc']:.4f}, "
+                                            f"{precision} {precisions[precision]['auc']:.4f}) > {max_auc_drop}; --force to keep it")
+            os.replace(converted, path)  # the ranking graph in the same precision, so rank agrees with predict
+        if optimize:
+            optimize_offline(path)
+
+    with staged_bundle(out) as staging:
+        graphs = export_verified(bundle.din, staging, graph, precision=precision, optimization=OPTIMIZATION_LEVEL if optimize else None,
+                                 finish=finish)
+        graphs["onnx"]["precisions"] = precisions
+        save_checkpoint(staging, bundle.din)
+        earlier = bundle.manifest or {}
+        plot = None
+        if earlier.get("plot") and (source / PLOT_FILE).is_file():
+            shutil.copy2(source / PLOT_FILE, staging / PLOT_FILE)
+            plot = PLOT_FILE
+        manifest = write_manifest(staging, bundle.spec, bundle.din, graphs, earlier.get("metrics", {}), training=earlier.get("training", {}),
+                                  data=earlier.get("data", {}), plot=plot, exported_from=str(source))
+    return manifest

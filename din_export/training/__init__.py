@@ -1,0 +1,1 @@
+"""Learning the weights: the training loop, data parallelism, augmentation, metrics, tuning and the training plot."""

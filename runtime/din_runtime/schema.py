@@ -1,0 +1,144 @@
+"""The fitted feature schema: the one description of a model's inputs, from fitting to serving.
+
+Fitting on the training split writes it once (the manifest's `encoding` section holds it); the encoder, the
+model, the exporters and the predictor all read it from here. The order of `features` is the ONNX input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+FIRST_KEY_INDEX = 2  # embedding rows: 0 padding, 1 out-of-vocabulary, then one per key
+KEY_TYPES = ("int", "str")
+
+
+@dataclass(frozen=True)
+class CategoricalFeature:
+    """IDs looked up in a vocabulary of sorted keys; `missing_token`: missing values seen in training get a row."""
+
+    name: str
+    key_type: str
+    keys: Sequence[Any]
+    missing_token: bool = False
+    kind: ClassVar[str] = "categorical"
+
+    def __post_init__(self) -> None:
+        if self.key_type not in KEY_TYPES:
+            raise ValueError(f"feature '{self.name}': key_type must be one of {KEY_TYPES}, not {self.key_type!r}")
+
+    @property
+    def size(self) -> int:
+        """Rows of the embedding table: padding, out-of-vocabulary, one per key, and the missing token if any."""
+        return len(self.keys) + FIRST_KEY_INDEX + int(self.missing_token)
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "key_type": self.key_type, "keys": list(self.keys),
+                "missing_token": self.missing_token}
+
+
+@dataclass(frozen=True)
+class NumericFeature:
+    """A float: missing values become `fill`, then (value - shift) / scale."""
+
+    name: str
+    fill: float
+    shift: float
+    scale: float
+    kind: ClassVar[str] = "numeric"
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "fill": self.fill, "shift": self.shift, "scale": self.scale}
+
+
+@dataclass(frozen=True)
+class SequenceFeature:
+    """A behaviour history: IDs in the vocabulary of the categorical feature it `shares`, the last `max_len` kept."""
+
+    name: str
+    shares: str
+    max_len: int
+    kind: ClassVar[str] = "sequence"
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "shares": self.shares, "max_len": self.max_len}
+
+
+Feature = CategoricalFeature | NumericFeature | SequenceFeature
+KINDS = {cls.kind: cls for cls in (CategoricalFeature, NumericFeature, SequenceFeature)}
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """The features in input order. Every sequence shares a categorical feature's vocabulary; those shared
+    categoricals describe the candidate item (attention's query), the sequences its behaviours (the keys)."""
+
+    features: tuple[Feature, ...]
+
+    def __post_init__(self) -> None:
+        names = self.names
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names repeat: {names}")
+        categorical = {f.name for f in self.categoricals}
+        for sequence in self.sequences:
+            if sequence.shares not in categorical:
+                raise ValueError(f"feature '{sequence.name}' shares '{sequence.shares}', which is not a categorical feature")
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def __getitem__(self, name: str) -> Feature:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(name)
+
+    @property
+    def categoricals(self) -> list[CategoricalFeature]:
+        return [f for f in self.features if isinstance(f, CategoricalFeature)]
+
+    @property
+    def numerics(self) -> list[NumericFeature]:
+        return [f for f in self.features if isinstance(f, NumericFeature)]
+
+    @property
+    def sequences(self) -> list[SequenceFeature]:
+        return [f for f in self.features if isinstance(f, SequenceFeature)]
+
+    @property
+    def sequence_names(self) -> list[str]:
+        return [f.name for f in self.sequences]
+
+    @property
+    def shared(self) -> list[str]:
+        """The categoricals the sequences share, one per sequence, in sequence order (the candidate's features)."""
+        return [s.shares for s in self.sequences]
+
+    @property
+    def max_len(self) -> int:
+        return max(s.max_len for s in self.sequences)
+
+    def columns_of(self, table: str) -> list[str]:
+        """The inputs whose IDs index the categorical `table`: the feature itself and every sequence sharing it."""
+        return [table] + [s.name for s in self.sequences if s.shares == table]
+
+    def to_manifest(self) -> list[dict[str, Any]]:
+        return [f.to_manifest() for f in self.features]
+
+    @classmethod
+    def from_manifest(cls, encoding: Sequence[Mapping[str, Any]]) -> FeatureSchema:
+        """Read the manifest's `encoding` section (written by every version so far in this form)."""
+        features: list[Feature] = []
+        for entry in encoding:
+            name, kind = entry["name"], entry.get("kind")
+            if kind == "categorical":
+                features.append(CategoricalFeature(name, entry["key_type"], entry["keys"], bool(entry.get("missing_token", False))))
+            elif kind == "numeric":
+                features.append(NumericFeature(name, float(entry["fill"]), float(entry["shift"]), float(entry["scale"])))
+            elif kind == "sequence":
+                features.append(SequenceFeature(name, entry["shares"], int(entry["max_len"])))
+            else:
+                raise ValueError(f"feature '{name}': unknown kind {kind!r}")
+        return cls(tuple(features))

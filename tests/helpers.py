@@ -1,0 +1,37 @@
+"""Helpers shared by tests/ and benchmarks/ (importable as `helpers`: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REFERENCE_MAX_LEN = 200
+SMALL_MODEL = {"embedding_dim": 8, "attention_hidden": (16, 8), "mlp_hidden": (32, 16)}
+
+
+def build_bundle(out: Path, samples: int = 3000, epochs: int = 2, batch_size: int = 128, spec_path: Path | None = None,
+                 **model_options) -> Path:
+    from din_export.config import ModelConfig, TrainConfig
+    from din_export.data.dataset import DataSource
+    from din_export.data.spec import load_spec
+    from din_export.pipeline import train_and_export
+
+    train_and_export(DataSource(synthetic_samples=samples), out, load_spec(spec_path) if spec_path else None,
+                     model_config=ModelConfig(**{**SMALL_MODEL, **model_options}), train_config=TrainConfig(epochs=epochs, batch_size=batch_size, progress=False))
+    return out
+
+
+ML100K = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ml-100k"
+ML100K_RECIPE = Path(__file__).resolve().parent.parent / "examples" / "movielens-100k.toml"
+
+
+USER_SIDE = ("user_id", "hist_item_id", "hist_cate_id")  # the built-in data's user-side features; the rest describe the item
+
+
+def rank_against_predict(predictor, rows: dict, user: int, top_k: int | None = None) -> tuple:
+    """Rank every row's item for the user of row `user`, and predict on the replicated rows: (ranking, predict's
+    probabilities of the replicated rows). The built-in data's columns, as lists."""
+    count = len(rows["item_id"])
+    user_row = {name: rows[name][user] for name in USER_SIDE}
+    candidates = {name: column for name, column in rows.items() if name not in USER_SIDE}
+    ranking = predictor.rank(user_row, candidates, top_k=top_k)
+    return ranking, predictor.predict({**candidates, **{name: [value] * count for name, value in user_row.items()}})
