@@ -16,7 +16,8 @@ def build_bundle(out: Path, samples: int = 3000, epochs: int = 2, batch_size: in
     from din_export.pipeline import train_and_export
 
     train_and_export(DataSource(synthetic_samples=samples), out, load_spec(spec_path) if spec_path else None,
-                     model_config=ModelConfig(**{**SMALL_MODEL, **model_options}), train_config=TrainConfig(epochs=epochs, batch_size=batch_size, progress=False))
+                     model_config=ModelConfig(**{**SMALL_MODEL, **model_options}),
+                     train_config=TrainConfig(epochs=epochs, batch_size=batch_size, progress=False))
     return out
 
 

@@ -16,7 +16,7 @@ from din_runtime import Predictor
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "din_runtime.cli", "predict", *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "din_runtime", "predict", *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def read_scores(path: Path) -> tuple[list[str], np.ndarray]:

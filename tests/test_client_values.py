@@ -72,7 +72,7 @@ def test_cli_scores_a_csv_with_empty_cells_like_predict_and_writes_a_normal_file
         writer = csv.writer(stream)
         writer.writerow(list(text))
         writer.writerows(zip(*text.values(), strict=True))
-    result = subprocess.run([sys.executable, "-m", "din_runtime.cli", "predict", str(bundle), str(tmp_path / "in.csv"), str(tmp_path / "out.csv"),
+    result = subprocess.run([sys.executable, "-m", "din_runtime", "predict", str(bundle), str(tmp_path / "in.csv"), str(tmp_path / "out.csv"),
                              "--quiet", "--providers", "cpu"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "out.csv", newline="") as stream:
@@ -107,7 +107,7 @@ def test_cli_scores_parquet_with_nulls_like_predict(predictor: Predictor, bundle
     typed = typed_rows(keys)
     table = pa.table({**typed, "hist_item_id": pa.array([*typed["hist_item_id"][:1], None, *typed["hist_item_id"][2:]], pa.list_(pa.int64()))})
     pq.write_table(table, tmp_path / "in.parquet")
-    result = subprocess.run([sys.executable, "-m", "din_runtime.cli", "predict", str(bundle), str(tmp_path / "in.parquet"),
+    result = subprocess.run([sys.executable, "-m", "din_runtime", "predict", str(bundle), str(tmp_path / "in.parquet"),
                              str(tmp_path / "out.csv"), "--quiet", "--providers", "cpu", "--id-column", "user_id"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

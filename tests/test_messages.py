@@ -42,7 +42,7 @@ def test_cuda_unusable_is_reported_once_without_onnx_runtimes_console_error(bund
 
 def test_int8_export_prints_no_quantiser_advice(bundle: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "din_export", "export", str(bundle), "--out", str(tmp_path / "int8"),
-                             "--variant", "int8", "--force"], capture_output=True, text=True, timeout=300)
+                             "--precision", "int8", "--force"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "pre-processing" not in result.stderr and result.stderr.strip() == "", result.stderr
     assert result.stdout.count("bundle written") == 1
