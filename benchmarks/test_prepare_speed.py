@@ -23,6 +23,7 @@ def million_event_log(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_prepare_one_million_events(benchmark, million_event_log: list[Path], tmp_path: Path) -> None:
     runs = []
 

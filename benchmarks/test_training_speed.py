@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 RECIPE = ROOT / "examples" / "movielens-100k-ids-genre.toml"
 BATCHES = 80
+pytestmark = pytest.mark.slow  # trains on MovieLens-100k; the inner loop (-m "not slow") skips it
 
 
 @pytest.fixture(scope="module")

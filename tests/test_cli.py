@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from din_export.cli import main
@@ -66,6 +67,7 @@ def test_parquet_tables_with_given_valid_and_test(tmp_path: Path) -> None:
     assert manifest["data"]["train_rows"] == 800 and manifest["metrics"]["test"]["rows"] == 200
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_metrics(tmp_path: Path) -> None:
     metrics = []
     for run_name in ("first", "second"):

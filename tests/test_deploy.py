@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -42,6 +43,7 @@ def test_export_graphs_then_verify_and_inspect(source_bundle: Path, tmp_path: Pa
     assert f"graph {graph}" in result.output and "matches the manifest" in result.output and "seq_len" in result.output
 
 
+@pytest.mark.slow
 def test_folded_graph_matches_plain_graph(bundle: Path, tmp_path: Path) -> None:
     for graph in ("folded", "plain"):
         export_bundle(bundle, tmp_path / graph, graph=graph)
@@ -56,6 +58,7 @@ def test_folded_graph_matches_plain_graph(bundle: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
+@pytest.mark.slow
 def test_precision_variants_verify_and_record_validation_metrics(source_bundle: Path, tmp_path: Path, precision: str) -> None:
     out = tmp_path / precision
     manifest = export_bundle(source_bundle, out, precision=precision, force=True)
@@ -78,6 +81,17 @@ def test_export_from_a_checkpoint_file(bundle: Path, tmp_path: Path) -> None:
     verify_bundle(tmp_path / "from-checkpoint")
 
 
+def test_the_checkpoint_refers_to_the_manifest_for_spec_and_schema(bundle: Path, tmp_path: Path) -> None:
+    checkpoint = torch.load(bundle / "weights.pt", weights_only=True)
+    assert set(checkpoint) == {"model_config", "state_dict", "manifest"} and checkpoint["manifest"] == "manifest.json"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy2(bundle / "weights.pt", alone / "weights.pt")  # without its manifest it describes no inputs
+    result = CliRunner().invoke(main, ["export", str(alone / "weights.pt"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no manifest.json beside the checkpoint" in result.output
+
+
+@pytest.mark.slow
 def test_offline_optimisation_is_saved_and_verifies(bundle: Path, tmp_path: Path) -> None:
     manifest = export_bundle(bundle, tmp_path / "optimized", optimize=True)
     assert manifest["onnx"]["optimization"] == "basic"

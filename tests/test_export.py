@@ -53,6 +53,7 @@ def test_onnx_runtime_agrees_with_pytorch_on_unseen_shapes(bundle: Path, batch: 
     assert np.max(np.abs(onnx_out - torch_out)) <= 1e-5
 
 
+@pytest.mark.slow
 def test_all_padding_rows_are_finite_for_every_weighting(tmp_path: Path) -> None:
     for weighting in ("raw", "softmax"):
         out = build_bundle(tmp_path / weighting, samples=600, epochs=1, attention_weighting=weighting, mlp_activation="dice")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import onnxruntime as ort
+import pytest
 
 PROBE = """
 import logging, sys
@@ -40,6 +41,7 @@ def test_cuda_unusable_is_reported_once_without_onnx_runtimes_console_error(bund
     assert len(warnings) == 1 and "fallback=True" in warnings[0], lenient.stderr  # one warning, not one per graph
 
 
+@pytest.mark.slow
 def test_int8_export_prints_no_quantiser_advice(bundle: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "din_export", "export", str(bundle), "--out", str(tmp_path / "int8"),
                              "--precision", "int8", "--force"], capture_output=True, text=True, timeout=300)

@@ -222,6 +222,7 @@ def test_bad_recipes_name_the_problem(tmp_path: Path, edit, error, message: str)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cli_prepare_then_train_and_log_straight_into_train(tmp_path: Path, generated) -> None:
     sources, _ = generated
     small = ["--epochs", "1", "--embedding-dim", "8", "--attention-hidden", "16,8", "--mlp-hidden", "32,16", "--quiet"]

@@ -2,10 +2,13 @@
 
 from pathlib import Path
 
+import pytest
+
 from din_runtime.manifest import read_manifest
 from helpers import build_bundle
 
 
+@pytest.mark.slow
 def test_din_beats_mean_pooling_on_builtin_data(tmp_path: Path) -> None:
     auc = {}
     for variant in ("din", "base"):

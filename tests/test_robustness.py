@@ -140,6 +140,7 @@ def test_cli_errors_are_one_line_with_exit_2_and_debug_shows_the_traceback(tmp_p
     assert result.exit_code == 2 and "feature 'price': kind must be one of" in result.output
 
 
+@pytest.mark.slow
 def test_kill_at_any_point_leaves_the_previous_bundle_or_the_new_one(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "din_export", "train-and-export", "--samples", "3000", "--epochs", "2",
             "--embedding-dim", "8", "--quiet", "--out", str(tmp_path / "bundle")]
@@ -155,6 +156,7 @@ def test_kill_at_any_point_leaves_the_previous_bundle_or_the_new_one(tmp_path: P
         Predictor.load(tmp_path / "bundle", providers="cpu")
 
 
+@pytest.mark.slow
 def test_threads_and_memory_under_sustained_calls(predictor: Predictor, keys: dict) -> None:
     batches = [good_rows(keys, n=int(n), length=int(n) * 3) for n in range(1, 9)]
     expected = [predictor.predict(b) for b in batches]

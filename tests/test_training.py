@@ -41,6 +41,7 @@ def test_mini_batch_aware_l2_touches_only_rows_in_the_batch_scaled_by_frequency(
     assert torch.all(weight.grad[untouched] == 0) and torch.all(weight.grad[[2, 3, 4]] != 0)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     args = ["train-and-export", "--samples", "6000", "--epochs", "4", "--patience", "4", "--dropout", "0.2", *SMALL]
     reference = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "reference")])
@@ -69,6 +70,7 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--resume: no checkpoint" in result.output
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_single_process_auc(tmp_path: Path) -> None:
     args = ["train-and-export", "--samples", "20000", "--epochs", "3", "--batch-size", "256", *SMALL]
     single = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "single")])
@@ -84,6 +86,7 @@ def test_two_processes_reach_the_single_process_auc(tmp_path: Path) -> None:
     assert abs(auc[0] - auc[1]) < 0.02, auc
 
 
+@pytest.mark.slow
 def test_tune_writes_a_spec_that_train_and_export_follows(tmp_path: Path) -> None:
     best = tmp_path / "best.toml"
     result = CliRunner().invoke(main, ["tune", "--samples", "3000", "--trials", "4", "--epochs", "2", "--out", str(best)])

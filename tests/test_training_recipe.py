@@ -108,6 +108,7 @@ def test_augmented_batches_differ_between_epochs_and_stay_valid() -> None:
     assert np.array_equal(batch_tensors(split, np.arange(64))[0].numpy(), feed["hist_item"])  # no augmentation: unchanged
 
 
+@pytest.mark.slow
 def test_log_has_one_line_per_epoch_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "din_export", "train-and-export", "--samples", "3000", "--epochs", "3",
                              "--patience", "3", "--out", str(tmp_path / "b"), *SMALL], capture_output=True, text=True, timeout=600)
@@ -130,6 +131,7 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_auto_device_trains_on_the_cpu_here_and_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["train-and-export", "--samples", "800", "--epochs", "1", "--augmentation", "crop",
                                        "--augmentation-rate", "0.3", "--warmup-steps", "3", "--out", str(tmp_path / "b"), "--quiet", *SMALL])

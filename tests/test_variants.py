@@ -24,6 +24,7 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.slow
 def test_variant_exports_with_parity(tmp_path: Path, name: str) -> None:
     bundle = build_bundle(tmp_path / name, samples=800, epochs=1, **VARIANTS[name])
     manifest = read_manifest(bundle)
@@ -47,6 +48,7 @@ def test_variant_exports_with_parity(tmp_path: Path, name: str) -> None:
     assert np.max(np.abs(ranking.probabilities - replicated[ranking.order])) <= 1e-5
 
 
+@pytest.mark.slow
 def test_dice_and_batch_norm_use_running_statistics_in_inference(tmp_path: Path) -> None:
     din = load_bundle(build_bundle(tmp_path / "dice", samples=800, epochs=1, mlp_activation="dice", batch_norm=True)).din
     feed = random_feed(din.schema, 8, 5, np.random.default_rng(0))
