@@ -29,6 +29,7 @@ from .config import (
 
 MODEL_DEFAULTS, TRAINING_DEFAULTS = ModelConfig(), TrainConfig()  # the one place defaults live; flags show them
 DEFAULT_MODELS_DIR = Path("models")
+METRICS = ("auc", "gauc", "logloss", "accuracy")  # as printed, in this order
 # CLI parameter -> ModelConfig / TrainConfig field; only flags given on the command line override the spec.
 MODEL_FLAGS = {"variant": "variant", "embedding_dim": "embedding_dim", "attention_hidden": "attention_hidden",
                "attention_activation": "attention_activation", "attention_weighting": "attention_weighting",
@@ -60,6 +61,7 @@ def _options(options: list[Callable]) -> Callable:
 
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+BUNDLE = click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 DATA_OPTIONS = [
     click.option("--data", type=FILE, help="Training sample table (.csv, .tsv or .parquet). Without it (and --log), the built-in synthetic data."),
     click.option("--log", help="A behaviour log instead of --data: runs `prepare` with --spec as the recipe, then uses its output."),
@@ -226,9 +228,14 @@ def _gauc_note(row: dict[str, Any]) -> str:
     return f"GAUC over {users} users"
 
 
+def _metrics_text(row: dict[str, Any]) -> str:
+    """'auc 0.8608, gauc 0.8568, ...': the metrics a split has (GAUC may be undefined)."""
+    return ", ".join(f"{k} {row[k]:.4f}" for k in METRICS if row.get(k) is not None)
+
+
 def _summary(manifest: dict[str, Any]) -> str:
     test = manifest["metrics"]["test"]
-    shown = ", ".join(f"{k} {test[k]:.4f}" for k in ("auc", "gauc", "logloss", "accuracy") if test.get(k) is not None)
+    shown = _metrics_text(test)
     note = _gauc_note(test)
     return (f"test: {shown}{f' ({note})' if note else ''} (best epoch {manifest['metrics']['best_epoch']}); "
             f"ONNX vs PyTorch max |diff| {manifest['onnx']['parity']['max_abs_diff']:.2e}")
@@ -258,7 +265,7 @@ def tune_command(out: Path, trials: int, epochs: int, timeout: float | None, var
 
 
 @main.command("report")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@BUNDLE
 def report_command(bundle: Path) -> None:
     """Print a bundle's metrics, its per-epoch history and the path of its training plot."""
     from din_runtime.manifest import read_manifest
@@ -270,7 +277,7 @@ def report_command(bundle: Path) -> None:
     click.echo(f"{'split':<6}{'rows':>8}{'AUC':>9}{'GAUC':>9}{'logloss':>9}{'accuracy':>10}")
     for split in ("valid", "test"):
         row = metrics[split]
-        values = [row.get(k) for k in ("auc", "gauc", "logloss", "accuracy")]
+        values = [row.get(k) for k in METRICS]
         note = _gauc_note(row)
         click.echo(f"{split:<6}{row['rows']:>8}" + "".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in values)
                    + (f"   {note}" if note else ""))
@@ -314,7 +321,7 @@ def export_command(source: Path, out: Path, graph: str, precision: str | None, o
 
 
 @main.command("verify")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@BUNDLE
 def verify_command(bundle: Path) -> None:
     """Check a bundle: output names, symbolic dimensions, output shapes, values against PyTorch over a grid of
     shapes, onnx.checker, and ONNX's reference evaluator against ONNX Runtime."""
@@ -330,7 +337,7 @@ def verify_command(bundle: Path) -> None:
 
 
 @main.command("inspect")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@BUNDLE
 def inspect_command(bundle: Path) -> None:
     """Print a bundle's inputs, outputs, symbolic dimensions, opset, graph, precision, metrics, sizes and sha256."""
     from din_runtime.manifest import read_manifest, sha256_of
@@ -347,7 +354,7 @@ def inspect_command(bundle: Path) -> None:
     for split in ("valid", "test"):
         row = manifest["metrics"].get(split)
         if row:
-            click.echo(f"{split}: " + ", ".join(f"{k} {row[k]:.4f}" for k in ("auc", "gauc", "logloss", "accuracy") if row.get(k) is not None))
+            click.echo(f"{split}: {_metrics_text(row)}")
     for file in sorted(bundle.iterdir()):
         click.echo(f"  file {file.name:<16}{file.stat().st_size:>12,} bytes")
     actual = sha256_of(model_path) if model_path.is_file() else "missing"
@@ -355,7 +362,7 @@ def inspect_command(bundle: Path) -> None:
 
 
 @main.command("triton")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@BUNDLE
 @click.option("--repository", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Model repository folder (created if absent; other models in it are left alone).")
 @click.option("--name", help="Model name in the repository (default: the bundle folder's name).")

@@ -6,10 +6,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from din_runtime.files import write_atomic
+
+__all__ = ["staged_bundle", "write_atomic", "write_json"]
 
 
 @contextmanager
@@ -31,19 +35,6 @@ def staged_bundle(out: Path) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.rename(staging, out)
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temporary path) in the target's folder, then rename over the target: readers see old or new."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: Any) -> None:

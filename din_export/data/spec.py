@@ -73,32 +73,36 @@ class Spec:
         return data
 
 
+def _check_one_of(name: str, key: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise SpecError(f"feature '{name}': {key} must be one of {choices}, not {value!r}")
+
+
+def _check_positive_integer(name: str, key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SpecError(f"feature '{name}': {key} must be a positive integer, not {value!r}")
+
+
 def _feature(name: str, table: Any) -> Feature:
     if not isinstance(table, dict):
         raise SpecError(f"feature '{name}': expected a table of keys")
     kind = table.get("kind")
-    if kind not in KINDS:
-        raise SpecError(f"feature '{name}': kind must be one of {KINDS}, not {kind!r}")
+    _check_one_of(name, "kind", kind, KINDS)
     unknown = sorted(set(table) - ALLOWED_KEYS[kind] - PREPARE_KEYS[kind])
     if unknown:
         raise SpecError(f"feature '{name}': unknown key(s) {unknown} for kind '{kind}'")
     feature = Feature(name=name, **table)
-    if not isinstance(feature.min_count, int) or isinstance(feature.min_count, bool) or feature.min_count < 1:
-        raise SpecError(f"feature '{name}': min_count must be a positive integer, not {feature.min_count!r}")
-    if feature.source not in SOURCES:
-        raise SpecError(f"feature '{name}': source must be one of {SOURCES}, not {feature.source!r}")
+    _check_positive_integer(name, "min_count", feature.min_count)
+    _check_one_of(name, "source", feature.source, SOURCES)
     if kind == "numeric":
         if feature.fill == PREVIOUS_FILL and (feature.column is None or feature.source != "log"):
             raise SpecError(f"feature '{name}': fill = 'previous' needs a log column (source 'log' and 'column')")
-        if feature.fill not in (*FILLS, PREVIOUS_FILL):
-            raise SpecError(f"feature '{name}': fill must be one of {(*FILLS, PREVIOUS_FILL)}, not {feature.fill!r}")
-        if feature.normalize not in NORMALIZATIONS:
-            raise SpecError(f"feature '{name}': normalize must be one of {NORMALIZATIONS}, not {feature.normalize!r}")
+        _check_one_of(name, "fill", feature.fill, (*FILLS, PREVIOUS_FILL))
+        _check_one_of(name, "normalize", feature.normalize, NORMALIZATIONS)
     if kind == "sequence":
         if not isinstance(feature.shares, str):
             raise SpecError(f"feature '{name}': a sequence needs 'shares', the categorical feature whose vocabulary it uses")
-        if not isinstance(feature.max_len, int) or isinstance(feature.max_len, bool) or feature.max_len < 1:
-            raise SpecError(f"feature '{name}': max_len must be a positive integer, not {feature.max_len!r}")
+        _check_positive_integer(name, "max_len", feature.max_len)
     return feature
 
 

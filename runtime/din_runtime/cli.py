@@ -2,15 +2,13 @@
 
 Needs nothing beyond the runtime's own dependencies for CSV: rows stream through the standard library's csv
 reader, so memory stays flat in the input's size. The output (CSV: the ID column and `probability`) is written
-to a temporary file beside OUTPUT and renamed into place when complete.
+to a temporary file beside OUTPUT and renamed into place when complete (din_runtime.files).
 """
 
 from __future__ import annotations
 
 import csv
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -23,6 +21,7 @@ from . import __version__
 from .commands import OneLineErrors
 from .encoding import Ragged
 from .errors import InputError
+from .files import write_atomic
 from .predictor import Predictor
 
 # Measured on a 161,616-row Parquet file of the built-in data at the default --chunk-rows: the session fed 16,384
@@ -65,10 +64,11 @@ def score(bundle: Path, source: Path, target: Path, id_column: str | None, chunk
     # and ONNX Runtime's arena, which keeps its largest size, are what bound memory, not the chunk read.
     predictor = Predictor.load(bundle, providers=providers, chunk_rows=SESSION_ROWS)
     chunks = _parquet_chunks(source, chunk_rows) if source.suffix.lower() in (".parquet", ".pq") else _csv_chunks(source, chunk_rows)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     done = 0
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
+
+    def write(temporary: Path) -> None:
+        nonlocal done
+        with open(temporary, "w", newline="", encoding="utf-8") as stream:
             writer = csv.writer(stream)
             writer.writerow([id_column or "row", "probability"])
             for columns in chunks:
@@ -80,13 +80,8 @@ def score(bundle: Path, source: Path, target: Path, id_column: str | None, chunk
                 done += len(probabilities)
                 if progress:
                     print(f"\r{done:,} rows scored", end="", file=sys.stderr, flush=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # the mode of any new file here, not mkstemp's private 0600
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    write_atomic(target, write)
     if progress:
         print(file=sys.stderr)
     return done
