@@ -1,0 +1,124 @@
+"""The samples a run learns from: where they come from, the train / valid / test splits, and each split encoded
+by the runtime's own encoder into contiguous arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from din_runtime.encoding import FeatureEncoder
+from din_runtime.schema import FeatureSchema
+
+from ..phases import Phases
+from .fitting import fit_schema
+from .spec import Spec
+from .synthetic import generate
+from .tables import labels, raw_columns, read_table
+
+SPLITS = ("train", "valid", "test")
+HELD_OUT_FRACTION = 0.1
+
+
+@dataclass
+class DataSource:
+    """Where the samples come from: files, or the built-in generator when no --data is given."""
+
+    data: Path | None = None
+    valid: Path | None = None
+    test: Path | None = None
+    synthetic_samples: int = 100_000
+
+    @property
+    def name(self) -> str:
+        return self.data.stem if self.data else "synthetic"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Recorded in the manifest so that later steps (variant checks in `export`) can reload the same splits."""
+        return {"paths": {k: str(Path(v).resolve()) if v else None for k, v in (("data", self.data), ("valid", self.valid), ("test", self.test))},
+                "synthetic_samples": None if self.data else self.synthetic_samples}
+
+    @classmethod
+    def from_manifest(cls, data: dict[str, Any]) -> DataSource:
+        paths = data.get("paths") or {}
+        return cls(*(Path(paths[k]) if paths.get(k) else None for k in ("data", "valid", "test")),
+                   synthetic_samples=data.get("synthetic_samples") or 100_000)
+
+
+def load_tables(source: DataSource, spec: Spec, seed: int) -> dict[str, pa.Table]:
+    """Train, valid and test tables; those not given are held out of the train table at random (seeded)."""
+    if source.data is None and (source.valid or source.test):
+        raise ValueError("--valid and --test need --data")
+    train_table = read_table(source.data, spec) if source.data else generate(source.synthetic_samples, seed=seed)
+    given = {"valid": source.valid, "test": source.test}
+    tables = {name: read_table(path, spec) for name, path in given.items() if path}
+    missing = [name for name in given if name not in tables]
+    if missing:
+        order = np.random.default_rng(seed).permutation(train_table.num_rows)
+        held = int(round(HELD_OUT_FRACTION * train_table.num_rows))
+        if train_table.num_rows - held * len(missing) < 2 or held < 1:
+            raise ValueError(f"{train_table.num_rows} rows are too few to hold out {missing}; pass --valid/--test")
+        for i, name in enumerate(missing):
+            tables[name] = train_table.take(order[i * held:(i + 1) * held])
+        train_table = train_table.take(np.sort(order[len(missing) * held:]))
+    tables["train"] = train_table
+    return tables
+
+
+def groups_of(columns: dict[str, Any], spec: Spec) -> np.ndarray | None:
+    if spec.user is None:
+        return None
+    return np.unique(np.asarray(columns[spec.user]).astype(str), return_inverse=True)[1]
+
+
+@dataclass
+class EncodedSplit:
+    """One split as contiguous arrays: the ONNX feed, labels, and group IDs (users) for GAUC."""
+
+    feed: dict[str, np.ndarray]
+    labels: np.ndarray
+    groups: np.ndarray | None
+    sequences: list[str]
+    lengths: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lengths = (self.feed[self.sequences[0]] != 0).sum(axis=1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The feed's arrays for these rows, histories cut to the batch's longest (they are left-aligned)."""
+        width = max(1, int(self.lengths[rows].max()))
+        return {name: array[rows][:, :width] if name in self.sequences else array[rows] for name, array in self.feed.items()}
+
+@dataclass
+class EncodedData:
+    """The spec, the three tables, the feature schema fitted on the training split only, and every split encoded."""
+
+    spec: Spec
+    tables: dict[str, pa.Table]
+    schema: FeatureSchema
+    splits: dict[str, EncodedSplit]
+
+
+def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder) -> EncodedSplit:
+    """A table as contiguous arrays, encoded by the runtime's own encoder."""
+    columns = raw_columns(table, spec)
+    return EncodedSplit(encoder.encode(columns), labels(table, spec), groups_of(columns, spec), encoder.schema.sequence_names)
+
+
+def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None = None) -> EncodedData:
+    """Read the splits, fit the schema on the training split and encode all three with the runtime's encoder."""
+    phases = phases or Phases()
+    with phases.timed("read"):
+        tables = load_tables(source, spec, seed)
+    with phases.timed("fit encoding"):
+        schema = fit_schema(raw_columns(tables["train"], spec), spec)
+    with phases.timed("encode"):
+        encoder = FeatureEncoder(schema)
+        splits = {name: encode_split(tables[name], spec, encoder) for name in SPLITS}
+    return EncodedData(spec, tables, schema, splits)
