@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .behaviour import TEST, TRAIN, VALID, assign_splits, event_order, forward_fill, gather_recent, history_bounds, sample_negatives
 from ..files import staged_bundle, write_json
+from .behaviour import TEST, TRAIN, VALID, assign_splits, event_order, forward_fill, gather_recent, history_bounds, sample_negatives
 from .logs import LogConfig, log_config_from_dict, read_source
 from .spec import PREVIOUS_FILL, Feature, Spec, SpecError, read_toml, spec_from_dict, spec_to_toml
 from .tables import TableError
