@@ -14,7 +14,7 @@ from din_runtime.encoding import FeatureEncoder
 from din_runtime.schema import FeatureSchema
 
 from ..phases import Phases
-from .fitting import fit_schema
+from .fitting import fit_schema, with_attribute_tables
 from .spec import Spec
 from .synthetic import generate
 from .tables import labels, raw_columns, read_table
@@ -121,4 +121,6 @@ def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None =
     with phases.timed("encode"):
         encoder = FeatureEncoder(schema)
         splits = {name: encode_split(tables[name], spec, encoder) for name in SPLITS}
+    with phases.timed("fit encoding"):  # item-to-attribute tables, from the encoded training split
+        schema = with_attribute_tables(schema, splits["train"].feed)
     return EncodedData(spec, tables, schema, splits)

@@ -3,14 +3,15 @@ what the encoder, the model, the exporters and the predictor read (stored as the
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from din_runtime.encoding import Ragged, coerce_keys
-from din_runtime.schema import CategoricalFeature, Feature, FeatureSchema, NumericFeature, SequenceFeature
+from din_runtime.encoding import OOV_INDEX, PADDING_INDEX, Ragged, coerce_keys
+from din_runtime.schema import FIRST_KEY_INDEX, CategoricalFeature, Feature, FeatureSchema, NumericFeature, SequenceFeature
 
 from .spec import Spec
 
@@ -69,9 +70,41 @@ def fit_schema(columns: dict[str, Any], spec: Spec) -> FeatureSchema:
         if feature.kind == "categorical":
             sharers = [s.name for s in spec.of_kind("sequence") if s.shares == feature.name]
             key_type, keys, missing_token = _vocabulary_keys(feature.name, columns, sharers, feature.min_count)
-            features.append(CategoricalFeature(feature.name, key_type, keys, missing_token))
+            features.append(CategoricalFeature(feature.name, key_type, keys, missing_token, feature.attribute_of))
         elif feature.kind == "numeric":
             features.append(_numeric_feature(feature.name, np.asarray(columns[feature.name], dtype=np.float64), feature.fill, feature.normalize))
         else:
             features.append(SequenceFeature(feature.name, feature.shares, feature.max_len))
+    return FeatureSchema(tuple(features))
+
+
+def _attribute_table(item_indices: np.ndarray, attribute_indices: np.ndarray, item_size: int, attribute_size: int) -> np.ndarray:
+    """Per item index, the attribute index seen with it most often (ties: the lower index); padding maps to padding,
+    items never seen with an attribute to out-of-vocabulary."""
+    seen = (item_indices >= FIRST_KEY_INDEX) & (attribute_indices != PADDING_INDEX)
+    pairs, counts = np.unique(item_indices[seen] * attribute_size + attribute_indices[seen], return_counts=True)
+    items, attributes = pairs // attribute_size, pairs % attribute_size
+    best = np.lexsort((attributes, -counts, items))  # per item: most frequent first
+    first = np.ones(len(best), dtype=bool)
+    first[1:] = items[best][1:] != items[best][:-1]
+    table = np.full(item_size, OOV_INDEX, dtype=np.int64)
+    table[PADDING_INDEX] = PADDING_INDEX
+    table[items[best][first]] = attributes[best][first]
+    return table
+
+
+def with_attribute_tables(schema: FeatureSchema, feed: dict[str, np.ndarray]) -> FeatureSchema:
+    """The schema with an item-to-attribute table for every item attribute, fitted on the training split's encoded
+    feed: the candidate's item and attribute, and each history of items with the history of the attribute."""
+    derived = schema.derivations(include_untabled=True)  # the pairing of histories is the schema's own
+    features: list[Feature] = []
+    for feature in schema.features:
+        if isinstance(feature, CategoricalFeature) and feature.attribute_of is not None:
+            item = schema[feature.attribute_of]
+            pairs = [(source, name) for name, (source, table) in derived.items() if table == feature.name]
+            items = np.concatenate([feed[source].ravel() for source, _ in pairs])
+            attributes = np.concatenate([feed[name].ravel() for _, name in pairs])
+            table = _attribute_table(items, attributes, item.size, feature.size)
+            feature = replace(feature, attribute_table=table.tolist())
+        features.append(feature)
     return FeatureSchema(tuple(features))

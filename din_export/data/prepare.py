@@ -209,12 +209,18 @@ class LogSamples:
         return pa.table(columns), self.split[events]
 
 
-def _training_spec(spec: Spec) -> Spec:
-    """The spec train-and-export reads: prepare's keys dropped; gaps left after 'previous' filled with the mean."""
+def _training_spec(spec: Spec, config: LogConfig) -> Spec:
+    """The spec train-and-export reads: prepare's keys dropped; gaps left after 'previous' filled with the mean;
+    each categorical from the item table marked as an attribute of the item (the bundle then carries the
+    item-to-attribute table, so a client may send item IDs alone)."""
     data = spec.to_dict()
-    for entry in data["features"].values():
+    item = next((f.name for f in spec.of_kind("categorical") if f.source == "log" and f.column == config.item), None)
+    for feature in spec.features:
+        entry = data["features"][feature.name]
         if entry.get("fill") == PREVIOUS_FILL:
             entry["fill"] = "mean"
+        if item is not None and feature.kind == "categorical" and feature.source == "items" and feature.attribute_of is None:
+            entry["attribute_of"] = item
     return spec_from_dict(data)
 
 
@@ -260,7 +266,7 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = DEFAULT
         empty = [name for name in SPLIT_NAMES.values() if rows[name] == 0]
         if empty:
             raise ValueError(f"the split leaves {empty} without samples; adjust [split] (valid/test) for this log")
-        (staging / SPEC_FILE).write_text(spec_to_toml(_training_spec(spec)), encoding="utf-8")
+        (staging / SPEC_FILE).write_text(spec_to_toml(_training_spec(spec, config)), encoding="utf-8")
         summary = {
             "events": int(len(samples.user)), "users": int(len(samples.users.keys)), "items": int(len(samples.items.keys)),
             "positives": int((samples.label == 1).sum()), "negatives_drawn": samples.negatives,

@@ -13,7 +13,7 @@ PREVIOUS_FILL = "previous"  # the user's previous value: only `prepare` can appl
 NORMALIZATIONS = ("zscore", "minmax", "none")
 SOURCES = ("log", "items", "users")
 ALLOWED_KEYS = {
-    "categorical": {"kind", "min_count"},
+    "categorical": {"kind", "min_count", "attribute_of"},
     "numeric": {"kind", "fill", "normalize"},
     "sequence": {"kind", "shares", "max_len"},
 }
@@ -40,6 +40,7 @@ class Feature:
     column: str | None = None
     source: str = "log"
     first_token: bool = False
+    attribute_of: str | None = None  # a categorical whose value is a fact of another's (an item's category): see schema.py
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,8 @@ class Spec:
     def to_dict(self) -> dict[str, Any]:
         features = {}
         for feature in self.features:
-            features[feature.name] = {k: v for k, v in asdict(feature).items()
-                                      if k != "name" and k in ALLOWED_KEYS[feature.kind] and not (k == "min_count" and v == 1)}
+            features[feature.name] = {k: v for k, v in asdict(feature).items() if k != "name" and k in ALLOWED_KEYS[feature.kind]
+                                      and not (k == "min_count" and v == 1) and not (k == "attribute_of" and v is None)}
         data: dict[str, Any] = {"label": self.label, "features": features}
         if self.user is not None:
             data["user"] = self.user
@@ -121,6 +122,11 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
     by_name = {f.name: f for f in features}
     if label in by_name:
         raise SpecError(f"label '{label}' is also declared as a feature")
+    for attribute in (f for f in features if f.attribute_of is not None):
+        item = by_name.get(attribute.attribute_of)
+        if item is None or item.kind != "categorical" or item.attribute_of is not None or item is attribute:
+            raise SpecError(f"feature '{attribute.name}': attribute_of '{attribute.attribute_of}' must name another categorical "
+                            "feature of this spec that is not itself an attribute")
     for sequence in (f for f in features if f.kind == "sequence"):
         target = by_name.get(sequence.shares)
         if target is None or target.kind != "categorical":

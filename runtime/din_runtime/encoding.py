@@ -289,6 +289,9 @@ class FeatureEncoder:
         self.schema = schema
         self.vocabularies = {f.name: Vocabulary.of(f) for f in schema.categoricals}
         self.scalers = {f.name: NumericScaler(f.fill, f.shift, f.scale) for f in schema.numerics}
+        # input -> (input it is looked up from, that lookup's table): item attributes a client may leave out
+        self.derived = {name: (source, np.asarray(schema[table].attribute_table, dtype=np.int64))
+                        for name, (source, table) in schema.derivations().items()}
 
     @property
     def names(self) -> list[str]:
@@ -296,7 +299,9 @@ class FeatureEncoder:
 
     def encode(self, columns: Mapping[str, Any], only: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """Encode every feature (or those named in `only`); extra keys (a label, an ID column) are ignored."""
-        features = self.schema.features if only is None else [f for f in self.schema.features if f.name in only]
+        selected = self.schema.features if only is None else [f for f in self.schema.features if f.name in only]
+        to_derive = [f.name for f in selected if f.name not in columns and self.derived.get(f.name, ("",))[0] in columns]
+        features = [f for f in selected if f.name not in to_derive]
         missing = [f.name for f in features if f.name not in columns]
         if missing:
             raise InputError(missing[0], "missing from the input")
@@ -325,6 +330,13 @@ class FeatureEncoder:
         for name, array in feed.items():
             if len(array) != rows:
                 raise InputError(name, f"has {len(array)} rows where '{first}' has {rows}")
+        for name in to_derive:  # one gather each, from the item's (or the item history's) encoded indices
+            source, table = self.derived[name]
+            if source not in feed:
+                raise InputError(name, f"missing from the input (it can be looked up from '{source}', which was not encoded with it)")
+            feed[name] = table.take(feed[source])
+        if to_derive:
+            return {name: feed[name] for name in self.schema.names if name in feed}  # in input order
         return feed
 
     @staticmethod

@@ -151,7 +151,7 @@ class Predictor:
         candidate_feed = self.encoder.encode(candidates, only=per_candidate)
         count = len(candidate_feed[per_candidate[0]])
         try:
-            user_feed = self.encoder.encode({name: [user_row[name]] for name in per_user}, only=per_user)
+            user_feed = self.encoder.encode({name: [user_row[name]] for name in per_user if name in user_row}, only=per_user)
         except InputError as error:
             raise InputError(error.feature, f"in user_row: {error.problem}") from None
         feed = dict(candidate_feed)
@@ -169,20 +169,27 @@ class Predictor:
         return Ranking(order, probabilities[order], reordered)
 
     def _split_features(self, user_row: Mapping[str, Any], candidates: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-        """Which features come per candidate and which once from the user row; every feature from exactly one."""
+        """Which features come per candidate and which once from the user row; every feature from exactly one. An
+        item attribute the bundle can look up (the candidate's category from its item ID, the history's categories
+        from its items) may be left out of the side its item is on."""
+        derived = self.encoder.derived
+
+        def present(name: str, side: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+            return name in side or (name not in other and name in derived and derived[name][0] in side)
+
         for name in self.sequences:
             if name in candidates:
                 raise InputError(name, "is a behaviour history: give it once, in user_row, not per candidate")
         for name in self.shared:
-            if name not in candidates:
+            if not present(name, candidates, user_row):
                 raise InputError(name, "missing from candidates: the behaviours share it, so it is what a candidate is")
-        per_candidate = [name for name in self.feature_names if name in candidates]
-        per_user = [name for name in self.feature_names if name not in candidates]
+        per_candidate = [name for name in self.feature_names if present(name, candidates, user_row)]
+        per_user = [name for name in self.feature_names if name not in per_candidate]
         for name in per_candidate:
             if name in user_row:
                 raise InputError(name, "given in both user_row and candidates; give it in one")
         for name in per_user:
-            if name not in user_row:
+            if not present(name, user_row, candidates):
                 raise InputError(name, "missing from user_row and from candidates")
         return per_candidate, per_user
 

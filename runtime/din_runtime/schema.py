@@ -16,12 +16,19 @@ KEY_TYPES = ("int", "str")
 
 @dataclass(frozen=True)
 class CategoricalFeature:
-    """IDs looked up in a vocabulary of sorted keys; `missing_token`: missing values seen in training get a row."""
+    """IDs looked up in a vocabulary of sorted keys; `missing_token`: missing values seen in training get a row.
+
+    An item attribute (`attribute_of` names the item's feature, e.g. a category of an item ID) carries the
+    item-to-attribute table fitted on the training split: `attribute_table[i]` is this feature's index for the
+    item at index i (padding stays padding; items never seen, and the out-of-vocabulary item, map to
+    out-of-vocabulary). A client may then leave the attribute out, for the candidates and for the histories."""
 
     name: str
     key_type: str
     keys: Sequence[Any]
     missing_token: bool = False
+    attribute_of: str | None = None
+    attribute_table: Sequence[int] | None = None
     kind: ClassVar[str] = "categorical"
 
     def __post_init__(self) -> None:
@@ -34,8 +41,10 @@ class CategoricalFeature:
         return len(self.keys) + FIRST_KEY_INDEX + int(self.missing_token)
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "key_type": self.key_type, "keys": list(self.keys),
-                "missing_token": self.missing_token}
+        entry = {"name": self.name, "kind": self.kind, "key_type": self.key_type, "keys": list(self.keys), "missing_token": self.missing_token}
+        if self.attribute_of is not None:
+            entry.update(attribute_of=self.attribute_of, attribute_table=None if self.attribute_table is None else list(self.attribute_table))
+        return entry
 
 
 @dataclass(frozen=True)
@@ -80,10 +89,15 @@ class FeatureSchema:
         names = self.names
         if len(set(names)) != len(names):
             raise ValueError(f"feature names repeat: {names}")
-        categorical = {f.name for f in self.categoricals}
+        categorical = {f.name: f for f in self.categoricals}
         for sequence in self.sequences:
             if sequence.shares not in categorical:
                 raise ValueError(f"feature '{sequence.name}' shares '{sequence.shares}', which is not a categorical feature")
+        for attribute in (f for f in self.categoricals if f.attribute_table is not None):
+            item = categorical.get(attribute.attribute_of or "")
+            if item is None or len(attribute.attribute_table) != item.size:
+                raise ValueError(f"feature '{attribute.name}': its attribute table must have one entry per row of "
+                                 f"'{attribute.attribute_of}'s embedding table")
 
     @property
     def names(self) -> list[str]:
@@ -120,6 +134,20 @@ class FeatureSchema:
     def max_len(self) -> int:
         return max(s.max_len for s in self.sequences)
 
+    def derivations(self, include_untabled: bool = False) -> dict[str, tuple[str, str]]:
+        """Inputs a client may leave out: input -> (the input it is looked up from, the attribute feature whose
+        table maps it). An item attribute comes from the item's ID; a history of the attribute from the history of
+        items in the same position (the k-th sequence sharing the attribute pairs with the k-th sharing the item).
+        include_untabled: also attributes whose table is not fitted yet (fitting uses it to pair the columns)."""
+        derived: dict[str, tuple[str, str]] = {}
+        for attribute in (f for f in self.categoricals if f.attribute_of is not None and (include_untabled or f.attribute_table is not None)):
+            derived[attribute.name] = (attribute.attribute_of, attribute.name)
+            item_histories = [s.name for s in self.sequences if s.shares == attribute.attribute_of]
+            attribute_histories = [s.name for s in self.sequences if s.shares == attribute.name]
+            for item_history, attribute_history in zip(item_histories, attribute_histories, strict=False):
+                derived[attribute_history] = (item_history, attribute.name)
+        return derived
+
     def columns_of(self, table: str) -> list[str]:
         """The inputs whose IDs index the categorical `table`: the feature itself and every sequence sharing it."""
         return [table] + [s.name for s in self.sequences if s.shares == table]
@@ -134,7 +162,8 @@ class FeatureSchema:
         for entry in encoding:
             name, kind = entry["name"], entry.get("kind")
             if kind == "categorical":
-                features.append(CategoricalFeature(name, entry["key_type"], entry["keys"], bool(entry.get("missing_token", False))))
+                features.append(CategoricalFeature(name, entry["key_type"], entry["keys"], bool(entry.get("missing_token", False)),
+                                                   entry.get("attribute_of"), entry.get("attribute_table")))
             elif kind == "numeric":
                 features.append(NumericFeature(name, float(entry["fill"]), float(entry["shift"]), float(entry["scale"])))
             elif kind == "sequence":

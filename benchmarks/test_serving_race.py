@@ -1,0 +1,135 @@
+"""The whole serving call against what a user would run instead, every column interleaved in one process.
+
+Per round, for each shape, each column runs in turn (A, B, C, ... then again), so the machine's drift hits all
+alike; the figure is the median over rounds of the time per call. Histories are 50 long and, for `predict`, given
+as Python lists, as JSON decodes them. Columns:
+
+- predict: din_runtime from raw values (encoding included), folded graph;
+- session: the ONNX Runtime session alone on the encoded feed;
+- torch.compile: inductor's compilation of the bundle's own (folded) PyTorch model, on encoded tensors;
+- OpenVINO: its CPU plugin on the bundle's model.onnx, on the encoded feed, in float32 (its default may compute in bf16);
+- eager: the bundle's PyTorch model, torch.inference_mode.
+
+Also rank of 1,000 candidates against predict on the replicated rows (2-D history arrays, predict's fastest form).
+Every engine gets 2 threads. Run (PyTorch at its best: glibc malloc kept from returning memory between calls):
+
+    MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 \\
+      .venv/bin/python -m pytest benchmarks/test_serving_race.py -s --benchmark-min-rounds=1
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+
+from din_export.bundle import load_bundle
+from din_export.model.din import in_form
+from din_runtime import Predictor
+from test_latency import THREADS, ranking_request, raw_batch
+
+SHAPES = ((1, 50), (256, 50), (1024, 50))
+ROUNDS = 15
+CALLS_PER_TIMING = {1: 100, 256: 4, 1024: 1}  # calls timed together, so that one timing is well above the clock's grain
+RANK_CANDIDATES = 1000
+
+
+def as_lists(rows: dict) -> dict:
+    """The rows as a JSON client sends them: Python lists of ints and floats, histories as lists of lists."""
+    return {name: [np.asarray(v).tolist() for v in column] if name.startswith("hist_") else np.asarray(column).tolist()
+            for name, column in rows.items()}
+
+
+def per_call_ms(function: Callable[[], object], calls: int) -> float:
+    started = time.perf_counter()
+    for _ in range(calls):
+        function()
+    return (time.perf_counter() - started) * 1e3 / calls
+
+
+@pytest.fixture(scope="module")
+def engines(reference_bundle: Path) -> dict:
+    """Every engine loaded once: the predictor, the folded PyTorch model eager and compiled, OpenVINO's compiled model."""
+    torch.set_num_threads(THREADS)
+    predictor = Predictor.load(reference_bundle, providers="cpu", threads=THREADS)
+    eager = in_form(load_bundle(reference_bundle).din, "folded")
+    compiled = torch.compile(eager, backend="inductor", dynamic=True)
+    core = ov.Core()
+    openvino = core.compile_model(core.read_model(str(reference_bundle / "model.onnx")), "CPU",
+                                  {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    return {"predictor": predictor, "eager": eager, "compiled": compiled, "openvino": openvino}
+
+
+def columns(engines: dict, batch: int, length: int) -> dict[str, Callable[[], np.ndarray]]:
+    """One zero-argument call per column, each returning probabilities of shape (batch,)."""
+    predictor = engines["predictor"]
+    rows = as_lists(raw_batch(predictor, batch, length, seed=batch))
+    feed = predictor.encode(rows)
+    tensors = [torch.from_numpy(feed[name]) for name in predictor.feature_names]
+    openvino = engines["openvino"]
+
+    def torch_call(model) -> Callable[[], np.ndarray]:
+        def call() -> np.ndarray:
+            with torch.inference_mode():
+                return torch.sigmoid(model(*tensors)).numpy()
+        return call
+
+    return {
+        "predict": lambda: predictor.predict(rows),
+        "session": lambda: predictor.session.run(None, feed)[0],
+        "torch.compile": torch_call(engines["compiled"]),
+        "OpenVINO": lambda: next(iter(openvino(feed).values())),
+        "eager": torch_call(engines["eager"]),
+    }
+
+
+def test_serving_race(benchmark, engines: dict) -> None:
+    calls = {shape: columns(engines, *shape) for shape in SHAPES}
+    for shape, row in calls.items():  # warm-up (and torch.compile's compilation), and every column gives the same probabilities
+        reference = row["predict"]()
+        for name, call in row.items():
+            result = np.asarray(call()).reshape(-1)
+            assert result.shape == (shape[0],) and np.max(np.abs(result - reference)) <= 1e-4, name
+    times: dict[tuple, dict[str, list[float]]] = {shape: {name: [] for name in row} for shape, row in calls.items()}
+
+    def interleaved() -> None:
+        for shape, row in calls.items():
+            for name, call in row.items():
+                times[shape][name].append(per_call_ms(call, CALLS_PER_TIMING[shape[0]]))
+
+    benchmark.pedantic(interleaved, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    table = {f"{b}x{t}": {name: round(statistics.median(values), 4) for name, values in times[(b, t)].items()} for b, t in SHAPES}
+    for row in table.values():
+        row["predict vs torch.compile"] = round(row["torch.compile"] / row["predict"], 2)
+    benchmark.extra_info["ms per call"] = table
+    print()
+    for key, row in table.items():
+        print(key, row)
+    assert all(np.isfinite(value) for row in table.values() for value in row.values())
+
+
+def test_rank_against_replicated_predict(benchmark, engines: dict) -> None:
+    """rank scores the history once; predict on the replicated rows carries it per candidate."""
+    predictor = engines["predictor"]
+    user_row, candidates = ranking_request(predictor, RANK_CANDIDATES, 50)
+    replicated = {**candidates, **{name: np.repeat(np.asarray(value)[None], RANK_CANDIDATES, axis=0) for name, value in user_row.items()}}
+    ranking = predictor.rank(user_row, candidates)
+    assert np.max(np.abs(predictor.predict(replicated)[ranking.order] - ranking.probabilities)) <= 1e-5
+    times: dict[str, list[float]] = {"rank": [], "predict replicated": []}
+
+    def interleaved() -> None:
+        times["rank"].append(per_call_ms(lambda: predictor.rank(user_row, candidates), 1))
+        times["predict replicated"].append(per_call_ms(lambda: predictor.predict(replicated), 1))
+
+    benchmark.pedantic(interleaved, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    medians = {name: round(statistics.median(values), 3) for name, values in times.items()}
+    benchmark.extra_info.update({f"{name} ms": value for name, value in medians.items()})
+    benchmark.extra_info["speed-up"] = round(medians["predict replicated"] / medians["rank"], 2)
+    print(f"\nrank of {RANK_CANDIDATES} at length 50: {benchmark.extra_info}")
+    assert medians["rank"] > 0
