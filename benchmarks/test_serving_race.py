@@ -1,8 +1,8 @@
 """The whole serving call against what a user would run instead, every column interleaved in one process.
 
-Per round, for each shape, each column runs in turn (A, B, C, ... then again), so the machine's drift hits all
-alike; the figure is the median over rounds of the time per call. Histories are 50 long and, for `predict`, given
-as Python lists, as JSON decodes them. Columns:
+Per round, for each shape, each column runs in turn (A, B, C, ... then B, C, ..., A: the order rotates every
+round), so the machine's drift hits all alike; the figure is the median over rounds of the time per call.
+Histories are 50 long and, for `predict`, given as Python lists, as JSON decodes them. Columns:
 
 - predict: din_runtime from raw values (encoding included), folded graph;
 - session: the ONNX Runtime session alone on the encoded feed;
@@ -35,7 +35,7 @@ from din_runtime import Predictor
 from test_latency import THREADS, ranking_request, raw_batch
 
 SHAPES = ((1, 50), (256, 50), (1024, 50))
-ROUNDS = 15
+ROUNDS = 20
 CALLS_PER_TIMING = {1: 100, 256: 4, 1024: 1}  # calls timed together, so that one timing is well above the clock's grain
 RANK_CANDIDATES = 1000
 
@@ -98,10 +98,16 @@ def test_serving_race(benchmark, engines: dict) -> None:
             assert result.shape == (shape[0],) and np.max(np.abs(result - reference)) <= 1e-4, name
     times: dict[tuple, dict[str, list[float]]] = {shape: {name: [] for name in row} for shape, row in calls.items()}
 
+    turn = [0]
+
     def interleaved() -> None:
+        # Each round starts the order one column later, so that every column follows every other equally often:
+        # torch's worker threads keep spinning for a while after a call and slow whatever runs next.
         for shape, row in calls.items():
-            for name, call in row.items():
-                times[shape][name].append(per_call_ms(call, CALLS_PER_TIMING[shape[0]]))
+            names = list(row)
+            for name in names[turn[0] % len(names):] + names[:turn[0] % len(names)]:
+                times[shape][name].append(per_call_ms(row[name], CALLS_PER_TIMING[shape[0]]))
+        turn[0] += 1
 
     benchmark.pedantic(interleaved, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     table = {f"{b}x{t}": {name: round(statistics.median(values), 4) for name, values in times[(b, t)].items()} for b, t in SHAPES}

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from din_runtime import FeatureEncoder, InputError, Ragged
 from din_runtime.encoding import OOV_INDEX, Vocabulary, pad_recent
@@ -113,3 +115,30 @@ def test_history_of_arrays_with_a_nested_row_is_rejected() -> None:
     encoder = FeatureEncoder(FeatureSchema.from_manifest(ENCODING[1:2] + ENCODING[3:]))
     with pytest.raises(InputError, match="nested lists"):
         encoder.encode({"item_id": [10, 20], "hist_item_id": [np.array([10, 20]), np.array([[10], [20]])]})
+
+
+PLAIN = FeatureSchema.from_manifest([
+    {"name": "user", "kind": "categorical", "key_type": "str", "keys": ["ann", "bob", "cy"]},
+    {"name": "item", "kind": "categorical", "key_type": "int", "keys": [3, 10, 20, 2**40]},
+    {"name": "price", "kind": "numeric", "fill": 5.0, "shift": 4.0, "scale": 2.0},
+    {"name": "hist", "kind": "sequence", "shares": "item", "max_len": 3},
+])
+IDS = st.one_of(st.sampled_from([3, 10, 20, 2**40]), st.integers(-2**70, 2**70))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_the_per_value_path_for_small_requests_equals_the_general_path(data) -> None:
+    """Small lists of plain values (one request) are looked up one value at a time; tuples take the general path."""
+    rows = data.draw(st.integers(1, 4))
+    columns = {
+        "user": data.draw(st.lists(st.sampled_from(["ann", "bob", "cy", "zed", " ann"]), min_size=rows, max_size=rows)),
+        "item": data.draw(st.lists(IDS, min_size=rows, max_size=rows)),
+        "price": data.draw(st.lists(st.one_of(st.floats(allow_nan=True), st.integers(-10**6, 10**6)), min_size=rows, max_size=rows)),
+        "hist": data.draw(st.lists(st.lists(IDS, max_size=6), min_size=rows, max_size=rows)),
+    }
+    general = {name: tuple(tuple(v) for v in column) if name == "hist" else tuple(column) for name, column in columns.items()}
+    encoder = FeatureEncoder(PLAIN)
+    small, reference = encoder.encode(columns), encoder.encode(general)
+    for name in reference:
+        assert small[name].dtype == reference[name].dtype and np.array_equal(small[name], reference[name]), name

@@ -7,6 +7,7 @@ Everything is vectorised over rows; Python-level work happens only on an error p
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ INT64_MAX = np.iinfo(np.int64).max
 NORMALIZED_LIMIT = 1e4  # normalised numeric values are clipped to +-this many scale units
 DENSE_TABLE_MIN_SPAN = 1 << 20
 DENSE_TABLE_FILL_FACTOR = 8
+# Up to this many values in a Python list (one request's row, one history), a lookup per value in Python beats the
+# fixed cost of numpy's calls; values of any other type than plain int (float, str) take the general path.
+SMALL_INPUT = 64
+SMALL_HISTORY_ROWS = 4  # histories of up to this many rows, given as lists of plain IDs, take the per-value path too
+SMALL_STR_VOCABULARY = 1 << 20  # the per-value path for text keys keeps a dict of the keys, up to this many
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,7 @@ class Vocabulary:
         if len(self.keys) > 1 and not np.all(self.keys[1:] > self.keys[:-1]):
             raise ValueError("vocabulary keys must be strictly increasing")
         self.missing_index = len(self.keys) + FIRST_KEY_INDEX if missing_token else OOV_INDEX
+        self._text_index: dict[str, int] | None = None  # built on first use by _encode_small
         # The dense table covers keys[0]-1 .. keys[-1]+1: a key minus keys[0] - 1, clipped to its ends, indexes it, and
         # both ends hold the out-of-vocabulary index, so a lookup is a subtraction, a clip and a gather.
         self.dense: np.ndarray | None = None
@@ -162,7 +169,14 @@ class Vocabulary:
         return coerce_keys(feature, values, self.key_type, row_of)
 
     def lookup(self, keys: np.ndarray, missing: np.ndarray) -> np.ndarray:
-        """Indices of keys in the embedding table; unknown keys go to the out-of-vocabulary index."""
+        """Indices of keys in the embedding table; unknown keys go to the out-of-vocabulary index, missing ones to
+        the missing token's."""
+        indices = self._indices(keys)
+        if missing.any():
+            indices[missing] = self.missing_index
+        return indices
+
+    def _indices(self, keys: np.ndarray) -> np.ndarray:
         if len(self.keys) == 0:
             indices = np.full(len(keys), OOV_INDEX, dtype=np.int64)
         elif self.dense is not None:
@@ -175,13 +189,35 @@ class Vocabulary:
             clipped = np.minimum(position, len(self.keys) - 1)
             found = (position < len(self.keys)) & (self.keys[clipped] == keys)
             indices = np.where(found, position + FIRST_KEY_INDEX, OOV_INDEX).astype(np.int64)
-        if missing.any():
-            indices[missing] = self.missing_index
         return indices
 
     def encode(self, feature: str, values: Any, row_of=lambda i: i) -> np.ndarray:
+        if type(values) is list and len(values) <= SMALL_INPUT:
+            indices = self._encode_small(values)
+            if indices is not None:
+                return indices
         keys, missing = self.coerce(feature, values, row_of)
         return self.lookup(keys, missing)
+
+    def _encode_small(self, values: list) -> np.ndarray | None:
+        return self.lookup_plain(values)
+
+    def lookup_plain(self, values: list) -> np.ndarray | None:
+        """lookup() without coerce()'s checks, for a list of plain ints (or non-blank strings), the common request;
+        None where any value needs the general path (missing values, IDs as text or floats, anything to report)."""
+        if self.key_type == "int":
+            if set(map(type, values)) - {int}:
+                return None
+            try:
+                return self._indices(np.array(values, dtype=np.int64))
+            except OverflowError:  # beyond int64: the general path sends it to out-of-vocabulary
+                return None
+        if set(map(type, values)) - {str} or len(self.keys) > SMALL_STR_VOCABULARY or not all(map(str.strip, values)):
+            return None
+        if self._text_index is None:
+            self._text_index = {key: i for i, key in enumerate(self.keys.tolist(), FIRST_KEY_INDEX)}
+        index = self._text_index
+        return np.array([index.get(v, OOV_INDEX) for v in values], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -193,6 +229,11 @@ class NumericScaler:
     scale: float
 
     def encode(self, feature: str, values: Any) -> np.ndarray:
+        if type(values) is list and len(values) <= SMALL_INPUT and all(type(v) is float or type(v) is int for v in values):
+            try:  # the per-value path: the same float64 arithmetic as below, one value at a time
+                return np.array([self._scale(float(v)) for v in values], dtype=np.float32)
+            except OverflowError:  # an int too large for a float: the general path says so
+                pass
         if isinstance(values, np.ndarray):
             array = values
         else:
@@ -219,6 +260,10 @@ class NumericScaler:
         array = np.where(np.isfinite(array), array, self.fill)
         # Extreme but finite inputs (1e300) would overflow float32, then turn into inf - inf = NaN inside the MLP.
         return np.clip((array - self.shift) / self.scale, -NORMALIZED_LIMIT, NORMALIZED_LIMIT).astype(np.float32)
+
+    def _scale(self, value: float) -> float:
+        value = value if math.isfinite(value) else self.fill
+        return min(max((value - self.shift) / self.scale, -NORMALIZED_LIMIT), NORMALIZED_LIMIT)
 
 
 def to_ragged(feature: str, rows: Any) -> Ragged:
@@ -263,6 +308,23 @@ def _history_items(feature: str, row: int, value: Any) -> Sequence[Any]:
     if isinstance(value, (list, tuple, np.ndarray)):
         return value
     raise InputError(feature, f"a history must be a list of IDs, got {type(value).__name__}", row)
+
+
+def _small_histories(vocabulary: Vocabulary, rows: Any, max_len: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """pad_recent of the looked-up histories, one value at a time, for a few rows given as lists of plain IDs (one
+    request's history); returns (the padded indices, each row's length), or None for the general path."""
+    if type(rows) is not list or len(rows) > SMALL_HISTORY_ROWS:
+        return None
+    kept = []
+    for row in rows:
+        indices = vocabulary.lookup_plain(row) if type(row) is list else None
+        if indices is None:
+            return None
+        kept.append(indices[len(indices) - max_len:] if len(indices) > max_len else indices)
+    out = np.zeros((len(kept), max(1, max(map(len, kept), default=0))), dtype=np.int64)
+    for i, indices in enumerate(kept):
+        out[i, :len(indices)] = indices
+    return out, np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
 
 
 def pad_recent(indices: np.ndarray, offsets: np.ndarray, max_len: int) -> np.ndarray:
@@ -319,14 +381,20 @@ class FeatureEncoder:
                 feed[name] = self.scalers[name].encode(name, columns[name])
             else:
                 assert isinstance(feature, SequenceFeature)
-                ragged = to_ragged(name, columns[name])
+                vocabulary = self.vocabularies[feature.shares]
+                small = _small_histories(vocabulary, columns[name], feature.max_len)
+                ragged = to_ragged(name, columns[name]) if small is None else None
+                lengths = small[1] if small is not None else ragged.lengths
                 if reference is None:
-                    reference = (name, ragged.lengths)
-                elif len(reference[1]) == len(ragged) and (reference[1] != ragged.lengths).any():  # other counts: below
-                    row = _first_true(reference[1] != ragged.lengths)
+                    reference = (name, lengths)
+                elif len(reference[1]) == len(lengths) and (reference[1] != lengths).any():  # other counts: below
+                    row = _first_true(reference[1] != lengths)
                     raise InputError(name, f"history length differs from '{reference[0]}' (behaviour sequences must align)", row)
-                indices = self.vocabularies[feature.shares].encode(name, ragged.values, ragged.row_of)
-                feed[name] = pad_recent(indices, ragged.offsets, feature.max_len)
+                if small is not None:
+                    feed[name] = small[0]
+                else:
+                    indices = vocabulary.encode(name, ragged.values, ragged.row_of)
+                    feed[name] = pad_recent(indices, ragged.offsets, feature.max_len)
         for name, array in feed.items():
             if len(array) != rows:
                 raise InputError(name, f"has {len(array)} rows where '{first}' has {rows}")
