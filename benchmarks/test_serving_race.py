@@ -5,6 +5,9 @@ round), so the machine's drift hits all alike; the figure is the median over rou
 Histories are 50 long and, for `predict`, given as Python lists, as JSON decodes them. Columns:
 
 - predict: din_runtime from raw values (encoding included), folded graph;
+- predict, item IDs only: the same rows without the item's category and the history's categories, which the bundle
+  looks up in its item-to-category table;
+- predict, arrays / encode, arrays: the same rows as numpy arrays (histories 2-D), predict and its encoding alone;
 - session: the ONNX Runtime session alone on the encoded feed;
 - torch.compile: inductor's compilation of the bundle's own (folded) PyTorch model, on encoded tensors;
 - OpenVINO: its CPU plugin on the bundle's model.onnx, on the encoded feed, in float32 (its default may compute in bf16);
@@ -38,12 +41,22 @@ SHAPES = ((1, 50), (256, 50), (1024, 50))
 ROUNDS = 20
 CALLS_PER_TIMING = {1: 100, 256: 4, 1024: 1}  # calls timed together, so that one timing is well above the clock's grain
 RANK_CANDIDATES = 1000
+ITEM_ATTRIBUTES = ("cate_id", "hist_cate_id")  # the bundle looks them up from the item IDs when a client leaves them out
 
 
 def as_lists(rows: dict) -> dict:
     """The rows as a JSON client sends them: Python lists of ints and floats, histories as lists of lists."""
     return {name: [np.asarray(v).tolist() for v in column] if name.startswith("hist_") else np.asarray(column).tolist()
             for name, column in rows.items()}
+
+
+def consistent(predictor: Predictor, rows: dict) -> dict:
+    """The rows with each item's own category (from the bundle's table), as real requests carry them."""
+    looked_up = predictor.encode({name: column for name, column in rows.items() if name not in ITEM_ATTRIBUTES})
+    keys = np.asarray([-1, -1, *predictor.schema["cate_id"].keys])  # index 0 padding, 1 out-of-vocabulary
+    lengths = [len(history) for history in rows["hist_item_id"]]
+    return {**rows, "cate_id": keys[looked_up["cate_id"]].tolist(),
+            "hist_cate_id": [keys[row[:n]].tolist() for row, n in zip(looked_up["hist_cate_id"], lengths, strict=True)]}
 
 
 def per_call_ms(function: Callable[[], object], calls: int) -> float:
@@ -69,7 +82,7 @@ def engines(reference_bundle: Path) -> dict:
 def columns(engines: dict, batch: int, length: int) -> dict[str, Callable[[], np.ndarray]]:
     """One zero-argument call per column, each returning probabilities of shape (batch,)."""
     predictor = engines["predictor"]
-    rows = as_lists(raw_batch(predictor, batch, length, seed=batch))
+    rows = consistent(predictor, as_lists(raw_batch(predictor, batch, length, seed=batch)))
     feed = predictor.encode(rows)
     tensors = [torch.from_numpy(feed[name]) for name in predictor.feature_names]
     openvino = engines["openvino"]
@@ -80,8 +93,13 @@ def columns(engines: dict, batch: int, length: int) -> dict[str, Callable[[], np
                 return torch.sigmoid(model(*tensors)).numpy()
         return call
 
+    ids_only = {name: column for name, column in rows.items() if name not in ITEM_ATTRIBUTES}
+    arrays = {name: np.asarray(column) for name, column in rows.items()}  # histories of equal length: 2-D arrays
     return {
         "predict": lambda: predictor.predict(rows),
+        "predict, item IDs only": lambda: predictor.predict(ids_only),
+        "predict, arrays": lambda: predictor.predict(arrays),
+        "encode, arrays": lambda: np.zeros(batch) + len(predictor.encode(arrays)),
         "session": lambda: predictor.session.run(None, feed)[0],
         "torch.compile": torch_call(engines["compiled"]),
         "OpenVINO": lambda: next(iter(openvino(feed).values())),
@@ -93,7 +111,7 @@ def test_serving_race(benchmark, engines: dict) -> None:
     calls = {shape: columns(engines, *shape) for shape in SHAPES}
     for shape, row in calls.items():  # warm-up (and torch.compile's compilation), and every column gives the same probabilities
         reference = row["predict"]()
-        for name, call in row.items():
+        for name, call in ((name, call) for name, call in row.items() if not name.startswith("encode")):
             result = np.asarray(call()).reshape(-1)
             assert result.shape == (shape[0],) and np.max(np.abs(result - reference)) <= 1e-4, name
     times: dict[tuple, dict[str, list[float]]] = {shape: {name: [] for name in row} for shape, row in calls.items()}
@@ -112,7 +130,9 @@ def test_serving_race(benchmark, engines: dict) -> None:
     benchmark.pedantic(interleaved, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     table = {f"{b}x{t}": {name: round(statistics.median(values), 4) for name, values in times[(b, t)].items()} for b, t in SHAPES}
     for row in table.values():
-        row["predict vs torch.compile"] = round(row["torch.compile"] / row["predict"], 2)
+        row["torch.compile / predict"] = round(row["torch.compile"] / row["predict"], 2)
+        row["torch.compile / predict, item IDs only"] = round(row["torch.compile"] / row["predict, item IDs only"], 2)
+        row["encoding share of predict, arrays"] = round(row["encode, arrays"] / row["predict, arrays"], 3)
     benchmark.extra_info["ms per call"] = table
     print()
     for key, row in table.items():
