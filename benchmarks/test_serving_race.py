@@ -7,6 +7,7 @@ Histories are 50 long and, for `predict`, given as Python lists, as JSON decodes
 - predict: din_runtime from raw values (encoding included), folded graph;
 - predict, item IDs only: the same rows without the item's category and the history's categories, which the bundle
   looks up in its item-to-category table;
+- encode: predict's encoding step alone, from the lists;
 - predict, arrays / encode, arrays: the same rows as numpy arrays (histories 2-D), predict and its encoding alone;
 - session: the ONNX Runtime session alone on the encoded feed;
 - torch.compile: inductor's compilation of the bundle's own (folded) PyTorch model, on encoded tensors;
@@ -99,6 +100,7 @@ def columns(engines: dict, batch: int, length: int) -> dict[str, Callable[[], np
         "predict": lambda: predictor.predict(rows),
         "predict, item IDs only": lambda: predictor.predict(ids_only),
         "predict, arrays": lambda: predictor.predict(arrays),
+        "encode": lambda: np.zeros(batch) + len(predictor.encode(rows)),
         "encode, arrays": lambda: np.zeros(batch) + len(predictor.encode(arrays)),
         "session": lambda: predictor.session.run(None, feed)[0],
         "torch.compile": torch_call(engines["compiled"]),

@@ -30,6 +30,7 @@ DENSE_TABLE_FILL_FACTOR = 8
 # Up to this many values in a Python list (one request's row, one history), a lookup per value in Python beats the
 # fixed cost of numpy's calls; values of any other type than plain int (float, str) take the general path.
 SMALL_INPUT = 64
+FEW_VALUES = 8  # and up to this many, one Python lookup each (numpy's four calls cost more than eight lookups)
 SMALL_HISTORY_ROWS = 4  # histories of up to this many rows, given as lists of plain IDs, take the per-value path too
 SMALL_STR_VOCABULARY = 1 << 20  # the per-value path for text keys keeps a dict of the keys, up to this many
 
@@ -208,6 +209,9 @@ class Vocabulary:
         if self.key_type == "int":
             if set(map(type, values)) - {int}:
                 return None
+            if self.dense is not None and len(values) <= FEW_VALUES:  # a handful: the dense table, entry by entry
+                low, last, entry = self.low, len(self.dense) - 1, self.dense.item
+                return np.array([entry(min(max(v - low, 0), last)) for v in values], dtype=np.int64)
             try:
                 return self._indices(np.array(values, dtype=np.int64))
             except OverflowError:  # beyond int64: the general path sends it to out-of-vocabulary
