@@ -109,3 +109,32 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
     except csv.Error as error:
         raise InputError("input", f"{input}: not readable as CSV ({error})") from None
     click.echo(f"{rows:,} rows scored into {output}")
+
+
+@main.command("serve")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--name", help="Model name in the URLs (default: the bundle folder's name, as `din-export triton` names it).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Most rows gathered from concurrent requests into one session call; 1 turns dynamic batching off.")
+@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Longest wait after a batch's first request for others to join it.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Requests waiting beyond this many are refused with 503.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True,
+              help="Larger request bodies are refused with 413.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads (default: its own choice).")
+@click.option("--providers", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def serve_command(bundle: Path, host: str, port: int, name: str | None, max_batch: int, max_delay_ms: float, max_queue: int,
+                  max_body_mb: float, threads: int | None, providers: str) -> None:
+    """Serve BUNDLE over HTTP with the KServe v2 protocol (Triton's): infer, rank, health, metadata, /metrics."""
+    try:
+        from .server import serve
+    except ImportError as error:
+        raise click.ClickException(f"serve needs the server extra: pip install 'din-runtime[serve]' ({error})") from None
+    predictor = Predictor.load(bundle, providers=providers, threads=threads)
+    name = name or bundle.resolve().name
+    click.echo(f"serving {bundle} as model '{name}' on http://{host}:{port} ({predictor.providers[0]})", err=True)
+    serve(predictor, name, host, port, max_batch, max_delay_ms, max_queue, int(max_body_mb * (1 << 20)))
+

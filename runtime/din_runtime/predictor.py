@@ -133,8 +133,12 @@ class Predictor:
 
     def predict(self, features: Mapping[str, Any]) -> np.ndarray:
         """Click probability per row, float32 of shape (n,), from raw values as they appear in the training table."""
-        feed = self.encode(features)
-        return self._run(self.session, feed, len(next(iter(feed.values()))), self.chunk_rows)
+        return self.run_encoded(self.encode(features))
+
+    def run_encoded(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Probabilities for a feed as encode() returns it (what a server that encodes each request and batches
+        many into one call uses)."""
+        return self._run(self.session, dict(feed), len(next(iter(feed.values()))), self.chunk_rows)
 
     def rank(self, user_row: Mapping[str, Any], candidates: Mapping[str, Any], top_k: int | None = None) -> Ranking:
         """Score many candidates for one user and return them best first (the top_k best, if given).

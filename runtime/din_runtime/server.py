@@ -1,0 +1,178 @@
+"""`din-runtime serve`: a bundle behind HTTP, speaking the KServe v2 / Open Inference Protocol (the protocol Triton,
+KServe and Seldon speak), so one client works against this server and against Triton Inference Server.
+
+Starlette for the routes and uvicorn as the server: both small, ASGI, and the usual pair for a Python model
+server; the event loop parses and encodes requests, the dynamic batcher runs the session in a worker thread.
+Endpoints: /v2/health/live, /v2/health/ready, /v2 (server metadata), /v2/models/NAME[/versions/1] (model
+metadata), /v2/models/NAME[/versions/1]/ready, POST /v2/models/NAME[/versions/1]/infer, POST
+/v2/models/NAME/rank (JSON {"user": {...}, "candidates": {...}, "top_k": k}) and /metrics (Prometheus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import __version__
+from .batching import DynamicBatcher, QueueFull
+from .errors import InputError
+from .predictor import Predictor
+from .protocol import HEADER_LENGTH, ProtocolError, error_body, infer_response, model_metadata, parse_infer_request
+
+log = logging.getLogger("din_runtime.server")
+DEFAULT_MAX_BODY = 64 << 20  # bytes; a larger request is refused with 413 before it is read whole
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class BodyTooLarge(ValueError):
+    pass
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("din_request_seconds", "Request latency by endpoint", ["endpoint"], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.batch_rows = Histogram("din_batch_rows", "Rows per session call", buckets=BATCH_BUCKETS, registry=self.registry)
+        self.queue_depth = Gauge("din_queue_depth", "Requests waiting for the batcher", registry=self.registry)
+        self.errors = Counter("din_errors_total", "Refused or failed requests by kind", ["kind"], registry=self.registry)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the request body of {int(declared):,} bytes is larger than the limit of {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is larger than the limit of {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(predictor: Predictor, name: str, max_batch: int = 64, max_delay_ms: float = 2.0, max_queue: int = 1024,
+               max_body: int = DEFAULT_MAX_BODY) -> Starlette:
+    """The ASGI application serving `predictor` as model `name`."""
+    metrics = Metrics()
+    metadata = model_metadata(name, predictor.schema)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        batcher = DynamicBatcher(predictor.run_encoded, predictor.sequences, max_batch, max_delay_ms / 1000, max_queue,
+                                 on_batch=metrics.batch_rows.observe)
+        batcher.start()
+        state["batcher"] = batcher
+        metrics.queue_depth.set_function(lambda: batcher.depth)
+        yield
+        await batcher.stop()
+
+    def refuse(kind: str, status: int, error: Exception) -> Response:
+        metrics.errors.labels(kind).inc()
+        return Response(error_body(error), status_code=status, media_type="application/json")
+
+    def model_or_404(request: Request) -> Response | None:
+        if request.path_params["model"] != name:
+            return refuse("unknown_model", 404, LookupError(f"no model '{request.path_params['model']}' here; this server serves '{name}'"))
+        return None
+
+    async def infer(request: Request) -> Response:
+        started = time.perf_counter()
+        if (missing := model_or_404(request)) is not None:
+            return missing
+        try:
+            body = await _read_body(request, max_body)
+            columns, header = parse_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
+            feed = predictor.encode(columns)
+            rows = len(next(iter(feed.values())))
+            probabilities = await state["batcher"].submit(feed, rows) if rows else np.zeros(0, dtype=np.float32)
+        except BodyTooLarge as error:
+            return refuse("too_large", 413, error)
+        except (ProtocolError, InputError) as error:
+            return refuse("bad_request", 400, error)
+        except QueueFull as error:
+            return refuse("queue_full", 503, error)
+        except Exception as error:  # noqa: BLE001 - a failure inside the session is this request's 500, not the server's end
+            log.exception("inference failed")
+            return refuse("internal", 500, error)
+        content, headers = infer_response(name, header, probabilities)
+        metrics.latency.labels("infer").observe(time.perf_counter() - started)
+        log.debug("infer %d rows in %.2f ms", rows, (time.perf_counter() - started) * 1e3)
+        return Response(content, headers=headers, media_type="application/json" if not headers else "application/octet-stream")
+
+    async def rank(request: Request) -> Response:
+        started = time.perf_counter()
+        if (missing := model_or_404(request)) is not None:
+            return missing
+        try:
+            body = json.loads(await _read_body(request, max_body))
+            if not isinstance(body, dict) or not isinstance(body.get("user"), dict) or not isinstance(body.get("candidates"), dict):
+                raise ProtocolError('expected {"user": {...}, "candidates": {...}, "top_k": k}')
+            ranking = await asyncio.to_thread(predictor.rank, body["user"], body["candidates"], body.get("top_k"))
+        except BodyTooLarge as error:
+            return refuse("too_large", 413, error)
+        except json.JSONDecodeError as error:
+            return refuse("bad_request", 400, ProtocolError(f"the request is not valid JSON ({error})"))
+        except (ProtocolError, InputError, ValueError) as error:
+            return refuse("bad_request", 400, error)
+        metrics.latency.labels("rank").observe(time.perf_counter() - started)
+        return JSONResponse({"order": ranking.order.tolist(), "probabilities": ranking.probabilities.astype(np.float64).tolist()})
+
+    async def model(request: Request) -> Response:
+        return model_or_404(request) or JSONResponse(metadata)
+
+    async def model_ready(request: Request) -> Response:
+        return model_or_404(request) or Response(status_code=200)
+
+    async def ok(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def server(request: Request) -> Response:
+        return JSONResponse({"name": "din-runtime", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [Route("/v2/health/live", ok), Route("/v2/health/ready", ok), Route("/v2", server), Route("/metrics", prometheus)]
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [Route(prefix, model), Route(f"{prefix}/ready", model_ready), Route(f"{prefix}/infer", infer, methods=["POST"])]
+    routes.append(Route("/v2/models/{model}/rank", rank, methods=["POST"]))
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def serve(predictor: Predictor, name: str, host: str, port: int, max_batch: int, max_delay_ms: float, max_queue: int,
+          max_body: int) -> None:
+    """Run until SIGINT or SIGTERM: uvicorn then stops accepting, lets requests in flight finish, and this returns
+    (exit status 0; uvicorn itself would re-raise the signal after draining, ending the process by it)."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {number: signal.signal(number, self.handle_exit) for number in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
+
+    app = create_app(predictor, name, max_batch, max_delay_ms, max_queue, max_body)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
+    DrainingServer(config).run()
