@@ -16,9 +16,19 @@ def python_snippets() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
 
 
+def snippet(marker: str) -> str:
+    """The one Python snippet of the README that contains `marker`."""
+    (found,) = [code for code in python_snippets() if marker in code]
+    return found
+
+
+def shell_snippet(marker: str) -> str:
+    (found,) = [code for code in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S) if marker in code]
+    return found
+
+
 def test_serving_ranking_and_triton_client_snippets_run(bundle: Path, tmp_path: Path, monkeypatch) -> None:
-    serving, ranking, triton = python_snippets()[:3]
-    assert "Predictor.load" in serving and "p.rank(" in ranking and "grpcclient" in triton
+    serving, ranking, triton = (snippet(marker) for marker in ('p = Predictor.load("models/synthetic-din")', "p.rank(", "grpcclient"))
     shutil.copytree(bundle, tmp_path / "models" / "synthetic-din")  # where the snippets look, relative to the project root
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}

@@ -1,9 +1,11 @@
 """Dynamic batching: requests that arrive together are scored in one session call.
 
 Each request is encoded on its own first (so a bad value is reported to the request that sent it, naming its own
-row); the batcher then gathers encoded feeds until `max_batch` rows or `max_delay` seconds after the first, pads
-histories to the widest (padding is ID 0, which the model masks), runs the session once in a worker thread and
-hands each request its slice. The queue is bounded: a full queue is refused at once rather than left to grow.
+row). One session call runs at a time, in a worker thread; whatever arrived while it ran is the next batch (up to
+`max_batch` rows), so a lone request never waits and a busy server batches by itself. `max_delay` (default 0)
+additionally holds a batch open that long after its first request for others to join. Histories are padded to the
+widest (padding is ID 0, which the model masks) and each request gets its slice of the probabilities. The queue
+is bounded: a full queue is refused at once rather than left to grow.
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ def merge(feeds: Sequence[dict[str, np.ndarray]], sequences: Sequence[str]) -> d
 
 
 class DynamicBatcher:
-    """Gathers encoded feeds into session calls of at most `max_batch` rows, waiting at most `max_delay` seconds
-    after the first request of a batch; `max_batch` 1 turns batching off. `run(feed)` returns probabilities."""
+    """Gathers encoded feeds into session calls of at most `max_batch` rows: whatever waits when the previous call
+    ends, and what arrives within `max_delay` seconds of a batch's first request; `max_batch` 1 turns batching off.
+    `run(feed)` returns probabilities."""
 
     def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], sequences: Sequence[str], max_batch: int = 64,
-                 max_delay: float = 0.002, max_queue: int = 1024,
+                 max_delay: float = 0.0, max_queue: int = 1024,
                  on_batch: Callable[[int], None] | None = None) -> None:
         if max_batch < 1 or max_queue < 1 or max_delay < 0:
             raise ValueError("max_batch and max_queue must be at least 1 and max_delay at least 0")
@@ -82,7 +85,7 @@ class DynamicBatcher:
             rows, deadline = batch[0].rows, time.monotonic() + self.max_delay
             while rows < self.max_batch:
                 if self.queue.empty():
-                    remaining = deadline - time.monotonic()
+                    remaining = deadline - time.monotonic()  # with max_delay 0: what waited is the batch
                     if remaining <= 0:
                         break
                     try:

@@ -118,8 +118,9 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
 @click.option("--name", help="Model name in the URLs (default: the bundle folder's name, as `din-export triton` names it).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Most rows gathered from concurrent requests into one session call; 1 turns dynamic batching off.")
-@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="Longest wait after a batch's first request for others to join it.")
+@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Extra wait after a batch's first request for others to join it. At 0, a batch is whatever arrived "
+                   "while the previous session call ran: no wait when idle, batches under load.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Requests waiting beyond this many are refused with 503.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True,

@@ -15,7 +15,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -28,7 +28,6 @@ from starlette.routing import Route
 
 from . import __version__
 from .batching import DynamicBatcher, QueueFull
-from .errors import InputError
 from .predictor import Predictor
 from .protocol import HEADER_LENGTH, ProtocolError, error_body, infer_response, model_metadata, parse_infer_request
 
@@ -67,7 +66,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(predictor: Predictor, name: str, max_batch: int = 64, max_delay_ms: float = 2.0, max_queue: int = 1024,
+def create_app(predictor: Predictor, name: str, max_batch: int = 64, max_delay_ms: float = 0.0, max_queue: int = 1024,
                max_body: int = DEFAULT_MAX_BODY) -> Starlette:
     """The ASGI application serving `predictor` as model `name`."""
     metrics = Metrics()
@@ -93,46 +92,46 @@ def create_app(predictor: Predictor, name: str, max_batch: int = 64, max_delay_m
             return refuse("unknown_model", 404, LookupError(f"no model '{request.path_params['model']}' here; this server serves '{name}'"))
         return None
 
+    def endpoint(kind: str, work: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """One error mapping for every model endpoint: 404 unknown model, 413 body too large, 400 bad request (the
+        runtime's InputError names feature and row), 503 queue full, 500 anything else; latency recorded on success."""
+        async def handle(request: Request) -> Response:
+            started = time.perf_counter()
+            if (missing := model_or_404(request)) is not None:
+                return missing
+            try:
+                response = await work(request)
+            except BodyTooLarge as error:
+                return refuse("too_large", 413, error)
+            except ValueError as error:  # ProtocolError, InputError, invalid JSON, a bad top_k
+                return refuse("bad_request", 400, error)
+            except QueueFull as error:
+                return refuse("queue_full", 503, error)
+            except Exception as error:  # noqa: BLE001 - a failure inside the session is this request's 500, not the server's end
+                log.exception("%s failed", kind)
+                return refuse("internal", 500, error)
+            metrics.latency.labels(kind).observe(time.perf_counter() - started)
+            log.debug("%s answered in %.2f ms", kind, (time.perf_counter() - started) * 1e3)
+            return response
+        return handle
+
     async def infer(request: Request) -> Response:
-        started = time.perf_counter()
-        if (missing := model_or_404(request)) is not None:
-            return missing
-        try:
-            body = await _read_body(request, max_body)
-            columns, header = parse_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
-            feed = predictor.encode(columns)
-            rows = len(next(iter(feed.values())))
-            probabilities = await state["batcher"].submit(feed, rows) if rows else np.zeros(0, dtype=np.float32)
-        except BodyTooLarge as error:
-            return refuse("too_large", 413, error)
-        except (ProtocolError, InputError) as error:
-            return refuse("bad_request", 400, error)
-        except QueueFull as error:
-            return refuse("queue_full", 503, error)
-        except Exception as error:  # noqa: BLE001 - a failure inside the session is this request's 500, not the server's end
-            log.exception("inference failed")
-            return refuse("internal", 500, error)
+        body = await _read_body(request, max_body)
+        columns, header = parse_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
+        feed = predictor.encode(columns)
+        rows = len(next(iter(feed.values())))
+        probabilities = await state["batcher"].submit(feed, rows) if rows else np.zeros(0, dtype=np.float32)
         content, headers = infer_response(name, header, probabilities)
-        metrics.latency.labels("infer").observe(time.perf_counter() - started)
-        log.debug("infer %d rows in %.2f ms", rows, (time.perf_counter() - started) * 1e3)
-        return Response(content, headers=headers, media_type="application/json" if not headers else "application/octet-stream")
+        return Response(content, headers=headers, media_type="application/octet-stream" if headers else "application/json")
 
     async def rank(request: Request) -> Response:
-        started = time.perf_counter()
-        if (missing := model_or_404(request)) is not None:
-            return missing
         try:
             body = json.loads(await _read_body(request, max_body))
-            if not isinstance(body, dict) or not isinstance(body.get("user"), dict) or not isinstance(body.get("candidates"), dict):
-                raise ProtocolError('expected {"user": {...}, "candidates": {...}, "top_k": k}')
-            ranking = await asyncio.to_thread(predictor.rank, body["user"], body["candidates"], body.get("top_k"))
-        except BodyTooLarge as error:
-            return refuse("too_large", 413, error)
         except json.JSONDecodeError as error:
-            return refuse("bad_request", 400, ProtocolError(f"the request is not valid JSON ({error})"))
-        except (ProtocolError, InputError, ValueError) as error:
-            return refuse("bad_request", 400, error)
-        metrics.latency.labels("rank").observe(time.perf_counter() - started)
+            raise ProtocolError(f"the request is not valid JSON ({error})") from None
+        if not isinstance(body, dict) or not isinstance(body.get("user"), dict) or not isinstance(body.get("candidates"), dict):
+            raise ProtocolError('expected {"user": {...}, "candidates": {...}, "top_k": k}')
+        ranking = await asyncio.to_thread(predictor.rank, body["user"], body["candidates"], body.get("top_k"))
         return JSONResponse({"order": ranking.order.tolist(), "probabilities": ranking.probabilities.astype(np.float64).tolist()})
 
     async def model(request: Request) -> Response:
@@ -152,8 +151,9 @@ def create_app(predictor: Predictor, name: str, max_batch: int = 64, max_delay_m
 
     routes = [Route("/v2/health/live", ok), Route("/v2/health/ready", ok), Route("/v2", server), Route("/metrics", prometheus)]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        routes += [Route(prefix, model), Route(f"{prefix}/ready", model_ready), Route(f"{prefix}/infer", infer, methods=["POST"])]
-    routes.append(Route("/v2/models/{model}/rank", rank, methods=["POST"]))
+        routes += [Route(prefix, model), Route(f"{prefix}/ready", model_ready),
+                   Route(f"{prefix}/infer", endpoint("infer", infer), methods=["POST"])]
+    routes.append(Route("/v2/models/{model}/rank", endpoint("rank", rank), methods=["POST"]))
     return Starlette(routes=routes, lifespan=lifespan)
 
 

@@ -1,0 +1,86 @@
+"""`din-runtime serve` under load: 1, 8 and 32 concurrent clients (asyncio tasks of tritonclient.http.aio, binary
+tensors, in this process) each sending a fixed number of requests of one row or of 64 rows, against a server with
+dynamic batching (--max-batch 256, no extra delay) and one without (--max-batch 1), both running at once and
+measured alternately (on, off, on, off, ...) so that the machine's drift hits both alike. Reported per case:
+rows per second and the p50 / p99 request latency (median over rounds). The reference bundle, 2 ONNX Runtime
+threads per server; client and servers share the machine's cores.
+
+    .venv/bin/python -m pytest benchmarks/test_server_load.py -s --benchmark-json=serve.json
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.http.aio as aioclient
+from test_server import MODEL, start, triton_inputs
+
+from din_export.data.synthetic import generate
+from din_runtime import Predictor
+
+CLIENTS = (1, 8, 32)
+ROWS = (1, 64)
+REQUESTS_PER_CLIENT = 20
+ROUNDS = 3
+SERVERS = {"batching": ("--max-batch", "256"), "no batching": ("--max-batch", "1")}
+
+
+async def load(url: str, inputs_of: list, clients: int) -> tuple[float, list[float]]:
+    """(seconds for all requests, each request's latency in seconds)."""
+    latencies: list[float] = []
+
+    async def client(i: int) -> None:
+        connection = aioclient.InferenceServerClient(url)
+        try:
+            for k in range(REQUESTS_PER_CLIENT):
+                started = time.perf_counter()
+                result = await connection.infer(MODEL, inputs_of[(i + k) % len(inputs_of)])
+                latencies.append(time.perf_counter() - started)
+                assert result.as_numpy("probability") is not None
+        finally:
+            await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    return time.perf_counter() - started, latencies
+
+
+@pytest.fixture(scope="module")
+def servers(reference_bundle: Path):
+    started = {name: start(reference_bundle, *options, "--threads", "2") for name, options in SERVERS.items()}
+    yield {name: url for name, (_, url) in started.items()}
+    for process, _ in started.values():
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("clients", CLIENTS)
+def test_server_load(benchmark, servers: dict[str, str], reference_bundle: Path, clients: int, rows: int) -> None:
+    predictor = Predictor.load(reference_bundle, providers="cpu")
+    table = generate(max(rows * 8, 64), seed=5).to_pydict()
+    requests = [triton_inputs({name: column[start:start + rows] for name, column in table.items()}, predictor)
+                for start in range(0, rows * 8, rows)]
+    results: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in servers}
+
+    def alternate() -> None:
+        for name, url in servers.items():
+            results[name].append(asyncio.run(load(url, requests, clients)))
+
+    benchmark.pedantic(alternate, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    summary = {}
+    for name, runs in results.items():
+        total_rows = clients * REQUESTS_PER_CLIENT * rows
+        summary[name] = {"rows/s": round(statistics.median(total_rows / seconds for seconds, _ in runs)),
+                         "p50 ms": round(statistics.median(float(np.percentile(lat, 50)) * 1e3 for _, lat in runs), 2),
+                         "p99 ms": round(statistics.median(float(np.percentile(lat, 99)) * 1e3 for _, lat in runs), 2)}
+    summary["throughput, batching / none"] = round(summary["batching"]["rows/s"] / summary["no batching"]["rows/s"], 2)
+    benchmark.extra_info.update(summary)
+    print(f"\n{clients} clients x {rows} rows: {summary}", file=sys.stderr)
+    assert all(len(latencies) == clients * REQUESTS_PER_CLIENT for runs in results.values() for _, latencies in runs)
