@@ -84,6 +84,15 @@ def triton_inputs(rows: dict, predictor: Predictor, binary: bool = True) -> list
     return inputs
 
 
+def in_parallel(work, count: int) -> None:
+    """work(0) ... work(count - 1), each in a thread of its own, all joined (bounded in time)."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+
 def post(url: str, path: str, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(f"http://{url}{path}", data=body, headers={"Content-Type": "application/json"})
     try:
@@ -123,11 +132,7 @@ def test_concurrent_clients_are_batched_and_each_gets_its_own_rows(server: str, 
             results[i] = client.infer(MODEL, triton_inputs(part, predictor)).as_numpy("probability")
             np.testing.assert_allclose(results[i], expected[i:i + 1 + i % 3], rtol=0, atol=1e-6)
 
-    threads = [threading.Thread(target=client_thread, args=(i,)) for i in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    in_parallel(client_thread, 16)
     assert sorted(results) == list(range(16))
     with urllib.request.urlopen(f"http://{server}/metrics", timeout=5) as response:
         metrics = response.read().decode()
@@ -181,15 +186,11 @@ def test_a_full_queue_answers_503_and_the_server_lives_on(bundle: Path, predicto
                                        "data": [" ".join(map(str, h)) for h in rows[name]] if name.startswith("hist_") else rows[name]}
                                       for name in FEATURES]}).encode()
 
-        def hammer() -> None:
+        def hammer(_: int) -> None:
             for _ in range(10):
                 statuses.append(post(url, f"/v2/models/{MODEL}/infer", body)[0])
 
-        threads = [threading.Thread(target=hammer) for _ in range(12)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        in_parallel(hammer, 12)
         assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}
         assert post(url, f"/v2/models/{MODEL}/infer", body)[0] == 200
     finally:
