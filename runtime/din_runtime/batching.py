@@ -34,10 +34,15 @@ def merge(feeds: Sequence[dict[str, np.ndarray]], sequences: Sequence[str]) -> d
     merged = {}
     for name in feeds[0]:
         parts = [feed[name] for feed in feeds]
-        if name in sequences:
-            width = max(part.shape[1] for part in parts)
-            parts = [np.pad(part, ((0, 0), (0, width - part.shape[1]))) if part.shape[1] < width else part for part in parts]
-        merged[name] = np.concatenate(parts)
+        if name in sequences:  # right-padded with 0 into one array (np.pad costs tens of microseconds a call)
+            out = np.zeros((sum(len(part) for part in parts), max(part.shape[1] for part in parts)), dtype=parts[0].dtype)
+            start = 0
+            for part in parts:
+                out[start:start + len(part), :part.shape[1]] = part
+                start += len(part)
+            merged[name] = out
+        else:
+            merged[name] = np.concatenate(parts)
     return merged
 
 

@@ -29,7 +29,7 @@ from starlette.routing import Route
 from . import __version__
 from .batching import DynamicBatcher, QueueFull
 from .predictor import Predictor
-from .protocol import HEADER_LENGTH, ProtocolError, error_body, infer_response, model_metadata, parse_infer_request
+from .protocol import HEADER_LENGTH, ProtocolError, error_body, id_lists, infer_response, model_metadata, parse_infer_request
 
 log = logging.getLogger("din_runtime.server")
 DEFAULT_MAX_BODY = 64 << 20  # bytes; a larger request is refused with 413 before it is read whole
@@ -71,6 +71,8 @@ def create_app(predictor: Predictor, name: str, max_batch: int = 64, max_delay_m
     """The ASGI application serving `predictor` as model `name`."""
     metrics = Metrics()
     metadata = model_metadata(name, predictor.schema)
+    schema = predictor.schema
+    integer_histories = [s.name for s in schema.sequences if schema[s.shares].key_type == "int"]  # BYTES in, int IDs out
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -118,6 +120,9 @@ def create_app(predictor: Predictor, name: str, max_batch: int = 64, max_delay_m
     async def infer(request: Request) -> Response:
         body = await _read_body(request, max_body)
         columns, header = parse_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
+        for history in integer_histories:
+            if isinstance(columns.get(history), list) and all(isinstance(element, str) for element in columns[history]):
+                columns[history] = id_lists(columns[history])
         feed = predictor.encode(columns)
         rows = len(next(iter(feed.values())))
         probabilities = await state["batcher"].submit(feed, rows) if rows else np.zeros(0, dtype=np.float32)
