@@ -370,9 +370,13 @@ def inspect_command(bundle: Path) -> None:
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Triton's max_batch_size.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="ONNX Runtime intra-op threads per instance.")
-def triton_command(bundle: Path, repository: Path, name: str | None, gpu: bool, max_batch_size: int, instances: int, threads: int) -> None:
+@click.option("--raw-inputs", is_flag=True, help="The graph takes raw IDs and numbers and encodes them itself (vocabulary lookup, "
+                                                 "fill, normalisation); histories come padded with a history_length input.")
+def triton_command(bundle: Path, repository: Path, name: str | None, gpu: bool, max_batch_size: int, instances: int, threads: int,
+                   raw_inputs: bool) -> None:
     """Write a Triton Inference Server model repository entry (config.pbtxt and 1/model.onnx) for a bundle."""
     from .export.triton import write_repository
 
-    path = write_repository(bundle, repository, name, gpu, max_batch_size, instances, threads)
-    click.echo(f"Triton model written to {path} ({'GPU' if gpu else 'CPU'}, max_batch_size {max_batch_size})")
+    path = write_repository(bundle, repository, name, gpu, max_batch_size, instances, threads, raw_inputs=raw_inputs)
+    click.echo(f"Triton model written to {path} ({'GPU' if gpu else 'CPU'}, max_batch_size {max_batch_size}"
+               f"{', raw inputs' if raw_inputs else ''})")

@@ -1,8 +1,9 @@
 """A Triton Inference Server model repository entry for a bundle, for Triton's ONNX Runtime backend.
 
-Triton clients send encoded IDs, exactly the feed `din_runtime.Predictor.encode` returns. Per-row inputs of
-shape [batch] are declared as dims [1] reshaped to [] (Triton's form for a batch of scalars); histories as
-dims [-1], a variable length. Dynamic batching merges requests whose history lengths match.
+Triton clients send encoded IDs, exactly the feed `din_runtime.Predictor.encode` returns, or, with raw_inputs,
+raw IDs and numbers that the graph encodes itself (raw_inputs.py). Per-row inputs of shape [batch] are declared
+as dims [1] reshaped to [] (Triton's form for a batch of scalars); histories as dims [-1], a variable length.
+Dynamic batching merges requests whose history lengths match.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from din_runtime.manifest import MODEL_FILE, read_manifest, verify_model_file
+import onnx
+
+from din_runtime.manifest import MODEL_FILE, read_manifest, schema_of, verify_model_file
 
 from ..files import staged_bundle
+from .graphs import describe_io
+from .raw_inputs import raw_input_model
 
-TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32"}
+TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "object": "TYPE_STRING"}
 
 
 def _tensor(entry: dict) -> str:
@@ -23,9 +28,10 @@ def _tensor(entry: dict) -> str:
     return f'  {{\n    name: "{entry["name"]}"\n    data_type: {TRITON_TYPES[entry["dtype"]]}\n    {shape}\n  }}'
 
 
-def config_text(name: str, manifest: dict, gpu: bool, max_batch_size: int, instances: int, threads: int, queue_delay_us: int) -> str:
-    inputs = ",\n".join(_tensor(e) for e in manifest["onnx"]["inputs"])
-    outputs = ",\n".join(_tensor(e) for e in manifest["onnx"]["outputs"])
+def config_text(name: str, io: dict, gpu: bool, max_batch_size: int, instances: int, threads: int, queue_delay_us: int) -> str:
+    """config.pbtxt for a graph whose inputs and outputs `io` describes (describe_io's form)."""
+    inputs = ",\n".join(_tensor(e) for e in io["inputs"])
+    outputs = ",\n".join(_tensor(e) for e in io["outputs"])
     return f'''name: "{name}"
 backend: "onnxruntime"
 max_batch_size: {max_batch_size}
@@ -56,9 +62,10 @@ parameters {{
 
 
 def write_repository(bundle: Path, repository: Path, name: str | None = None, gpu: bool = False, max_batch_size: int = 4096,
-                     instances: int = 1, threads: int = 2, queue_delay_us: int = 100) -> Path:
+                     instances: int = 1, threads: int = 2, queue_delay_us: int = 100, raw_inputs: bool = False) -> Path:
     """Write repository/name/{config.pbtxt, 1/model.onnx}; other models in the repository are left alone, and
-    this one is replaced only once complete."""
+    this one is replaced only once complete. raw_inputs: the graph takes raw IDs and numbers (raw_inputs.py)
+    instead of the encoded indices din_runtime's encoder produces."""
     manifest = read_manifest(bundle)
     model_path = verify_model_file(bundle, manifest)
     name = name or bundle.resolve().name
@@ -67,7 +74,13 @@ def write_repository(bundle: Path, repository: Path, name: str | None = None, gp
     repository.mkdir(parents=True, exist_ok=True)
     with staged_bundle(repository / name) as staging:
         (staging / "1").mkdir()
-        shutil.copy2(model_path, staging / "1" / MODEL_FILE)
-        (staging / "config.pbtxt").write_text(config_text(name, manifest, gpu, max_batch_size, instances, threads, queue_delay_us),
+        if raw_inputs:
+            model = raw_input_model(onnx.load(str(model_path)), schema_of(manifest))
+            onnx.save(model, str(staging / "1" / MODEL_FILE))
+            io = describe_io(model)
+        else:
+            shutil.copy2(model_path, staging / "1" / MODEL_FILE)
+            io = manifest["onnx"]
+        (staging / "config.pbtxt").write_text(config_text(name, io, gpu, max_batch_size, instances, threads, queue_delay_us),
                                               encoding="utf-8")
     return repository / name
