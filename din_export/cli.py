@@ -142,11 +142,14 @@ def main(debug: bool) -> None:
               help="Folder to write train.parquet, valid.parquet, test.parquet, spec.toml and prepare.json into (replaced only once complete).")
 @click.option("--chunk-rows", type=click.IntRange(min=1000), default=200_000, show_default=True,
               help="Samples built and written per chunk; bounds memory.")
-def prepare_command(recipe: Path, log: str, items: str | None, users: str | None, out: Path, chunk_rows: int) -> None:
+@click.option("--layout", type=click.Choice(["inline", "reference"]), default="inline", show_default=True,
+              help="inline: each sample's histories as list columns; reference: each user's behaviours once in "
+                   "sequences.parquet, samples pointing into it (train-and-export reads both).")
+def prepare_command(recipe: Path, log: str, items: str | None, users: str | None, out: Path, chunk_rows: int, layout: str) -> None:
     """Turn a behaviour log (and item and user tables) into train, valid and test sample tables for train-and-export."""
     from .data.prepare import Sources, prepare
 
-    summary = prepare(recipe, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows)
+    summary = prepare(recipe, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows, layout)
     rows = summary["rows"]
     click.echo(f"prepared {summary['events']} events of {summary['users']} users into {out}: "
                f"{rows['train']} train, {rows['valid']} valid, {rows['test']} test samples "

@@ -11,11 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from din_export.cli import main
+from din_export.data.layout import SEQUENCE_STORE
 from din_export.data.logs import read_source
-from din_export.data.prepare import Sources, prepare
+from din_export.data.prepare import SPEC_FILE, Sources, prepare
 from din_export.data.spec import SpecError, load_spec
 from din_export.data.synthetic import LOG_SPEC_PATH, generate_log
-from din_export.data.tables import TableError
+from din_export.data.tables import TableError, read_table
 from helpers import ML100K, ML100K_RECIPE
 
 SPLITS = ("train", "valid", "test")
@@ -241,3 +242,41 @@ def test_cli_prepare_then_train_and_log_straight_into_train(tmp_path: Path, gene
     assert {e["name"]: e for e in manifest["encoding"]}["category"]["missing_token"] is True
     result = CliRunner().invoke(main, ["prepare", "--spec", str(ML100K_RECIPE), "--log", str(sources.log), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "error:" in result.output
+
+
+@pytest.mark.parametrize("which", ["movielens", "generated"])
+def test_reference_layout_rebuilds_the_inline_samples_row_for_row(which: str, ml100k_samples: Path, generated, tmp_path: Path) -> None:
+    """prepare --layout reference stores each user's behaviours once; reading it back gives --layout inline's tables."""
+    if which == "movielens":
+        sources = Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item", ML100K / "ml-100k.user")
+        recipe, inline_folder = ML100K_RECIPE, ml100k_samples
+    else:
+        recipe, (sources, inline_folder) = LOG_SPEC_PATH, generated
+    out = tmp_path / "reference"
+    summary = prepare(recipe, sources, out, layout="reference")
+    assert summary["layout"] == "reference" and (out / SEQUENCE_STORE).is_file()
+    spec = load_spec(out / SPEC_FILE)
+    sequences = [f.name for f in spec.of_kind("sequence")]
+    for name in SPLITS:
+        stored = pq.read_table(out / f"{name}.parquet")
+        assert not set(sequences) & set(stored.column_names)  # no history copied into a sample
+        rebuilt, expected = read_table(out / f"{name}.parquet", spec), pq.read_table(inline_folder / f"{name}.parquet")
+        assert rebuilt.select(expected.column_names).equals(expected), name
+    store_rows = pq.read_metadata(out / SEQUENCE_STORE).num_rows
+    inline_values = sum(len(pq.read_table(inline_folder / f"{name}.parquet").column(sequences[0]).combine_chunks().values) for name in SPLITS)
+    assert store_rows < inline_values  # each behaviour once, not once per sample that sees it
+
+
+def test_train_and_export_reads_the_reference_layout(generated, tmp_path: Path) -> None:
+    sources, inline_folder = generated
+    out = tmp_path / "reference"
+    prepare(LOG_SPEC_PATH, sources, out, layout="reference")
+    result = CliRunner().invoke(main, ["train-and-export", "--data", str(out / "train.parquet"), "--valid", str(out / "valid.parquet"),
+                                       "--test", str(out / "test.parquet"), "--spec", str(out / SPEC_FILE), "--epochs", "1",
+                                       "--embedding-dim", "4", "--out", str(tmp_path / "bundle"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (tmp_path / "sequences-gone").mkdir()
+    (out / SEQUENCE_STORE).rename(tmp_path / "sequences-gone" / SEQUENCE_STORE)
+    missing = CliRunner().invoke(main, ["train-and-export", "--data", str(out / "train.parquet"), "--spec", str(out / SPEC_FILE),
+                                        "--epochs", "1", "--out", str(tmp_path / "bundle2"), "--quiet"])
+    assert missing.exit_code == 2 and "sequence store" in missing.output

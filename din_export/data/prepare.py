@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from ..files import staged_bundle, write_json
 from .behaviour import TEST, TRAIN, VALID, assign_splits, event_order, forward_fill, gather_recent, history_bounds, sample_negatives
+from .layout import HISTORY_END, HISTORY_FIRST, LAYOUTS, SEQUENCE_STORE
 from .logs import LogConfig, log_config_from_dict, read_source
 from .spec import PREVIOUS_FILL, Feature, Spec, SpecError, read_toml, spec_from_dict, spec_to_toml
 from .tables import TableError
@@ -116,6 +117,7 @@ class LogSamples:
         self.split = assign_splits(self.user, self.time, config.split)
         self.first, self.end = history_bounds(self.user, self.time, self.label == 1)
         self.behaviours = np.flatnonzero(self.label == 1)
+        self._history_values: dict[str, pa.Array] = {}
         self.event_values = {f.name: self._event_values(f) for f in self._event_features()}
         self.attribute_values = {f.name: _shape(self._attribute_table(f).column(f.column), f)
                                  for f in spec.features if f.kind != "sequence" and f.source != "log"}
@@ -130,6 +132,14 @@ class LogSamples:
         else:
             self.sample_event, self.sample_item, self.sample_label = np.arange(len(self.user)), self.item, self.label
         self.negatives = int(len(self.sample_event) - len(self.user))
+
+    def history_values(self, feature: Feature) -> pa.Array:
+        """What a sequence feature's histories hold, one value per behaviour event in store order (the values of
+        the feature it shares, for that behaviour's item and user); computed once."""
+        if feature.name not in self._history_values:
+            shared = next(f for f in self.spec.features if f.name == feature.shares)
+            self._history_values[feature.name] = self._values(shared, self.behaviours, self.item[self.behaviours])
+        return self._history_values[feature.name]
 
     def _check_sources(self, sources: Sources) -> None:
         for feature in self.spec.features:
@@ -191,19 +201,20 @@ class LogSamples:
             return pa.array(self.users.keys[self.user[events]])
         return self.event_values[feature.name].take(pa.array(events))
 
-    def chunk(self, rows: slice) -> tuple[pa.Table, np.ndarray]:
-        """Samples in `rows` as a table, with their split codes."""
+    def chunk(self, rows: slice, layout: str = "inline") -> tuple[pa.Table, np.ndarray]:
+        """Samples in `rows` as a table, with their split codes. Inline: each history as a list column; reference:
+        where the sample's history lies in the sequence store (layout.py)."""
         events, items = self.sample_event[rows], self.sample_item[rows]
         columns: dict[str, pa.Array] = {}
-        by_name = {f.name: f for f in self.spec.features}
         for feature in self.spec.features:
             if feature.kind != "sequence":
                 columns[feature.name] = self._values(feature, events, items)
-                continue
-            flat, offsets = gather_recent(self.behaviours, self.first[events], self.end[events], feature.max_len)
-            history = self.behaviours[flat]
-            values = self._values(by_name[feature.shares], history, self.item[history])
-            columns[feature.name] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+            elif layout == "inline":
+                flat, offsets = gather_recent(np.arange(len(self.behaviours)), self.first[events], self.end[events], feature.max_len)
+                columns[feature.name] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
+                                                                 self.history_values(feature).take(pa.array(flat)))
+        if layout == "reference":
+            columns[HISTORY_FIRST], columns[HISTORY_END] = pa.array(self.first[events]), pa.array(self.end[events])
         columns[self.spec.label] = pa.array(self.sample_label[rows])
         columns[TIME_COLUMN] = pa.array(self.time[events])
         return pa.table(columns), self.split[events]
@@ -224,8 +235,11 @@ def _training_spec(spec: Spec, config: LogConfig) -> Spec:
     return spec_from_dict(data)
 
 
-def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict[str, Any]:
-    """Write out/{train,valid,test}.parquet, out/spec.toml and out/prepare.json; returns the summary."""
+def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, layout: str = "inline") -> dict[str, Any]:
+    """Write out/{train,valid,test}.parquet, out/spec.toml and out/prepare.json (and, in the reference layout,
+    out/sequences.parquet); returns the summary."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     started = clock.perf_counter()
     data = read_toml(recipe)
     try:
@@ -252,7 +266,7 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = DEFAULT
             pending = None
             try:
                 for start in range(0, len(samples.sample_event), chunk_rows):
-                    table, split = samples.chunk(slice(start, start + chunk_rows))
+                    table, split = samples.chunk(slice(start, start + chunk_rows), layout)
                     schema = schema or table.schema
                     if pending is not None:
                         pending.result()
@@ -266,11 +280,14 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = DEFAULT
         empty = [name for name in SPLIT_NAMES.values() if rows[name] == 0]
         if empty:
             raise ValueError(f"the split leaves {empty} without samples; adjust [split] (valid/test) for this log")
+        if layout == "reference":
+            sequences = {f.name: samples.history_values(f) for f in spec.of_kind("sequence")}
+            pq.write_table(pa.table(sequences), staging / SEQUENCE_STORE)
         (staging / SPEC_FILE).write_text(spec_to_toml(_training_spec(spec, config)), encoding="utf-8")
         summary = {
             "events": int(len(samples.user)), "users": int(len(samples.users.keys)), "items": int(len(samples.items.keys)),
             "positives": int((samples.label == 1).sum()), "negatives_drawn": samples.negatives,
-            "rows": rows, "seconds": round(clock.perf_counter() - started, 3),
+            "rows": rows, "layout": layout, "seconds": round(clock.perf_counter() - started, 3),
             "sources": {k: str(v) for k, v in vars(sources).items() if v is not None}, "recipe": str(recipe),
         }
         write_json(staging / SUMMARY_FILE, summary)

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from din_runtime.encoding import Ragged
 
+from .layout import SEQUENCE_STORE, inline, is_reference
 from .spec import Spec
 
 
@@ -44,6 +45,8 @@ def read_table(path: str | Path, spec: Spec) -> pa.Table:
             raise TableError(f"{path}: unknown table format '{suffix}'; use .csv, .tsv or .parquet")
     except (pa.ArrowInvalid, OSError) as error:
         raise TableError(f"{path}: cannot be read ({str(error).splitlines()[0]})") from None
+    if is_reference(table):  # prepare --layout reference: histories rebuilt from the sequence store beside the table
+        table = inline(table, path.parent / SEQUENCE_STORE, spec)
     absent = [name for name in [spec.label, *spec.names] if name not in table.column_names]
     if absent:
         raise TableError(f"{path}: column(s) {absent} named in the spec are absent (found {table.column_names})")
