@@ -15,6 +15,7 @@ from din_runtime.schema import FeatureSchema
 
 from ..phases import Phases
 from .fitting import fit_schema, with_attribute_tables
+from .layout import Windows
 from .spec import Spec
 from .synthetic import generate
 from .tables import labels, raw_columns, read_table
@@ -52,9 +53,9 @@ def load_tables(source: DataSource, spec: Spec, seed: int) -> dict[str, pa.Table
     """Train, valid and test tables; those not given are held out of the train table at random (seeded)."""
     if source.data is None and (source.valid or source.test):
         raise ValueError("--valid and --test need --data")
-    train_table = read_table(source.data, spec) if source.data else generate(source.synthetic_samples, seed=seed)
+    train_table = read_table(source.data, spec, keep_references=True) if source.data else generate(source.synthetic_samples, seed=seed)
     given = {"valid": source.valid, "test": source.test}
-    tables = {name: read_table(path, spec) for name, path in given.items() if path}
+    tables = {name: read_table(path, spec, keep_references=True) for name, path in given.items() if path}
     missing = [name for name in given if name not in tables]
     if missing:
         order = np.random.default_rng(seed).permutation(train_table.num_rows)
@@ -76,24 +77,44 @@ def groups_of(columns: dict[str, Any], spec: Spec) -> np.ndarray | None:
 
 @dataclass
 class EncodedSplit:
-    """One split as contiguous arrays: the ONNX feed, labels, and group IDs (users) for GAUC."""
+    """One split as contiguous arrays: the ONNX feed, labels, and group IDs (users) for GAUC. From the reference
+    layout, the histories are `windows` over the encoded sequence store instead, gathered batch by batch, so the
+    split never holds every sample's copy of its history."""
 
     feed: dict[str, np.ndarray]
     labels: np.ndarray
     groups: np.ndarray | None
     sequences: list[str]
+    windows: dict[str, Windows] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)  # the input order, where feed alone does not hold every input
     lengths: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.lengths = (self.feed[self.sequences[0]] != 0).sum(axis=1)
+        first = self.sequences[0]
+        self.lengths = self.windows[first].lengths if first in self.windows else (self.feed[first] != 0).sum(axis=1)
+        self.names = self.names or list(self.feed)
+        # the inline arrays' width: the split's longest kept history, per sequence (at least 1)
+        self._widths = {name: max(1, int(w.lengths.max(initial=0))) for name, w in self.windows.items()}
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """The feed's arrays for these rows, histories cut to the batch's longest (they are left-aligned)."""
+        """The inputs for these rows in input order, histories cut to the batch's longest (they are left-aligned)."""
         width = max(1, int(self.lengths[rows].max()))
-        return {name: array[rows][:, :width] if name in self.sequences else array[rows] for name, array in self.feed.items()}
+        out = {}
+        for name in self.names:
+            if name in self.windows:
+                out[name] = self.windows[name].padded(rows, min(width, self._widths[name]))
+            else:
+                out[name] = self.feed[name][rows][:, :width] if name in self.sequences else self.feed[name][rows]
+        return out
+
+    def indices(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every index the split feeds an input, flat, with how often each counts (None: once each)."""
+        if name in self.windows:
+            return self.windows[name].values, self.windows[name].weights()
+        return self.feed[name].ravel(), None
 
 @dataclass
 class EncodedData:
@@ -106,9 +127,13 @@ class EncodedData:
 
 
 def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder) -> EncodedSplit:
-    """A table as contiguous arrays, encoded by the runtime's own encoder."""
+    """A table as contiguous arrays, encoded by the runtime's own encoder (a reference-layout store once, not per sample)."""
     columns = raw_columns(table, spec)
-    return EncodedSplit(encoder.encode(columns), labels(table, spec), groups_of(columns, spec), encoder.schema.sequence_names)
+    schema = encoder.schema
+    windows = {name: column for name, column in columns.items() if isinstance(column, Windows)}
+    feed = encoder.encode(columns, only=[name for name in schema.names if name not in windows])
+    encoded = {name: w.with_values(encoder.vocabularies[schema[name].shares].encode(name, w.values)) for name, w in windows.items()}
+    return EncodedSplit(feed, labels(table, spec), groups_of(columns, spec), schema.sequence_names, encoded, schema.names)
 
 
 def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None = None) -> EncodedData:
@@ -122,5 +147,5 @@ def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None =
         encoder = FeatureEncoder(schema)
         splits = {name: encode_split(tables[name], spec, encoder) for name in SPLITS}
     with phases.timed("fit encoding"):  # item-to-attribute tables, from the encoded training split
-        schema = with_attribute_tables(schema, splits["train"].feed)
+        schema = with_attribute_tables(schema, splits["train"])
     return EncodedData(spec, tables, schema, splits)

@@ -4,7 +4,7 @@ what the encoder, the model, the exporters and the predictor read (stored as the
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -13,16 +13,24 @@ import pyarrow.compute as pc
 from din_runtime.encoding import OOV_INDEX, PADDING_INDEX, Ragged, coerce_keys
 from din_runtime.schema import FIRST_KEY_INDEX, CategoricalFeature, Feature, FeatureSchema, NumericFeature, SequenceFeature
 
+from .layout import Windows
 from .spec import Spec
+
+if TYPE_CHECKING:
+    from .dataset import EncodedSplit
 
 
 def _key_type(values: np.ndarray) -> str:
     return "int" if values.dtype.kind in "iuf" else "str"
 
 
-def _distinct_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct values and how often each occurs. Text is counted by Arrow's hash table: numpy's np.unique sorts
-    (and first copies) every string, about twice as slow on a history of millions of genre names."""
+def _distinct_counts(values: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values and how often each occurs (each counted `weights` times, where given). Text is counted by
+    Arrow's hash table: numpy's np.unique sorts (and first copies) every string, about twice as slow on a history
+    of millions of genre names."""
+    if weights is not None:
+        distinct, inverse = np.unique(values, return_inverse=True)
+        return distinct, np.bincount(inverse, weights=weights, minlength=len(distinct))
     if values.dtype.kind == "U":
         counted = pc.value_counts(pa.array(values))
         return counted.field("values").to_numpy(zero_copy_only=False).astype(np.str_), counted.field("counts").to_numpy()
@@ -36,14 +44,19 @@ def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str], min
     column = np.asarray(columns[name])
     key_type = _key_type(column)
     parts, tallies, any_missing = [], [], False
-    for source, values, row_of in [(name, column, lambda i: i)] + [
-        (s, columns[s].values, columns[s].row_of) for s in sharers if isinstance(columns[s], Ragged)
-    ]:
+    sources = [(name, column, lambda i: i, None)]
+    for sharer in sharers:
+        if isinstance(columns[sharer], Ragged):
+            sources.append((sharer, columns[sharer].values, columns[sharer].row_of, None))
+        elif isinstance(columns[sharer], Windows):  # the reference layout: each store row as often as the windows hold it
+            sources.append((sharer, columns[sharer].values, lambda i: i, columns[sharer].weights()))
+    for source, values, row_of, weights in sources:
         keys, missing = coerce_keys(source, values, key_type, row_of)
-        distinct, counts = _distinct_counts(keys[~missing] if missing.any() else keys)
+        kept = ~missing if weights is None else ~missing & (weights > 0)
+        distinct, counts = _distinct_counts(keys[kept] if not kept.all() else keys, None if weights is None else weights[kept])
         parts.append(distinct)
         tallies.append(counts)
-        any_missing = any_missing or bool(missing.any())
+        any_missing = any_missing or bool((missing if weights is None else missing & (weights > 0)).any())
     keys, inverse = np.unique(np.concatenate(parts), return_inverse=True)
     counts = np.bincount(inverse, weights=np.concatenate(tallies), minlength=len(keys))
     return key_type, keys[counts >= min_count].tolist(), any_missing
@@ -78,11 +91,12 @@ def fit_schema(columns: dict[str, Any], spec: Spec) -> FeatureSchema:
     return FeatureSchema(tuple(features))
 
 
-def _attribute_table(item_indices: np.ndarray, attribute_indices: np.ndarray, item_size: int, attribute_size: int) -> np.ndarray:
+def _attribute_table(item_indices: np.ndarray, attribute_indices: np.ndarray, item_size: int, attribute_size: int,
+                     weights: np.ndarray | None = None) -> np.ndarray:
     """Per item index, the attribute index seen with it most often (ties: the lower index); padding maps to padding,
     items never seen with an attribute to out-of-vocabulary."""
     seen = (item_indices >= FIRST_KEY_INDEX) & (attribute_indices != PADDING_INDEX)
-    pairs, counts = np.unique(item_indices[seen] * attribute_size + attribute_indices[seen], return_counts=True)
+    pairs, counts = _distinct_counts(item_indices[seen] * attribute_size + attribute_indices[seen], None if weights is None else weights[seen])
     items, attributes = pairs // attribute_size, pairs % attribute_size
     best = np.lexsort((attributes, -counts, items))  # per item: most frequent first
     first = np.ones(len(best), dtype=bool)
@@ -93,18 +107,19 @@ def _attribute_table(item_indices: np.ndarray, attribute_indices: np.ndarray, it
     return table
 
 
-def with_attribute_tables(schema: FeatureSchema, feed: dict[str, np.ndarray]) -> FeatureSchema:
+def with_attribute_tables(schema: FeatureSchema, split: EncodedSplit) -> FeatureSchema:
     """The schema with an item-to-attribute table for every item attribute, fitted on the training split's encoded
-    feed: the candidate's item and attribute, and each history of items with the history of the attribute."""
+    inputs: the candidate's item and attribute, and each history of items with the history of the attribute."""
     derived = schema.derivations(include_untabled=True)  # the pairing of histories is the schema's own
     features: list[Feature] = []
     for feature in schema.features:
         if isinstance(feature, CategoricalFeature) and feature.attribute_of is not None:
             item = schema[feature.attribute_of]
-            pairs = [(source, name) for name, (source, table) in derived.items() if table == feature.name]
-            items = np.concatenate([feed[source].ravel() for source, _ in pairs])
-            attributes = np.concatenate([feed[name].ravel() for _, name in pairs])
-            table = _attribute_table(items, attributes, item.size, feature.size)
+            pairs = [(split.indices(source), split.indices(name)) for name, (source, table) in derived.items() if table == feature.name]
+            items = np.concatenate([source[0] for source, _ in pairs])
+            attributes = np.concatenate([attribute[0] for _, attribute in pairs])
+            weights = np.concatenate([np.ones(len(source[0])) if source[1] is None else source[1] for source, _ in pairs])
+            table = _attribute_table(items, attributes, item.size, feature.size, weights)
             feature = replace(feature, attribute_table=table.tolist())
         features.append(feature)
     return FeatureSchema(tuple(features))

@@ -9,7 +9,10 @@ sample. Reading a reference table rebuilds the inline list columns, so everythin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +23,7 @@ from .spec import Spec
 LAYOUTS = ("inline", "reference")
 SEQUENCE_STORE = "sequences.parquet"
 HISTORY_FIRST, HISTORY_END = "history_first", "history_end"
+STORE_KEY = b"din_export.sequence_store"  # schema metadata of a table read with keep_references
 
 
 class LayoutError(ValueError):
@@ -48,3 +52,59 @@ def inline(table: pa.Table, store_path: Path, spec: Spec) -> pa.Table:
         values = store.column(feature.name).combine_chunks().take(pa.array(flat))
         table = table.append_column(feature.name, pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values))
     return table.drop_columns([HISTORY_FIRST, HISTORY_END])
+
+
+def occurrences(start: np.ndarray, end: np.ndarray, size: int) -> np.ndarray:
+    """How many of the windows [start, end) hold each of `size` store rows: how often the inline layout would have
+    copied that behaviour. Counts and vocabularies weighted by it equal the inline layout's."""
+    change = np.bincount(start, minlength=size + 1)[:size + 1] - np.bincount(end, minlength=size + 1)[:size + 1]
+    return np.cumsum(change)[:size]
+
+
+@dataclass(frozen=True)
+class Windows:
+    """A sequence feature in the reference layout: the store's values, and each sample's window into them (the
+    most recent max_len store rows before `end`, from `start`)."""
+
+    values: Any
+    start: np.ndarray
+    end: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.end)
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return self.end - self.start
+
+    def weights(self) -> np.ndarray:
+        return occurrences(self.start, self.end, len(self.values))
+
+    def with_values(self, values: Any) -> Windows:
+        return Windows(values, self.start, self.end)
+
+    def padded(self, rows: np.ndarray, width: int) -> np.ndarray:
+        """These samples' histories left-aligned in a (rows, width) array padded with 0, as the inline layout's
+        encoded arrays are (values must be encoded indices): one gather of a (rows, width) block of the store."""
+        positions = np.arange(width)
+        if len(self.values) == 0:  # no behaviour anywhere: every history is empty
+            return np.zeros((len(rows), width), dtype=np.int64)
+        index = self.start[rows][:, None] + positions
+        np.minimum(index, len(self.values) - 1, out=index)  # positions past a window are read, then zeroed
+        out = self.values.take(index)
+        out[positions >= np.minimum(self.lengths[rows], width)[:, None]] = 0
+        return out
+
+
+def windows(table: pa.Table, store_path: Path, spec: Spec) -> dict[str, Windows]:
+    """Each sequence feature of a reference-layout table as Windows over the store's raw values."""
+    if not store_path.is_file():
+        raise LayoutError(f"{store_path}: the sequence store of this reference-layout table is missing")
+    first, end = table.column(HISTORY_FIRST).to_numpy(), table.column(HISTORY_END).to_numpy()
+    store = pq.read_table(store_path, columns=[f.name for f in spec.of_kind("sequence")])
+    if len(end) and (end.max() > store.num_rows or (first > end).any() or first.min() < 0):
+        raise LayoutError(f"{store_path}: the table's history references run outside the store's {store.num_rows} rows")
+    from .tables import _to_numpy  # the same conversion as inline columns get
+
+    return {f.name: Windows(_to_numpy(store.column(f.name).combine_chunks()), np.maximum(first, end - int(f.max_len)), end)
+            for f in spec.of_kind("sequence")}

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from din_runtime.encoding import Ragged
 
-from .layout import SEQUENCE_STORE, inline, is_reference
+from .layout import SEQUENCE_STORE, STORE_KEY, inline, is_reference, windows
 from .spec import Spec
 
 
@@ -25,8 +25,10 @@ class TableError(ValueError):
     """A data file cannot be read as the spec describes; the message names the file and column."""
 
 
-def read_table(path: str | Path, spec: Spec) -> pa.Table:
-    """Read a CSV/TSV (sequence cells: space-separated IDs) or Parquet (list columns) file, checking its columns."""
+def read_table(path: str | Path, spec: Spec, keep_references: bool = False) -> pa.Table:
+    """Read a CSV/TSV (sequence cells: space-separated IDs) or Parquet (list columns) file, checking its columns. A
+    reference-layout table gets its histories rebuilt as list columns, or, with keep_references, keeps its
+    references (and the store's path in its schema metadata) for raw_columns to read as Windows."""
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: no such file")
@@ -45,9 +47,12 @@ def read_table(path: str | Path, spec: Spec) -> pa.Table:
             raise TableError(f"{path}: unknown table format '{suffix}'; use .csv, .tsv or .parquet")
     except (pa.ArrowInvalid, OSError) as error:
         raise TableError(f"{path}: cannot be read ({str(error).splitlines()[0]})") from None
-    if is_reference(table):  # prepare --layout reference: histories rebuilt from the sequence store beside the table
+    sequences = {f.name for f in spec.of_kind("sequence")}
+    if is_reference(table) and keep_references:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), STORE_KEY: str(path.parent / SEQUENCE_STORE)})
+    elif is_reference(table):  # prepare --layout reference: histories rebuilt from the sequence store beside the table
         table = inline(table, path.parent / SEQUENCE_STORE, spec)
-    absent = [name for name in [spec.label, *spec.names] if name not in table.column_names]
+    absent = [name for name in [spec.label, *spec.names] if name not in table.column_names and not (name in sequences and is_reference(table))]
     if absent:
         raise TableError(f"{path}: column(s) {absent} named in the spec are absent (found {table.column_names})")
     return table
@@ -82,9 +87,14 @@ def _ragged(name: str, column: pa.ChunkedArray) -> Ragged:
 
 
 def raw_columns(table: pa.Table, spec: Spec) -> dict[str, Any]:
-    """Each feature as the encoder takes it: a 1-D numpy array, or a Ragged for sequences."""
+    """Each feature as the encoder takes it: a 1-D numpy array, or a Ragged for sequences (Windows over the store
+    for a reference-layout table read with keep_references)."""
     columns: dict[str, Any] = {}
+    if is_reference(table):
+        columns.update(windows(table, Path(table.schema.metadata[STORE_KEY].decode()), spec))
     for feature in spec.features:
+        if feature.name in columns:
+            continue
         column = table.column(feature.name)
         if feature.kind == "sequence":
             columns[feature.name] = _ragged(feature.name, column)

@@ -71,6 +71,6 @@ def session_metrics(path: Path, split: EncodedSplit, batch_size: int = 4096) -> 
     probabilities = np.empty(len(split), dtype=np.float32)
     for start in range(0, len(split), batch_size):
         rows = np.arange(start, min(start + batch_size, len(split)))
-        feed = {name: array[rows] for name, array in split.feed.items()}
+        feed = split.rows(rows)
         probabilities[rows] = session.run([OUTPUT_NAME], feed)[0]
     return evaluate(split.labels, probabilities, split.groups)

@@ -82,7 +82,7 @@ def embedding_frequencies(model: DIN, split: EncodedSplit) -> dict[str, torch.Te
     """How often each embedding row occurs in the training split (candidates and histories), at least 1."""
     counts = {}
     for table, embedding in model.embeddings.items():
-        total = sum(np.bincount(split.feed[c].ravel(), minlength=embedding.num_embeddings) for c in model.schema.columns_of(table))
+        total = sum(np.bincount(*split.indices(c), minlength=embedding.num_embeddings) for c in model.schema.columns_of(table))
         counts[table] = torch.from_numpy(np.maximum(total, 1).astype(np.float32)).to(embedding.weight.device)
     return counts
 
