@@ -244,16 +244,20 @@ def test_cli_prepare_then_train_and_log_straight_into_train(tmp_path: Path, gene
     assert result.exit_code == 2 and "error:" in result.output
 
 
-@pytest.mark.parametrize("which", ["movielens", "generated"])
-def test_reference_layout_rebuilds_the_inline_samples_row_for_row(which: str, ml100k_samples: Path, generated, tmp_path: Path) -> None:
-    """prepare --layout reference stores each user's behaviours once; reading it back gives --layout inline's tables."""
+def both_layouts(which: str, generated, ml100k_samples: Path, tmp_path: Path) -> tuple[Path, Path, dict]:
+    """(the session's inline samples, the same log prepared with --layout reference, its summary)."""
     if which == "movielens":
         sources = Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item", ML100K / "ml-100k.user")
         recipe, inline_folder = ML100K_RECIPE, ml100k_samples
     else:
         recipe, (sources, inline_folder) = LOG_SPEC_PATH, generated
-    out = tmp_path / "reference"
-    summary = prepare(recipe, sources, out, layout="reference")
+    return inline_folder, tmp_path / "reference", prepare(recipe, sources, tmp_path / "reference", layout="reference")
+
+
+@pytest.mark.parametrize("which", ["movielens", "generated"])
+def test_reference_layout_rebuilds_the_inline_samples_row_for_row(which: str, ml100k_samples: Path, generated, tmp_path: Path) -> None:
+    """prepare --layout reference stores each user's behaviours once; reading it back gives --layout inline's tables."""
+    inline_folder, out, summary = both_layouts(which, generated, ml100k_samples, tmp_path)
     assert summary["layout"] == "reference" and (out / SEQUENCE_STORE).is_file()
     spec = load_spec(out / SPEC_FILE)
     sequences = [f.name for f in spec.of_kind("sequence")]
@@ -279,13 +283,7 @@ def train_on(folder: Path, out: Path, *options: str) -> dict:
 def test_training_on_the_reference_layout_equals_training_on_inline(which: str, generated, ml100k_samples: Path, tmp_path: Path) -> None:
     """Histories gathered batch by batch from the store train exactly the model the inline tables train: same
     vocabularies, item-attribute tables, L2 frequencies, batches and metrics."""
-    if which == "movielens":
-        sources = Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item", ML100K / "ml-100k.user")
-        recipe, inline_folder = ML100K_RECIPE, ml100k_samples
-    else:
-        recipe, (sources, inline_folder) = LOG_SPEC_PATH, generated
-    reference = tmp_path / "reference"
-    prepare(recipe, sources, reference, layout="reference")
+    inline_folder, reference, _ = both_layouts(which, generated, ml100k_samples, tmp_path)
     from_inline, from_reference = train_on(inline_folder, tmp_path / "inline-bundle"), train_on(reference, tmp_path / "reference-bundle")
     assert from_reference["encoding"] == from_inline["encoding"]
     for split in ("valid", "test"):
