@@ -113,7 +113,7 @@ class EncodedSplit:
     def indices(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         """Every index the split feeds an input, flat, with how often each counts (None: once each)."""
         if name in self.windows:
-            return self.windows[name].values, self.windows[name].weights()
+            return self.windows[name].values, self.windows[name].weights
         return self.feed[name].ravel(), None
 
 @dataclass

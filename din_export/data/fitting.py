@@ -49,7 +49,7 @@ def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str], min
         if isinstance(columns[sharer], Ragged):
             sources.append((sharer, columns[sharer].values, columns[sharer].row_of, None))
         elif isinstance(columns[sharer], Windows):  # the reference layout: each store row as often as the windows hold it
-            sources.append((sharer, columns[sharer].values, lambda i: i, columns[sharer].weights()))
+            sources.append((sharer, columns[sharer].values, lambda i: i, columns[sharer].weights))
     for source, values, row_of, weights in sources:
         keys, missing = coerce_keys(source, values, key_type, row_of)
         kept = ~missing if weights is None else ~missing & (weights > 0)

@@ -34,20 +34,24 @@ def is_reference(table: pa.Table) -> bool:
     return HISTORY_FIRST in table.column_names and HISTORY_END in table.column_names
 
 
+def _references(table: pa.Table, store_path: Path, columns: list[str]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(the store's `columns`, each sample's history_first, history_end), checked against each other."""
+    if not store_path.is_file():
+        raise LayoutError(f"{store_path}: the sequence store of this reference-layout table is missing")
+    first, end = table.column(HISTORY_FIRST).to_numpy(), table.column(HISTORY_END).to_numpy()
+    store = pq.read_table(store_path, columns=columns)
+    if len(end) and (end.max() > store.num_rows or (first > end).any() or first.min() < 0):
+        raise LayoutError(f"{store_path}: the table's history references run outside the store's {store.num_rows} rows")
+    return store, first, end
+
+
 def inline(table: pa.Table, store_path: Path, spec: Spec) -> pa.Table:
     """The table with each sequence feature's list column rebuilt from the store, the references dropped."""
     from .behaviour import gather_recent  # here, not above: behaviour -> logs -> tables -> layout would be a cycle
-    if not store_path.is_file():
-        raise LayoutError(f"{store_path}: the sequence store of this reference-layout table is missing")
-    sequences = spec.of_kind("sequence")
-    store = pq.read_table(store_path, columns=[f.name for f in sequences if f.name not in table.column_names])
-    first = table.column(HISTORY_FIRST).to_numpy()
-    end = table.column(HISTORY_END).to_numpy()
-    if len(end) and (end.max() > store.num_rows or (first > end).any() or first.min() < 0):
-        raise LayoutError(f"{store_path}: the table's history references run outside the store's {store.num_rows} rows")
+
+    sequences = [f for f in spec.of_kind("sequence") if f.name not in table.column_names]
+    store, first, end = _references(table, store_path, [f.name for f in sequences])
     for feature in sequences:
-        if feature.name in table.column_names:
-            continue
         flat, offsets = gather_recent(np.arange(store.num_rows), first, end, int(feature.max_len))
         values = store.column(feature.name).combine_chunks().take(pa.array(flat))
         table = table.append_column(feature.name, pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values))
@@ -77,7 +81,10 @@ class Windows:
     def lengths(self) -> np.ndarray:
         return self.end - self.start
 
+    @cached_property
     def weights(self) -> np.ndarray:
+        """How often each store row counts (occurrences); computed once, as vocabulary fitting, the attribute
+        tables and the L2 frequencies all ask."""
         return occurrences(self.start, self.end, len(self.values))
 
     def with_values(self, values: Any) -> Windows:
@@ -98,13 +105,9 @@ class Windows:
 
 def windows(table: pa.Table, store_path: Path, spec: Spec) -> dict[str, Windows]:
     """Each sequence feature of a reference-layout table as Windows over the store's raw values."""
-    if not store_path.is_file():
-        raise LayoutError(f"{store_path}: the sequence store of this reference-layout table is missing")
-    first, end = table.column(HISTORY_FIRST).to_numpy(), table.column(HISTORY_END).to_numpy()
-    store = pq.read_table(store_path, columns=[f.name for f in spec.of_kind("sequence")])
-    if len(end) and (end.max() > store.num_rows or (first > end).any() or first.min() < 0):
-        raise LayoutError(f"{store_path}: the table's history references run outside the store's {store.num_rows} rows")
     from .tables import _to_numpy  # the same conversion as inline columns get
 
+    sequences = spec.of_kind("sequence")
+    store, first, end = _references(table, store_path, [f.name for f in sequences])
     return {f.name: Windows(_to_numpy(store.column(f.name).combine_chunks()), np.maximum(first, end - int(f.max_len)), end)
-            for f in spec.of_kind("sequence")}
+            for f in sequences}

@@ -99,6 +99,7 @@ def coerce_keys(feature: str, values: Any, key_type: str, row_of=lambda i: i) ->
         return array.astype(np.str_, copy=False), missing
     return _coerce_int(feature, array, missing, row_of)
 
+
 def _coerce_int(feature: str, array: np.ndarray, missing: np.ndarray, row_of) -> tuple[np.ndarray, np.ndarray]:
     kind = array.dtype.kind
     if kind in "ib":
@@ -150,7 +151,7 @@ class Vocabulary:
         if len(self.keys) > 1 and not np.all(self.keys[1:] > self.keys[:-1]):
             raise ValueError("vocabulary keys must be strictly increasing")
         self.missing_index = len(self.keys) + FIRST_KEY_INDEX if missing_token else OOV_INDEX
-        self._text_index: dict[str, int] | None = None  # built on first use by _encode_small
+        self._text_index: dict[str, int] | None = None  # built on first use by lookup_plain
         # The dense table covers keys[0]-1 .. keys[-1]+1: a key minus keys[0] - 1, clipped to its ends, indexes it, and
         # both ends hold the out-of-vocabulary index, so a lookup is a subtraction, a clip and a gather.
         self.dense: np.ndarray | None = None
@@ -165,9 +166,6 @@ class Vocabulary:
     @classmethod
     def of(cls, feature: CategoricalFeature) -> Vocabulary:
         return cls(feature.keys, feature.key_type, feature.missing_token)
-
-    def coerce(self, feature: str, values: Any, row_of=lambda i: i) -> tuple[np.ndarray, np.ndarray]:
-        return coerce_keys(feature, values, self.key_type, row_of)
 
     def lookup(self, keys: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """Indices of keys in the embedding table; unknown keys go to the out-of-vocabulary index, missing ones to
@@ -194,14 +192,11 @@ class Vocabulary:
 
     def encode(self, feature: str, values: Any, row_of=lambda i: i) -> np.ndarray:
         if type(values) is list and len(values) <= SMALL_INPUT:
-            indices = self._encode_small(values)
+            indices = self.lookup_plain(values)
             if indices is not None:
                 return indices
-        keys, missing = self.coerce(feature, values, row_of)
+        keys, missing = coerce_keys(feature, values, self.key_type, row_of)
         return self.lookup(keys, missing)
-
-    def _encode_small(self, values: list) -> np.ndarray | None:
-        return self.lookup_plain(values)
 
     def lookup_plain(self, values: list) -> np.ndarray | None:
         """lookup() without coerce()'s checks, for a list of plain ints (or non-blank strings), the common request;
