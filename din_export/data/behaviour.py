@@ -5,6 +5,8 @@ Every function works on whole numpy arrays (integer user and item codes, float t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .logs import SamplingConfig, SplitConfig
@@ -56,27 +58,56 @@ def forward_fill(values: np.ndarray, user: np.ndarray) -> np.ndarray:
     return np.where(usable, values[np.maximum(last, 0)], np.nan)
 
 
-def sample_negatives(user: np.ndarray, item: np.ndarray, positives: np.ndarray, num_items: int,
-                     config: SamplingConfig) -> tuple[np.ndarray, np.ndarray]:
-    """`config.negatives` items per positive event that its user never interacts with anywhere in the log (so never
-    an item the user touches later), uniformly or by popularity. Returns (event index per negative, item code)."""
-    rng = np.random.default_rng(config.seed)
-    touched = np.unique(user.astype(np.int64) * num_items + item)
-    owners = np.repeat(positives, config.negatives)
+def hashed_uniform(keys: np.ndarray, seed: int, round_: int) -> np.ndarray:
+    """Uniform floats in [0, 1), one per key, from (seed, key, round) by the SplitMix64 finaliser: a negative's
+    draw depends on its own index in the whole log only, so the log may be processed in blocks of any size."""
+    with np.errstate(over="ignore"):
+        z = keys.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64((seed * 0x2545F491 + round_ * 0x632BE5AB) % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+@dataclass(frozen=True)
+class NegativeDraw:
+    """How negatives are drawn over the whole log: `negatives` per positive, items uniform or weighted by their
+    number of events (+1, so unseen items keep a chance), deterministic under `seed`."""
+
+    num_items: int
+    negatives: int
+    seed: int
+    cumulative: np.ndarray | None = None  # cumulative item weights; None: uniform
+
+    @classmethod
+    def of(cls, config: SamplingConfig, item_events: np.ndarray) -> NegativeDraw:
+        weights = np.cumsum(item_events + 1.0) if config.strategy == "popularity" else None
+        return cls(len(item_events), config.negatives, config.seed, weights)
+
+    def items(self, keys: np.ndarray, round_: int) -> np.ndarray:
+        uniform = hashed_uniform(keys, self.seed, round_)
+        if self.cumulative is None:
+            return np.minimum((uniform * self.num_items).astype(np.int64), self.num_items - 1)
+        return np.minimum(np.searchsorted(self.cumulative, uniform * self.cumulative[-1], side="right"), self.num_items - 1)
+
+
+def sample_negatives(user: np.ndarray, item: np.ndarray, positives: np.ndarray, draw: NegativeDraw,
+                     first_key: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`draw.negatives` items per positive event that its user never interacts with anywhere in `user`/`item`
+    (all of each user's events: so never an item the user touches later). Negative j of the i-th positive has key
+    first_key + i * negatives + j. Returns (event index per negative, item code)."""
+    touched = np.unique(user.astype(np.int64) * draw.num_items + item)
+    owners = np.repeat(positives, draw.negatives)
     owner_users = user[owners].astype(np.int64)
-    if config.strategy == "popularity":
-        cumulative = np.cumsum(np.bincount(item, minlength=num_items) + 1.0)  # +1: unseen items keep a chance
-        draw = lambda n: np.minimum(np.searchsorted(cumulative, rng.random(n) * cumulative[-1], side="right"), num_items - 1)  # noqa: E731
-    else:
-        draw = lambda n: rng.integers(0, num_items, n)  # noqa: E731
-    drawn = draw(len(owners))
-    for _ in range(MAX_DRAW_ROUNDS):
-        key = owner_users * num_items + drawn
+    keys = first_key + np.arange(len(owners), dtype=np.int64)
+    drawn = draw.items(keys, 0)
+    for round_ in range(1, MAX_DRAW_ROUNDS + 1):
+        key = owner_users * draw.num_items + drawn
         position = np.minimum(np.searchsorted(touched, key), len(touched) - 1)
         clash = touched[position] == key
         if not clash.any():
             return owners, drawn
-        drawn[clash] = draw(int(clash.sum()))
+        drawn[clash] = draw.items(keys[clash], round_)
     stuck = np.unique(owner_users[clash])
     raise ValueError(f"cannot draw negatives for {len(stuck)} user(s) who touched (almost) every item, e.g. user code {stuck[0]}")
 

@@ -4,6 +4,8 @@ and the log and attribute files themselves (CSV, TSV, Parquet, or a glob or fold
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +109,8 @@ def log_config_from_dict(data: dict[str, Any]) -> LogConfig:
     )
 
 
-def _files(path: str | Path) -> list[Path]:
+def source_files(path: str | Path) -> list[Path]:
+    """The files a source names: one file, a folder's files, or a glob's matches, in name order."""
     text = str(path)
     if any(ch in text for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(text))
@@ -120,25 +123,44 @@ def _files(path: str | Path) -> list[Path]:
     return files
 
 
-def read_source(path: str | Path, columns: list[str]) -> pa.Table:
-    """Read only `columns` from a log or attribute table; the format follows the file suffix."""
-    files = _files(path)
-    suffixes = {f.suffix.lower() for f in files}
+def csv_options(file: Path, columns: list[str]) -> dict[str, Any]:
+    """How a CSV or TSV file is parsed (tab-separated files have no quoting), reading only `columns`."""
+    tab = file.suffix.lower() in TAB_SEPARATED
+    return {"parse_options": pacsv.ParseOptions(delimiter="\t" if tab else ",", quote_char=False if tab else '"'),
+            "convert_options": pacsv.ConvertOptions(include_columns=columns)}
+
+
+@contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """pyarrow's reading errors as one-line TableErrors naming the source."""
     try:
-        if suffixes <= PARQUET:
-            dataset = pads.dataset([str(f) for f in files], format="parquet")
-            absent = [c for c in columns if c not in dataset.schema.names]
-            if absent:
-                raise TableError(f"{path}: column(s) {absent} named in the recipe are absent (found {dataset.schema.names})")
-            return dataset.to_table(columns=columns)
-        if len(suffixes) > 1:
-            raise TableError(f"{path}: mixed file types {sorted(suffixes)}")
-        tab = suffixes.pop() in TAB_SEPARATED
-        parse = pacsv.ParseOptions(delimiter="\t" if tab else ",", quote_char=False if tab else '"')
-        parts = [pacsv.read_csv(file, parse_options=parse, convert_options=pacsv.ConvertOptions(include_columns=columns))
-                 for file in files]
-        return pa.concat_tables(parts)
+        yield
     except KeyError as error:
         raise TableError(f"{path}: a column named in the recipe is absent ({error.args[0]})") from None
     except (pa.ArrowInvalid, OSError) as error:
         raise TableError(f"{path}: cannot be read ({str(error).splitlines()[0]})") from None
+
+
+def checked_files(path: str | Path, columns: list[str]) -> tuple[list[Path], bool]:
+    """(the source's files, whether they are Parquet), checked: one format, and Parquet parts holding `columns`
+    (CSV columns are checked as they are read)."""
+    files = source_files(path)
+    suffixes = {f.suffix.lower() for f in files}
+    if suffixes <= PARQUET:
+        names = pads.dataset([str(f) for f in files], format="parquet").schema.names
+        absent = [c for c in columns if c not in names]
+        if absent:
+            raise TableError(f"{path}: column(s) {absent} named in the recipe are absent (found {names})")
+        return files, True
+    if len(suffixes) > 1:
+        raise TableError(f"{path}: mixed file types {sorted(suffixes)}")
+    return files, False
+
+
+def read_source(path: str | Path, columns: list[str]) -> pa.Table:
+    """Read only `columns` from a log or attribute table; the format follows the file suffix."""
+    with reading(path):
+        files, parquet = checked_files(path, columns)
+        if parquet:
+            return pads.dataset([str(f) for f in files], format="parquet").to_table(columns=columns)
+        return pa.concat_tables([pacsv.read_csv(file, **csv_options(file, columns)) for file in files])

@@ -1,13 +1,16 @@
 """`din-export prepare`: a behaviour log plus item and user tables become train, valid and test sample tables.
 
-Steps: read only the columns the recipe names; code users and items as integers; sort events by user and
-time; split each event into train, valid or test; draw negatives for positive-only logs; find each sample's
-history (the user's behaviours strictly earlier in time, the most recent max_len kept); then write samples
-chunk by chunk into Parquet, so memory is bounded by the chunk, not by the log.
+Steps: DuckDB (scan.py) checks the log, lists its users and items and sorts its events by user and time out of
+core; the sorted events then arrive in blocks of whole users, and for each block numpy splits each event into
+train, valid or test, draws negatives for positive-only logs, finds each sample's history (the user's
+behaviours strictly earlier in time, the most recent max_len kept) and writes the samples chunk by chunk into
+Parquet. Memory is bounded by DuckDB's limit plus one block, not by the log.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 import time as clock
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,14 +23,27 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..files import staged_bundle, write_json
-from .behaviour import TEST, TRAIN, VALID, assign_splits, event_order, forward_fill, gather_recent, history_bounds, sample_negatives
+from .behaviour import (
+    TEST,
+    TRAIN,
+    VALID,
+    NegativeDraw,
+    assign_splits,
+    event_order,
+    forward_fill,
+    gather_recent,
+    history_bounds,
+    sample_negatives,
+)
 from .layout import HISTORY_END, HISTORY_FIRST, LAYOUTS, SEQUENCE_STORE
 from .logs import LogConfig, log_config_from_dict, read_source
+from .scan import DEFAULT_MEMORY_LIMIT, LogScan
 from .spec import PREVIOUS_FILL, Feature, Spec, SpecError, read_toml, spec_from_dict, spec_to_toml
 from .tables import TableError
 
 SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
 DEFAULT_CHUNK_ROWS = 200_000
+BLOCK_EVENTS = 1_000_000  # events handled at once (whole users): bounds prepare's memory besides DuckDB's
 TIME_COLUMN = "event_time"
 SPEC_FILE = "spec.toml"
 SUMMARY_FILE = "prepare.json"
@@ -44,13 +60,6 @@ class Sources:
 def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     return array.to_numpy(zero_copy_only=False)
-
-
-def _no_nulls(table: pa.Table, column: str, path: Path) -> None:
-    nulls = table.column(column).null_count
-    if nulls:
-        row = int(np.flatnonzero(_numpy(pc.is_null(table.column(column))))[0])
-        raise TableError(f"{path}: column '{column}' is empty in {nulls} row(s), first at row {row}")
 
 
 def _shape(column: pa.ChunkedArray, feature: Feature) -> pa.Array:
@@ -83,47 +92,111 @@ class _Catalogue:
         rows = self.row_of_code[codes]
         return array.take(pa.array(rows, mask=rows < 0))
 
+    def codes(self, raw: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.keys, raw)
 
-class LogSamples:
-    """A log read and ordered, with everything needed to emit samples in chunks."""
 
-    def __init__(self, spec: Spec, config: LogConfig, sources: Sources) -> None:
+def event_features(spec: Spec, config: LogConfig) -> list[Feature]:
+    """Non-sequence features read from the log itself, other than the user and item columns."""
+    identity = (config.user, config.item)
+    return [f for f in spec.features if f.kind != "sequence" and f.source == "log" and f.column not in identity]
+
+
+def log_columns(spec: Spec, config: LogConfig) -> list[str]:
+    """The log columns the recipe needs: user, item, time, the label if any, and the event features' columns."""
+    columns = [config.user, config.item, config.time] + ([config.label] if config.label else [])
+    return columns + [f.column for f in event_features(spec, config) if f.column not in columns]
+
+
+def check_sources(spec: Spec, config: LogConfig, sources: Sources) -> None:
+    """Recipe errors found before any file is read: histories of user attributes, missing columns or tables."""
+    for feature in spec.features:
+        if feature.kind == "sequence":
+            target = next(f for f in spec.features if f.name == feature.shares)
+            if target.source == "users" or (target.source == "log" and target.column == config.user):
+                raise SpecError(f"feature '{feature.name}': a history of '{target.name}', a user attribute, is not a behaviour sequence")
+            continue
+        if feature.column is None:
+            raise SpecError(f"feature '{feature.name}': `prepare` needs 'column', the source column of its values")
+        for source, path, key in (("items", sources.items, config.item_key), ("users", sources.users, config.user_key)):
+            if feature.source == source and (path is None or key is None):
+                raise SpecError(f"feature '{feature.name}' comes from the {source} table: pass --{source} and set [{source}] key")
+
+
+class LogContext:
+    """What every block needs from the whole log: user and item codes with their attribute tables, the negative
+    draw, the split's time cuts, and the features' places (log, item or user)."""
+
+    def __init__(self, spec: Spec, config: LogConfig, sources: Sources, scan: LogScan) -> None:
         self.spec, self.config = spec, config
-        self._check_sources(sources)
-        log_columns = [config.user, config.item, config.time] + ([config.label] if config.label else [])
-        log_columns += [f.column for f in self._event_features() if f.column not in log_columns]
-        log = read_source(sources.log, log_columns)
-        for column in (config.user, config.item, config.time):
-            _no_nulls(log, column, sources.log)
+        overview = scan.overview()
+        self.events = overview.events
         items = read_source(sources.items, self._columns("items", config.item_key)) if sources.items else None
         users = read_source(sources.users, self._columns("users", config.user_key)) if sources.users else None
+        item_table_keys = _numpy(items.column(config.item_key)).astype(overview.item_keys.dtype) if items is not None else overview.item_keys[:0]
+        item_keys = np.unique(np.concatenate([overview.item_keys, item_table_keys]))
+        item_events = np.zeros(len(item_keys), dtype=np.int64)
+        item_events[np.searchsorted(item_keys, overview.item_keys)] = overview.item_events
+        self.users = _Catalogue(overview.user_keys, users, config.user_key, sources.users)
+        self.items = _Catalogue(item_keys, items, config.item_key, sources.items)
+        self.draw = NegativeDraw.of(config.sampling, item_events)
+        self.split = self._split_cuts(scan)
+        self.attribute_values = {f.name: _shape((items if f.source == "items" else users).column(f.column), f)
+                                 for f in spec.features if f.kind != "sequence" and f.source != "log"}
 
-        user_raw = _numpy(log.column(config.user))
-        item_raw = _numpy(log.column(config.item))
+    def event_features(self) -> list[Feature]:
+        return event_features(self.spec, self.config)
+
+    def side(self, feature: Feature) -> str:
+        if feature.source == "items" or (feature.source == "log" and feature.column == self.config.item):
+            return "item"
+        if feature.source == "users" or feature.column == self.config.user:
+            return "user"
+        return "event"
+
+    def _split_cuts(self, scan: LogScan) -> Any:
+        """The split with a global time split's quantile cuts computed over the whole log, so blocks agree."""
+        split = self.config.split
+        if split.mode != "global_time":
+            return split
+        wanted = [q for q, given in ((1 - split.test, split.test_from), (1 - split.test - split.valid, split.valid_from)) if given is None]
+        found = iter(scan.time_quantiles(wanted)) if wanted else iter(())
+        test_from = split.test_from if split.test_from is not None else next(found)
+        valid_from = split.valid_from if split.valid_from is not None else next(found)
+        return dataclasses.replace(split, test_from=test_from, valid_from=valid_from)
+
+    def _columns(self, source: str, key: str) -> list[str]:
+        return [key] + sorted({f.column for f in self.spec.features if f.kind != "sequence" and f.source == source} - {key})
+
+
+class EventBlock:
+    """A block of whole users' events, sorted by user and time, with everything needed to emit its samples in
+    chunks. `behaviour_base` and `positive_base` count the behaviours and positives of earlier blocks: where this
+    block's behaviours start in the sequence store, and the keys of its negatives' draws."""
+
+    def __init__(self, context: LogContext, log: pa.Table, behaviour_base: int, positive_base: int) -> None:
+        self.context, self.spec, self.config = context, context.spec, context.config
+        config = self.config
+        user = context.users.codes(_numpy(log.column(config.user)))
         times = log.column(config.time)
         times = times.cast(pa.int64()) if pa.types.is_timestamp(times.type) else times
-        time_raw = _numpy(times).astype(np.float64)
-
-        user_keys, user_code = np.unique(user_raw, return_inverse=True)
-        item_table_keys = _numpy(items.column(config.item_key)).astype(item_raw.dtype) if items is not None else item_raw[:0]
-        item_keys = np.unique(np.concatenate([item_raw, item_table_keys]))
-        order = event_order(user_code, time_raw)
-        self.log = log.take(pa.array(order))
-        self.user, self.time = user_code[order], time_raw[order]
-        self.item = np.searchsorted(item_keys, item_raw[order])
-        self.users = _Catalogue(user_keys, users, config.user_key, sources.users)
-        self.items = _Catalogue(item_keys, items, config.item_key, sources.items)
+        time = _numpy(times).astype(np.float64)
+        if not _sorted_by_user_and_time(user, time):  # DuckDB's order of keys may differ from numpy's (collation)
+            order = event_order(user, time)
+            log, user, time = log.take(pa.array(order)), user[order], time[order]
+        self.log, self.user, self.time = log, user, time
+        self.item = context.items.codes(_numpy(log.column(config.item)))
+        self.behaviour_base = behaviour_base
         self.label = self._labels()
-        self.split = assign_splits(self.user, self.time, config.split)
+        self.split = assign_splits(self.user, self.time, context.split)
         self.first, self.end = history_bounds(self.user, self.time, self.label == 1)
         self.behaviours = np.flatnonzero(self.label == 1)
         self._history_values: dict[str, pa.Array] = {}
-        self.event_values = {f.name: self._event_values(f) for f in self._event_features()}
-        self.attribute_values = {f.name: _shape(self._attribute_table(f).column(f.column), f)
-                                 for f in spec.features if f.kind != "sequence" and f.source != "log"}
+        self.event_values = {f.name: self._event_values(f) for f in context.event_features()}
 
         if config.label is None:
-            owners, drawn = sample_negatives(self.user, self.item, np.arange(len(self.user)), len(item_keys), config.sampling)
+            owners, drawn = sample_negatives(self.user, self.item, np.arange(len(self.user)), context.draw,
+                                             first_key=positive_base * context.draw.negatives)
             event = np.concatenate([np.arange(len(self.user)), owners])
             sample_order = np.argsort(event, kind="stable")
             self.sample_event = event[sample_order]
@@ -140,29 +213,6 @@ class LogSamples:
             shared = next(f for f in self.spec.features if f.name == feature.shares)
             self._history_values[feature.name] = self._values(shared, self.behaviours, self.item[self.behaviours])
         return self._history_values[feature.name]
-
-    def _check_sources(self, sources: Sources) -> None:
-        for feature in self.spec.features:
-            if feature.kind == "sequence":
-                target = next(f for f in self.spec.features if f.name == feature.shares)
-                if target.source == "users" or (target.source == "log" and target.column == self.config.user):
-                    raise SpecError(f"feature '{feature.name}': a history of '{target.name}', a user attribute, is not a behaviour sequence")
-                continue
-            if feature.column is None:
-                raise SpecError(f"feature '{feature.name}': `prepare` needs 'column', the source column of its values")
-            for source, path, key in (("items", sources.items, self.config.item_key), ("users", sources.users, self.config.user_key)):
-                if feature.source == source and (path is None or key is None):
-                    raise SpecError(f"feature '{feature.name}' comes from the {source} table: pass --{source} and set [{source}] key")
-
-    def _columns(self, source: str, key: str) -> list[str]:
-        return [key] + sorted({f.column for f in self.spec.features if f.kind != "sequence" and f.source == source} - {key})
-
-    def _event_features(self) -> list[Feature]:
-        identity = (self.config.user, self.config.item)
-        return [f for f in self.spec.features if f.kind != "sequence" and f.source == "log" and f.column not in identity]
-
-    def _attribute_table(self, feature: Feature) -> pa.Table:
-        return (self.items if feature.source == "items" else self.users).table
 
     def _labels(self) -> np.ndarray:
         if self.config.label is None:
@@ -181,24 +231,18 @@ class LogSamples:
             array = pa.array(forward_fill(array.to_numpy(zero_copy_only=False), self.user), from_pandas=True)
         return array
 
-    def _side(self, feature: Feature) -> str:
-        if feature.source == "items" or (feature.source == "log" and feature.column == self.config.item):
-            return "item"
-        if feature.source == "users" or feature.column == self.config.user:
-            return "user"
-        return "event"
-
     def _values(self, feature: Feature, events: np.ndarray, items: np.ndarray) -> pa.Array:
         """Values of a non-sequence feature for the given events and candidate items."""
-        side = self._side(feature)
+        context = self.context
+        side = context.side(feature)
         if side == "item":
             if feature.source == "items":
-                return self.items.attribute(self.attribute_values[feature.name], items)
-            return pa.array(self.items.keys[items])
+                return context.items.attribute(context.attribute_values[feature.name], items)
+            return pa.array(context.items.keys[items])
         if side == "user":
             if feature.source == "users":
-                return self.users.attribute(self.attribute_values[feature.name], self.user[events])
-            return pa.array(self.users.keys[self.user[events]])
+                return context.users.attribute(context.attribute_values[feature.name], self.user[events])
+            return pa.array(context.users.keys[self.user[events]])
         return self.event_values[feature.name].take(pa.array(events))
 
     def chunk(self, rows: slice, layout: str = "inline") -> tuple[pa.Table, np.ndarray]:
@@ -214,10 +258,16 @@ class LogSamples:
                 columns[feature.name] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
                                                                  self.history_values(feature).take(pa.array(flat)))
         if layout == "reference":
-            columns[HISTORY_FIRST], columns[HISTORY_END] = pa.array(self.first[events]), pa.array(self.end[events])
+            columns[HISTORY_FIRST] = pa.array(self.first[events] + self.behaviour_base)
+            columns[HISTORY_END] = pa.array(self.end[events] + self.behaviour_base)
         columns[self.spec.label] = pa.array(self.sample_label[rows])
         columns[TIME_COLUMN] = pa.array(self.time[events])
         return pa.table(columns), self.split[events]
+
+
+def _sorted_by_user_and_time(user: np.ndarray, time: np.ndarray) -> bool:
+    next_user, next_time = np.diff(user), np.diff(time)
+    return bool(np.all((next_user > 0) | ((next_user == 0) & (next_time >= 0))))
 
 
 def _training_spec(spec: Spec, config: LogConfig) -> Spec:
@@ -235,59 +285,96 @@ def _training_spec(spec: Spec, config: LogConfig) -> Spec:
     return spec_from_dict(data)
 
 
-def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, layout: str = "inline") -> dict[str, Any]:
+class _SampleWriter:
+    """The split tables (and the reference layout's sequence store), written chunk by chunk. Parquet encoding
+    releases the GIL: one chunk is written on a thread while the next is built."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.rows = {name: 0 for name in SPLIT_NAMES.values()}
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.schema: pa.Schema | None = None
+        self.thread = ThreadPoolExecutor(max_workers=1)
+        self.pending: Any = None
+
+    def samples(self, table: pa.Table, split: np.ndarray) -> None:
+        self.schema = self.schema or table.schema
+        self._submit(self._write_samples, table, split)
+
+    def store(self, table: pa.Table) -> None:
+        self._submit(self._append, SEQUENCE_STORE, table)
+
+    def close(self) -> None:
+        try:
+            if self.pending is not None:
+                self.pending.result()
+        finally:
+            self.thread.shutdown(wait=True)
+            for writer in self.writers.values():
+                writer.close()
+
+    def _submit(self, *work: Any) -> None:
+        if self.pending is not None:
+            self.pending.result()
+        self.pending = self.thread.submit(*work)
+
+    def _write_samples(self, table: pa.Table, split: np.ndarray) -> None:
+        for code, name in SPLIT_NAMES.items():
+            part = table.filter(pa.array(split == code))
+            if part.num_rows:
+                self._append(f"{name}.parquet", part.cast(self.schema))
+                self.rows[name] += part.num_rows
+
+    def _append(self, file: str, table: pa.Table) -> None:
+        if file not in self.writers:
+            self.writers[file] = pq.ParquetWriter(self.folder / file, table.schema)
+        self.writers[file].write_table(table)
+
+
+def _read_recipe(recipe: Path) -> tuple[Spec, LogConfig]:
+    data = read_toml(recipe)
+    try:
+        return spec_from_dict(data), log_config_from_dict(data)
+    except SpecError as error:
+        raise SpecError(f"{recipe}: {error}") from None
+
+
+def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, layout: str = "inline",
+            memory_limit: str = DEFAULT_MEMORY_LIMIT, block_events: int = BLOCK_EVENTS) -> dict[str, Any]:
     """Write out/{train,valid,test}.parquet, out/spec.toml and out/prepare.json (and, in the reference layout,
-    out/sequences.parquet); returns the summary."""
+    out/sequences.parquet); returns the summary. DuckDB sorts within `memory_limit` (spilling beside `out`)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     started = clock.perf_counter()
-    data = read_toml(recipe)
-    try:
-        spec, config = spec_from_dict(data), log_config_from_dict(data)
-    except SpecError as error:
-        raise SpecError(f"{recipe}: {error}") from None
-    samples = LogSamples(spec, config, sources)
-    rows = {name: 0 for name in SPLIT_NAMES.values()}
-    with staged_bundle(out) as staging:
-        writers: dict[int, pq.ParquetWriter] = {}
-        schema = None
-
-        def write(table: pa.Table, split: np.ndarray) -> None:
-            for code, name in SPLIT_NAMES.items():
-                part = table.filter(pa.array(split == code))
-                if part.num_rows:
-                    if code not in writers:
-                        writers[code] = pq.ParquetWriter(staging / f"{name}.parquet", schema)
-                    writers[code].write_table(part.cast(schema))
-                    rows[name] += part.num_rows
-
-        # Parquet encoding releases the GIL: one chunk is written while the next is built.
-        with ThreadPoolExecutor(max_workers=1) as writer_thread:
-            pending = None
-            try:
-                for start in range(0, len(samples.sample_event), chunk_rows):
-                    table, split = samples.chunk(slice(start, start + chunk_rows), layout)
-                    schema = schema or table.schema
-                    if pending is not None:
-                        pending.result()
-                    pending = writer_thread.submit(write, table, split)
-                if pending is not None:
-                    pending.result()
-            finally:
-                writer_thread.shutdown(wait=True)
-                for writer in writers.values():
-                    writer.close()
-        empty = [name for name in SPLIT_NAMES.values() if rows[name] == 0]
+    spec, config = _read_recipe(recipe)
+    check_sources(spec, config, sources)
+    behaviours = positives = negatives = 0
+    with staged_bundle(out) as staging, tempfile.TemporaryDirectory(prefix=f".{Path(out).name}.spill-", dir=staging.parent) as spill:
+        scan = LogScan(sources.log, config.user, config.item, config.time, log_columns(spec, config), Path(spill), memory_limit)
+        writer = _SampleWriter(staging)
+        try:
+            context = LogContext(spec, config, sources, scan)
+            sequences = spec.of_kind("sequence")
+            for events in scan.blocks(block_events):
+                block = EventBlock(context, events, behaviours, positives)
+                for start in range(0, len(block.sample_event), chunk_rows):
+                    writer.samples(*block.chunk(slice(start, start + chunk_rows), layout))
+                if layout == "reference" and (len(block.behaviours) or behaviours + len(block.behaviours) == 0):
+                    writer.store(pa.table({f.name: block.history_values(f) for f in sequences}))
+                behaviours += len(block.behaviours)
+                positives += int((block.label == 1).sum())
+                negatives += block.negatives
+        finally:
+            writer.close()
+            scan.close()
+        empty = [name for name in SPLIT_NAMES.values() if writer.rows[name] == 0]
         if empty:
             raise ValueError(f"the split leaves {empty} without samples; adjust [split] (valid/test) for this log")
-        if layout == "reference":
-            sequences = {f.name: samples.history_values(f) for f in spec.of_kind("sequence")}
-            pq.write_table(pa.table(sequences), staging / SEQUENCE_STORE)
         (staging / SPEC_FILE).write_text(spec_to_toml(_training_spec(spec, config)), encoding="utf-8")
         summary = {
-            "events": int(len(samples.user)), "users": int(len(samples.users.keys)), "items": int(len(samples.items.keys)),
-            "positives": int((samples.label == 1).sum()), "negatives_drawn": samples.negatives,
-            "rows": rows, "layout": layout, "seconds": round(clock.perf_counter() - started, 3),
+            "events": context.events, "users": int(len(context.users.keys)), "items": int(len(context.items.keys)),
+            "positives": positives, "negatives_drawn": negatives,
+            "rows": writer.rows, "layout": layout, "seconds": round(clock.perf_counter() - started, 3),
             "sources": {k: str(v) for k, v in vars(sources).items() if v is not None}, "recipe": str(recipe),
         }
         write_json(staging / SUMMARY_FILE, summary)
