@@ -19,7 +19,10 @@ from .config import (
     DEFAULT_MAX_AUC_DROP,
     DEVICES,
     FORMS,
+    LAYOUTS,
     PRECISIONS,
+    PREPARE_CHUNK_ROWS,
+    PREPARE_MEMORY_LIMIT,
     SCHEDULES,
     VARIANTS,
     WEIGHTINGS,
@@ -140,16 +143,19 @@ def main(debug: bool) -> None:
 @click.option("--users", help="User attribute table, joined on [users] key.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder to write train.parquet, valid.parquet, test.parquet, spec.toml and prepare.json into (replaced only once complete).")
-@click.option("--chunk-rows", type=click.IntRange(min=1000), default=200_000, show_default=True,
+@click.option("--chunk-rows", type=click.IntRange(min=1000), default=PREPARE_CHUNK_ROWS, show_default=True,
               help="Samples built and written per chunk; bounds memory.")
-@click.option("--layout", type=click.Choice(["inline", "reference"]), default="inline", show_default=True,
+@click.option("--layout", type=click.Choice(LAYOUTS), default=LAYOUTS[0], show_default=True,
               help="inline: each sample's histories as list columns; reference: each user's behaviours once in "
                    "sequences.parquet, samples pointing into it (train-and-export reads both).")
-def prepare_command(recipe: Path, log: str, items: str | None, users: str | None, out: Path, chunk_rows: int, layout: str) -> None:
+@click.option("--memory-limit", default=PREPARE_MEMORY_LIMIT, show_default=True,
+              help="Working memory for sorting the log (DuckDB's, e.g. 500MB, 4GB); past it the sort spills to disk beside --out.")
+def prepare_command(recipe: Path, log: str, items: str | None, users: str | None, out: Path, chunk_rows: int, layout: str,
+                    memory_limit: str) -> None:
     """Turn a behaviour log (and item and user tables) into train, valid and test sample tables for train-and-export."""
     from .data.prepare import Sources, prepare
 
-    summary = prepare(recipe, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows, layout)
+    summary = prepare(recipe, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows, layout, memory_limit)
     rows = summary["rows"]
     click.echo(f"prepared {summary['events']} events of {summary['users']} users into {out}: "
                f"{rows['train']} train, {rows['valid']} valid, {rows['test']} test samples "

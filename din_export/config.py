@@ -19,6 +19,10 @@ DEVICES = ("auto", "cpu", "cuda")
 AUGMENTATIONS = ("none", "crop", "mask")
 PRECISIONS = ("fp32", "int8", "fp16")
 DEFAULT_MAX_AUC_DROP = 0.002
+LAYOUTS = ("inline", "reference")  # how `prepare` writes histories: list columns, or references into a store
+PREPARE_CHUNK_ROWS = 200_000  # samples `prepare` builds and writes at once
+PREPARE_BLOCK_EVENTS = 1_000_000  # events (whole users) `prepare` handles at once: its memory besides DuckDB's
+PREPARE_MEMORY_LIMIT = "1GB"  # DuckDB's working memory while `prepare` sorts the log; past it, DuckDB spills
 
 
 @dataclass(frozen=True)

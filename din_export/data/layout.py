@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 
 from .spec import Spec
 
-LAYOUTS = ("inline", "reference")
 SEQUENCE_STORE = "sequences.parquet"
 HISTORY_FIRST, HISTORY_END = "history_first", "history_end"
 STORE_KEY = b"din_export.sequence_store"  # schema metadata of a table read with keep_references

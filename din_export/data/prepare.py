@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..config import LAYOUTS, PREPARE_BLOCK_EVENTS, PREPARE_CHUNK_ROWS, PREPARE_MEMORY_LIMIT
 from ..files import staged_bundle, write_json
 from .behaviour import (
     TEST,
@@ -35,15 +36,13 @@ from .behaviour import (
     history_bounds,
     sample_negatives,
 )
-from .layout import HISTORY_END, HISTORY_FIRST, LAYOUTS, SEQUENCE_STORE
+from .layout import HISTORY_END, HISTORY_FIRST, SEQUENCE_STORE
 from .logs import LogConfig, log_config_from_dict, read_source
-from .scan import DEFAULT_MEMORY_LIMIT, LogScan
+from .scan import LogScan
 from .spec import PREVIOUS_FILL, Feature, Spec, SpecError, read_toml, spec_from_dict, spec_to_toml
 from .tables import TableError
 
 SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
-DEFAULT_CHUNK_ROWS = 200_000
-BLOCK_EVENTS = 1_000_000  # events handled at once (whole users): bounds prepare's memory besides DuckDB's
 TIME_COLUMN = "event_time"
 SPEC_FILE = "spec.toml"
 SUMMARY_FILE = "prepare.json"
@@ -339,8 +338,8 @@ def _read_recipe(recipe: Path) -> tuple[Spec, LogConfig]:
         raise SpecError(f"{recipe}: {error}") from None
 
 
-def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = DEFAULT_CHUNK_ROWS, layout: str = "inline",
-            memory_limit: str = DEFAULT_MEMORY_LIMIT, block_events: int = BLOCK_EVENTS) -> dict[str, Any]:
+def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE_CHUNK_ROWS, layout: str = "inline",
+            memory_limit: str = PREPARE_MEMORY_LIMIT, block_events: int = PREPARE_BLOCK_EVENTS) -> dict[str, Any]:
     """Write out/{train,valid,test}.parquet, out/spec.toml and out/prepare.json (and, in the reference layout,
     out/sequences.parquet); returns the summary. DuckDB sorts within `memory_limit` (spilling beside `out`)."""
     if layout not in LAYOUTS:
@@ -375,6 +374,7 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = DEFAULT
             "events": context.events, "users": int(len(context.users.keys)), "items": int(len(context.items.keys)),
             "positives": positives, "negatives_drawn": negatives,
             "rows": writer.rows, "layout": layout, "seconds": round(clock.perf_counter() - started, 3),
+            "sort_spilled_bytes": scan.spilled_bytes or 0,
             "sources": {k: str(v) for k, v in vars(sources).items() if v is not None}, "recipe": str(recipe),
         }
         write_json(staging / SUMMARY_FILE, summary)

@@ -25,7 +25,6 @@ import pyarrow.parquet as pq
 from .logs import checked_files, csv_options, reading
 from .tables import TableError
 
-DEFAULT_MEMORY_LIMIT = "1GB"  # DuckDB's working memory for sorting; past it, it spills to the workspace
 STREAM_BATCH_ROWS = 262_144
 LOG_ROW = "din_log_row"  # each event's row in the log (over all its files): the tie order of events at one time
 
@@ -77,14 +76,18 @@ class LogScan:
     """One log, readable by DuckDB: an overview of it, time quantiles, and its events sorted in user blocks."""
 
     def __init__(self, path: str | Path, user: str, item: str, time: str, columns: list[str], workspace: Path,
-                 memory_limit: str = DEFAULT_MEMORY_LIMIT) -> None:
+                 memory_limit: str) -> None:
         self.path, self.user, self.item, self.time, self.columns = path, user, item, time, columns
+        self.spilled_bytes: int | None = None
         files = _as_parquet(path, columns, workspace)
         self.schema = pads.dataset([str(f) for f in files], format="parquet").schema
-        self.connection = duckdb.connect(config={
-            "memory_limit": memory_limit, "temp_directory": str(workspace), "threads": os.cpu_count() or 1,
-            "preserve_insertion_order": False,
-        })
+        try:
+            self.connection = duckdb.connect(config={
+                "memory_limit": memory_limit, "temp_directory": str(workspace), "threads": os.cpu_count() or 1,
+                "preserve_insertion_order": False,
+            })
+        except duckdb.Error as error:
+            raise ValueError(f"memory limit {memory_limit!r} is not a size such as 500MB or 4GB ({_first_line(error)})") from None
         offset, parts = 0, []
         for file in files:
             parts.append(f"SELECT {', '.join(map(_name, columns))}, file_row_number + {offset} AS {LOG_ROW} "
@@ -123,20 +126,34 @@ class LogScan:
         query = (f"SELECT {', '.join(map(_name, self.columns))} FROM events "
                  f"ORDER BY {_name(self.user)}, {_name(self.time)}, {LOG_ROW}")
         carry: pa.Table | None = None
-        for batch in self.connection.sql(query).to_arrow_reader(STREAM_BATCH_ROWS):
+        try:
+            reader = self.connection.sql(query).to_arrow_reader(STREAM_BATCH_ROWS)
+        except duckdb.OutOfMemoryException as error:
+            raise MemoryError(f"sorting the log: {_first_line(error)}; raise --memory-limit or free disk for the spill") from None
+        for batch in reader:
+            if self.spilled_bytes is None:  # the sort is complete once its first rows arrive
+                self.spilled_bytes = self._spilled_bytes()
             table = pa.Table.from_batches([batch]).cast(target)
             table = table if carry is None else pa.concat_tables([carry, table])
-            cut = _last_user_start(table.column(self.user)) if table.num_rows >= min_events else 0
-            if cut == 0:
-                carry = table
-                continue
-            yield table.slice(0, cut)
-            carry = table.slice(cut)
+            start = 0
+            for cut in _user_cuts(table.column(self.user), min_events):
+                yield table.slice(start, cut - start)
+                start = cut
+            carry = table.slice(start)
         if carry is not None and carry.num_rows:
             yield carry
 
+    def _spilled_bytes(self) -> int:
+        """What the sort wrote to disk beyond its memory limit (DuckDB's temporary files)."""
+        found = self.connection.cursor().sql("SELECT coalesce(sum(size), 0) FROM duckdb_temporary_files()").fetchall()
+        return int(found[0][0])
+
     def _column(self, query: str, column: str) -> np.ndarray:
         return _numpy(self.connection.sql(query).to_arrow_table().column("key").cast(self.schema.field(column).type))
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -144,7 +161,11 @@ def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return array.to_numpy(zero_copy_only=False)
 
 
-def _last_user_start(users: pa.ChunkedArray) -> int:
-    """Where the run of the table's last user begins (0 when the table holds one user)."""
-    other = np.flatnonzero(_numpy(pc.not_equal(users, users[-1])))
-    return int(other[-1]) + 1 if len(other) else 0
+def _user_cuts(users: pa.ChunkedArray, min_events: int) -> np.ndarray:
+    """Where to cut a table sorted by user into blocks of whole users, each from a multiple of `min_events` rows
+    on to the next user's start; the last user's run is never closed (its events may continue in the next batch)."""
+    starts = np.flatnonzero(_numpy(pc.not_equal(users[1:], users[:-1]))) + 1
+    if len(starts) == 0:
+        return starts
+    targets = np.arange(min_events, starts[-1] + 1, min_events)
+    return np.unique(starts[np.searchsorted(starts, targets)])
