@@ -40,6 +40,7 @@ MODEL_FLAGS = {"variant": "variant", "embedding_dim": "embedding_dim", "attentio
                "base_pooling": "base_pooling", "encoder_heads": "encoder_heads", "encoder_layers": "encoder_layers"}
 TRAINING_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "learning_rate": "learning_rate", "patience": "patience",
                   "seed": "seed", "embedding_l2": "embedding_l2", "lr_schedule": "lr_schedule", "warmup_steps": "warmup_steps",
+                  "epoch_samples": "epoch_samples",
                   "augmentation": "augmentation", "augmentation_rate": "augmentation_rate", "device": "device"}
 
 
@@ -115,6 +116,9 @@ TRAINING_OPTIONS = [
                  help="Learning rate over the run's steps after warm-up: constant, or cosine decay to zero at the last epoch's end."),
     click.option("--warmup-steps", type=click.IntRange(min=0), default=TRAINING_DEFAULTS.warmup_steps, show_default=True,
                  help="Optimizer steps of linear learning-rate warm-up from zero."),
+    click.option("--epoch-samples", type=click.IntRange(min=0), default=TRAINING_DEFAULTS.epoch_samples, show_default=True,
+                 help="Training samples per epoch, a fresh random draw each epoch, so a large log is validated (and early "
+                      "stopping checked) every so many samples; 0: the whole training split."),
     click.option("--augmentation", type=click.Choice(AUGMENTATIONS), default=TRAINING_DEFAULTS.augmentation, show_default=True,
                  help="Behaviour-sequence augmentation in training: crop keeps a random number of the most recent behaviours "
                       "of a history (with probability --augmentation-rate); mask drops each behaviour with that probability."),

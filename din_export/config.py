@@ -80,6 +80,7 @@ class TrainConfig:
     embedding_l2: float = 0.1
     lr_schedule: str = "cosine"
     warmup_steps: int = 100
+    epoch_samples: int = 0  # samples per epoch, drawn afresh each epoch (validation every so many); 0: the whole split
     augmentation: str = "none"
     augmentation_rate: float = 0.0
     device: str = "auto"
@@ -91,6 +92,8 @@ class TrainConfig:
             raise ValueError("embedding_l2 must be >= 0")
         if self.warmup_steps < 0:
             raise ValueError("warmup_steps must be >= 0")
+        if self.epoch_samples < 0:
+            raise ValueError("epoch_samples must be >= 0")
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, not {self.augmentation!r}")
         if not 0 <= self.augmentation_rate < 1:

@@ -178,3 +178,17 @@ def test_a_bad_memory_limit_is_a_one_line_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "memory limit 'plenty' is not a size" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_the_splits_share_one_encoded_store_in_mapped_pages(tmp_path: Path) -> None:
+    """Train, valid and test point into one store: it is read and encoded once, into memory-mapped pages."""
+    from din_export.data.dataset import DataSource, load_data
+
+    sources = positive_log(tmp_path / "log")
+    out = tmp_path / "reference"
+    prepare(tmp_path / "log" / "recipe.toml", sources, out, layout="reference")
+    data = load_data(DataSource(out / "train.parquet", out / "valid.parquet", out / "test.parquet"), load_spec(out / SPEC_FILE), 0)
+    for name in ("hist_item_id", "hist_category"):
+        stores = [data.splits[split].windows[name].values for split in SPLITS]
+        assert stores[0] is stores[1] is stores[2]
+        assert isinstance(stores[0].base, np.memmap) and len(stores[0]) == pq.read_metadata(out / SEQUENCE_STORE).num_rows

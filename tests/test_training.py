@@ -131,3 +131,11 @@ def test_learning_rate_schedule_is_recorded(tmp_path: Path, schedule: str) -> No
     assert result.exit_code == 0, result.output
     history = json.loads((tmp_path / "b" / "manifest.json").read_text())["metrics"]["history"]
     assert history[0]["learning_rate"] < TrainConfig().learning_rate and history[1]["learning_rate"] < history[0]["learning_rate"]
+
+
+def test_epoch_samples_validates_every_so_many_samples(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["train-and-export", "--samples", "3000", "--epochs", "2", "--epoch-samples", "600",
+                                       "--out", str(tmp_path / "b"), *SMALL])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["training"]["epoch_samples"] == 600 and len(manifest["metrics"]["history"]) == 2

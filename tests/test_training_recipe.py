@@ -17,7 +17,7 @@ from din_export.data.dataset import EncodedSplit
 from din_export.model.din import DIN, in_form
 from din_export.training import augment
 from din_export.training.distributed import World
-from din_export.training.train import _batches, _steps_per_epoch, batch_tensors, learning_rate_factor
+from din_export.training.train import _batches, _epoch_rows, _steps_per_epoch, batch_tensors, learning_rate_factor
 from din_runtime.schema import FeatureSchema
 
 ENCODING = [{"name": "user", "kind": "categorical", "key_type": "int", "keys": list(range(1, 30))},
@@ -74,9 +74,21 @@ def test_warmup_then_cosine_reaches_zero_at_the_last_step() -> None:
     assert factor(19) > 0 and factor(20) == pytest.approx(0, abs=1e-12)
     for rows, batch_size, size in [(1000, 256, 1), (1025, 256, 1), (1026, 256, 1), (1027, 256, 2), (1028, 256, 2), (256, 256, 2)]:
         world = World(rank=0, size=size)  # the schedule's length is the number of batches train() will take
-        assert _steps_per_epoch(rows, batch_size, world) == len(_batches(np.random.default_rng(0), rows, batch_size, world))
+        assert _steps_per_epoch(rows, batch_size, world) == len(_batches(np.random.default_rng(0), rows, batch_size, world, rows))
     constant = learning_rate_factor(TrainConfig(warmup_steps=0, lr_schedule="constant"), steps_per_epoch=10)
     assert {constant(s) for s in (0, 5, 500)} == {1.0}
+
+
+def test_epoch_samples_draws_a_fresh_part_of_the_split_each_epoch() -> None:
+    rng, world = np.random.default_rng(0), World()
+    epochs = [np.concatenate(_batches(rng, 10_000, 256, world, _epoch_rows(10_000, TrainConfig(epoch_samples=1_000)))) for _ in range(2)]
+    for rows in epochs:
+        assert len(rows) == 1_000 and len(np.unique(rows)) == 1_000 and rows.max() < 10_000
+    assert len(np.intersect1d(*epochs)) < 300  # two independent draws of a tenth overlap by about a tenth
+    assert _steps_per_epoch(_epoch_rows(10_000, TrainConfig(epoch_samples=1_000)), 256, world) == 4
+    assert _epoch_rows(500, TrainConfig(epoch_samples=1_000)) == 500 and _epoch_rows(500, TrainConfig()) == 500
+    with pytest.raises(ValueError, match="epoch_samples"):
+        TrainConfig(epoch_samples=-1)
 
 
 @pytest.mark.parametrize("kind", ["crop", "mask"])

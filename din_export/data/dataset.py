@@ -15,7 +15,7 @@ from din_runtime.schema import FeatureSchema
 
 from ..phases import Phases
 from .fitting import fit_schema, with_attribute_tables
-from .layout import Windows
+from .layout import Windows, memory_mapped
 from .spec import Spec
 from .synthetic import generate
 from .tables import labels, raw_columns, read_table
@@ -126,13 +126,18 @@ class EncodedData:
     splits: dict[str, EncodedSplit]
 
 
-def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder) -> EncodedSplit:
-    """A table as contiguous arrays, encoded by the runtime's own encoder (a reference-layout store once, not per sample)."""
+def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder, stores: dict[tuple[int, str], Any] | None = None) -> EncodedSplit:
+    """A table as contiguous arrays, encoded by the runtime's own encoder. A reference-layout store is encoded
+    once, not per sample, into memory-mapped pages; `stores` keeps it for the other splits over the same store."""
     columns = raw_columns(table, spec)
     schema = encoder.schema
     windows = {name: column for name, column in columns.items() if isinstance(column, Windows)}
     feed = encoder.encode(columns, only=[name for name in schema.names if name not in windows])
-    encoded = {name: w.with_values(encoder.vocabularies[schema[name].shares].encode(name, w.values)) for name, w in windows.items()}
+    stores = {} if stores is None else stores
+    for name, w in windows.items():  # splits over one store get one raw array (store_values): encode it once
+        if (id(w.values), name) not in stores:  # the raw array is kept with its encoding, so its id stays its own
+            stores[id(w.values), name] = (w.values, memory_mapped(encoder.vocabularies[schema[name].shares].encode(name, w.values)))
+    encoded = {name: w.with_values(stores[id(w.values), name][1]) for name, w in windows.items()}
     return EncodedSplit(feed, labels(table, spec), groups_of(columns, spec), schema.sequence_names, encoded, schema.names)
 
 
@@ -145,7 +150,8 @@ def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None =
         schema = fit_schema(raw_columns(tables["train"], spec), spec)
     with phases.timed("encode"):
         encoder = FeatureEncoder(schema)
-        splits = {name: encode_split(tables[name], spec, encoder) for name in SPLITS}
+        stores: dict[tuple[int, str], Any] = {}  # (raw store array, its encoding), shared by the splits
+        splits = {name: encode_split(tables[name], spec, encoder, stores) for name in SPLITS}
     with phases.timed("fit encoding"):  # item-to-attribute tables, from the encoded training split
         schema = with_attribute_tables(schema, splits["train"])
     return EncodedData(spec, tables, schema, splits)

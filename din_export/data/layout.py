@@ -9,6 +9,8 @@ sample. Reading a reference table rebuilds the inline list columns, so everythin
 
 from __future__ import annotations
 
+import tempfile
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -33,15 +35,43 @@ def is_reference(table: pa.Table) -> bool:
     return HISTORY_FIRST in table.column_names and HISTORY_END in table.column_names
 
 
-def _references(table: pa.Table, store_path: Path, columns: list[str]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """(the store's `columns`, each sample's history_first, history_end), checked against each other."""
+def _references(table: pa.Table, store_path: Path) -> tuple[int, np.ndarray, np.ndarray]:
+    """(the store's rows, each sample's history_first, history_end), checked against each other."""
     if not store_path.is_file():
         raise LayoutError(f"{store_path}: the sequence store of this reference-layout table is missing")
     first, end = table.column(HISTORY_FIRST).to_numpy(), table.column(HISTORY_END).to_numpy()
-    store = pq.read_table(store_path, columns=columns)
-    if len(end) and (end.max() > store.num_rows or (first > end).any() or first.min() < 0):
-        raise LayoutError(f"{store_path}: the table's history references run outside the store's {store.num_rows} rows")
-    return store, first, end
+    rows = pq.read_metadata(store_path).num_rows
+    if len(end) and (end.max() > rows or (first > end).any() or first.min() < 0):
+        raise LayoutError(f"{store_path}: the table's history references run outside the store's {rows} rows")
+    return rows, first, end
+
+
+_READ_STORES: weakref.WeakValueDictionary[tuple[Any, ...], np.ndarray] = weakref.WeakValueDictionary()
+
+
+def store_values(store_path: Path, name: str) -> np.ndarray:
+    """A sequence feature's raw values in the store, read once for as long as anything holds them: the train,
+    valid and test tables of one prepared folder share one store, so they share one array."""
+    from .tables import _to_numpy  # the same conversion as inline columns get; here, as tables imports layout
+
+    stat = store_path.stat()
+    key = (str(store_path.resolve()), stat.st_mtime_ns, stat.st_size, name)
+    values = _READ_STORES.get(key)
+    if values is None:
+        values = _to_numpy(pq.read_table(store_path, columns=[name]).column(name).combine_chunks())
+        _READ_STORES[key] = values
+    return values
+
+
+def memory_mapped(values: np.ndarray) -> np.ndarray:
+    """`values` copied into an anonymous temporary file mapped into memory: pages the kernel may drop under
+    pressure and read back, where anonymous memory could only be swapped; the file goes with the last reference."""
+    if values.size == 0 or values.dtype == object:
+        return values
+    with tempfile.TemporaryFile() as file:
+        mapped = np.memmap(file, dtype=values.dtype, mode="w+", shape=values.shape)
+        mapped[:] = values
+    return np.asarray(mapped)  # a plain ndarray over the mapping (it keeps the mapping alive)
 
 
 def inline(table: pa.Table, store_path: Path, spec: Spec) -> pa.Table:
@@ -49,9 +79,10 @@ def inline(table: pa.Table, store_path: Path, spec: Spec) -> pa.Table:
     from .behaviour import gather_recent  # here, not above: behaviour -> logs -> tables -> layout would be a cycle
 
     sequences = [f for f in spec.of_kind("sequence") if f.name not in table.column_names]
-    store, first, end = _references(table, store_path, [f.name for f in sequences])
+    rows, first, end = _references(table, store_path)
+    store = pq.read_table(store_path, columns=[f.name for f in sequences])
     for feature in sequences:
-        flat, offsets = gather_recent(np.arange(store.num_rows), first, end, int(feature.max_len))
+        flat, offsets = gather_recent(np.arange(rows), first, end, int(feature.max_len))
         values = store.column(feature.name).combine_chunks().take(pa.array(flat))
         table = table.append_column(feature.name, pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values))
     return table.drop_columns([HISTORY_FIRST, HISTORY_END])
@@ -104,9 +135,6 @@ class Windows:
 
 def windows(table: pa.Table, store_path: Path, spec: Spec) -> dict[str, Windows]:
     """Each sequence feature of a reference-layout table as Windows over the store's raw values."""
-    from .tables import _to_numpy  # the same conversion as inline columns get
-
-    sequences = spec.of_kind("sequence")
-    store, first, end = _references(table, store_path, [f.name for f in sequences])
-    return {f.name: Windows(_to_numpy(store.column(f.name).combine_chunks()), np.maximum(first, end - int(f.max_len)), end)
-            for f in sequences}
+    _, first, end = _references(table, store_path)
+    return {f.name: Windows(store_values(store_path, f.name), np.maximum(first, end - int(f.max_len)), end)
+            for f in spec.of_kind("sequence")}
