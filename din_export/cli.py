@@ -67,7 +67,9 @@ def _options(options: list[Callable]) -> Callable:
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 BUNDLE = click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 DATA_OPTIONS = [
-    click.option("--data", type=FILE, help="Training sample table (.csv, .tsv or .parquet). Without it (and --log), the built-in synthetic data."),
+    click.option("--data", type=click.Path(exists=True, path_type=Path),
+                 help="Training sample table (.csv, .tsv or .parquet), or a folder `prepare` wrote (its train, valid and test "
+                      "tables and spec.toml, either layout). Without it (and --log), the built-in synthetic data."),
     click.option("--log", help="A behaviour log instead of --data: runs `prepare` with --spec as the recipe, then uses its output."),
     click.option("--items", help="Item attribute table for --log."),
     click.option("--users", help="User attribute table for --log."),
@@ -172,6 +174,14 @@ def _data_source(scratch: Path, data: Path | None, log: str | None, items: str |
     from .data.dataset import DataSource
     from .data.prepare import SPEC_FILE, Sources, prepare
 
+    if data is not None and data.is_dir():  # a prepared folder: its splits and the spec prepare wrote
+        if not (data / "train.parquet").is_file():
+            raise click.UsageError(f"--data {data}: a folder must be one `din-export prepare` wrote (train.parquet, valid.parquet, "
+                                   "test.parquet, spec.toml)")
+        folder = data
+        data, valid, test = folder / "train.parquet", valid or folder / "valid.parquet", test or folder / "test.parquet"
+        spec = spec or folder / SPEC_FILE
+        return DataSource(data=data, valid=valid, test=test), spec, folder.name
     if (data is not None or log is not None) and spec is None:
         raise click.UsageError("--data and --log need --spec, the TOML file that names the label and features")
     if data is not None and log is not None:

@@ -192,3 +192,23 @@ def test_the_splits_share_one_encoded_store_in_mapped_pages(tmp_path: Path) -> N
         stores = [data.splits[split].windows[name].values for split in SPLITS]
         assert stores[0] is stores[1] is stores[2]
         assert isinstance(stores[0].base, np.memmap) and len(stores[0]) == pq.read_metadata(out / SEQUENCE_STORE).num_rows
+
+
+def test_train_and_export_takes_the_prepared_folder(tmp_path: Path) -> None:
+    """--data FOLDER reads the folder's three splits and spec.toml: the same model as naming each file."""
+    import json
+
+    sources = positive_log(tmp_path / "log")
+    out = tmp_path / "prepared"
+    prepare(tmp_path / "log" / "recipe.toml", sources, out, layout="reference")
+    common = ["--epochs", "1", "--embedding-dim", "4", "--quiet"]
+    runner = CliRunner()
+    by_folder = runner.invoke(main, ["train-and-export", "--data", str(out), "--out", str(tmp_path / "a"), *common])
+    by_files = runner.invoke(main, ["train-and-export", "--data", str(out / "train.parquet"), "--valid", str(out / "valid.parquet"),
+                                    "--test", str(out / "test.parquet"), "--spec", str(out / SPEC_FILE), "--out", str(tmp_path / "b"), *common])
+    assert by_folder.exit_code == 0 and by_files.exit_code == 0, by_folder.output + by_files.output
+    manifests = [json.loads((tmp_path / name / "manifest.json").read_text()) for name in "ab"]
+    assert manifests[0]["metrics"]["test"] == manifests[1]["metrics"]["test"]
+    assert manifests[0]["data"]["paths"]["valid"] == str((out / "valid.parquet").resolve())
+    not_prepared = runner.invoke(main, ["train-and-export", "--data", str(tmp_path / "log"), "--out", str(tmp_path / "c"), *common])
+    assert not_prepared.exit_code == 2 and "a folder must be one `din-export prepare` wrote" in not_prepared.output
