@@ -70,9 +70,12 @@ def load_tables(source: DataSource, spec: Spec, seed: int) -> dict[str, pa.Table
 
 
 def groups_of(columns: dict[str, Any], spec: Spec) -> np.ndarray | None:
+    """Each row's user as a group number (for GAUC). Numbers and text group as they are; only an object array
+    (text with gaps, mixed types) goes through str, which would cost 4 bytes per character on millions of rows."""
     if spec.user is None:
         return None
-    return np.unique(np.asarray(columns[spec.user]).astype(str), return_inverse=True)[1]
+    users = np.asarray(columns[spec.user])
+    return np.unique(users.astype(str) if users.dtype == object else users, return_inverse=True)[1]
 
 
 @dataclass

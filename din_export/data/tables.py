@@ -59,12 +59,16 @@ def read_table(path: str | Path, spec: Spec, keep_references: bool = False) -> p
 
 
 def _to_numpy(array: pa.Array) -> np.ndarray:
-    """A flat Arrow array as numpy. Text without nulls becomes a fixed-width str_ array through its dictionary
-    (a gather of the few distinct strings), not an object array of millions of Python strings, which every step
-    after (missing-value checks, vocabulary lookups) would have to walk one by one."""
-    if (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)) and array.null_count == 0:
+    """A flat Arrow array as numpy. Text goes through its dictionary (a gather of the few distinct strings): without
+    nulls into a fixed-width str_ array, not an object array of millions of Python strings, which every step after
+    (missing-value checks, vocabulary lookups) would have to walk one by one; with nulls into an object array whose
+    rows share the distinct strings (8 bytes a row, not a string object each) and hold None where missing."""
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
         encoded = array.dictionary_encode()
-        return np.asarray(encoded.dictionary.to_pylist(), dtype=np.str_)[encoded.indices.to_numpy()]
+        if array.null_count == 0:
+            return np.asarray(encoded.dictionary.to_pylist(), dtype=np.str_)[encoded.indices.to_numpy()]
+        distinct = np.asarray([*encoded.dictionary.to_pylist(), None], dtype=object)
+        return distinct[encoded.indices.fill_null(len(encoded.dictionary)).to_numpy()]
     return array.to_numpy(zero_copy_only=False)
 
 
