@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import torch
 
 from din_runtime.manifest import PLOT_FILE
@@ -31,10 +30,10 @@ def checkpoint_path(out: Path) -> Path:
     return out.parent / f".{out.name}.checkpoint.pt"
 
 
-def _run_key(spec: Spec, tables: dict[str, pa.Table], model_config: ModelConfig, train_config: TrainConfig) -> str:
+def _run_key(spec: Spec, rows: dict[str, int], model_config: ModelConfig, train_config: TrainConfig) -> str:
     """What a checkpoint must match to be resumed: same spec, data sizes and settings (epochs aside)."""
     settings = {k: v for k, v in train_config.to_dict().items() if k not in ("epochs", "progress", "device")}
-    return json.dumps([spec.to_dict(), {n: t.num_rows for n, t in tables.items()}, model_config.to_dict(), settings], sort_keys=True)
+    return json.dumps([spec.to_dict(), rows, model_config.to_dict(), settings], sort_keys=True)
 
 
 def train_and_export(source: DataSource, out: Path, spec: Spec | None = None,
@@ -62,7 +61,7 @@ def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: M
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     with phases.timed("train"):
         result = train(din, splits["train"], splits["valid"], train_config, world, checkpoint, resume,
-                       _run_key(spec, data.tables, model_config, train_config))
+                       _run_key(spec, data.rows, model_config, train_config))
     if not world.is_main:
         return None
     with phases.timed("evaluate"):
@@ -79,7 +78,7 @@ def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: M
             staging, spec, din, graphs, metrics,
             training={**train_config.to_dict(), "processes": world.size, "device_used": result.device,
                       "samples_per_second": round(result.samples_per_second, 1)},
-            data={"source": source.name, **{f"{name}_rows": data.tables[name].num_rows for name in SPLITS},
+            data={"source": source.name, **{f"{name}_rows": data.rows[name] for name in SPLITS},
                   **source.to_dict(), "seed": train_config.seed},
             plot=PLOT_FILE,
             seconds=phases.seconds)  # bundle writing itself (a few ms) is not in it

@@ -121,10 +121,11 @@ class EncodedSplit:
 
 @dataclass
 class EncodedData:
-    """The spec, the three tables, the feature schema fitted on the training split only, and every split encoded."""
+    """The spec, each split's number of rows, the feature schema fitted on the training split only, and every split
+    encoded (the tables they came from are not kept: at tens of millions of samples they are gigabytes)."""
 
     spec: Spec
-    tables: dict[str, pa.Table]
+    rows: dict[str, int]
     schema: FeatureSchema
     splits: dict[str, EncodedSplit]
 
@@ -145,16 +146,26 @@ def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder, stores: d
 
 
 def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None = None) -> EncodedData:
-    """Read the splits, fit the schema on the training split and encode all three with the runtime's encoder."""
+    """Read the splits, fit the schema on the training split and encode all three with the runtime's encoder. With
+    all three given as files, valid and test are read only once train is encoded and its table let go, and each
+    table is dropped once encoded, so memory holds one split's table at a time."""
     phases = phases or Phases()
+    files = {"valid": source.valid, "test": source.test}
     with phases.timed("read"):
-        tables = load_tables(source, spec, seed)
+        if source.data is not None and all(files.values()):
+            tables = {"train": read_table(source.data, spec, keep_references=True)}
+        else:
+            tables = load_tables(source, spec, seed)
     with phases.timed("fit encoding"):
         schema = fit_schema(raw_columns(tables["train"], spec), spec)
-    with phases.timed("encode"):
-        encoder = FeatureEncoder(schema)
-        stores: dict[tuple[int, str], Any] = {}  # (raw store array, its encoding), shared by the splits
-        splits = {name: encode_split(tables[name], spec, encoder, stores) for name in SPLITS}
+    encoder, splits = FeatureEncoder(schema), {}
+    stores: dict[tuple[int, str], Any] = {}  # (raw store array, its encoding), shared by the splits
+    for name in SPLITS:
+        if name not in tables:
+            with phases.timed("read"):
+                tables[name] = read_table(files[name], spec, keep_references=True)
+        with phases.timed("encode"):
+            splits[name] = encode_split(tables.pop(name), spec, encoder, stores)
     with phases.timed("fit encoding"):  # item-to-attribute tables, from the encoded training split
         schema = with_attribute_tables(schema, splits["train"])
-    return EncodedData(spec, tables, schema, splits)
+    return EncodedData(spec, {name: len(split) for name, split in splits.items()}, schema, splits)
