@@ -37,7 +37,7 @@ from .behaviour import (
     sample_negatives,
 )
 from .layout import HISTORY_END, HISTORY_FIRST, SEQUENCE_STORE
-from .logs import LogConfig, log_config_from_dict, read_source
+from .logs import LogConfig, SplitConfig, log_config_from_dict, read_source
 from .scan import LogScan
 from .spec import PREVIOUS_FILL, Feature, Spec, SpecError, read_toml, spec_from_dict, spec_to_toml
 from .tables import TableError
@@ -153,7 +153,7 @@ class LogContext:
             return "user"
         return "event"
 
-    def _split_cuts(self, scan: LogScan) -> Any:
+    def _split_cuts(self, scan: LogScan) -> SplitConfig:
         """The split with a global time split's quantile cuts computed over the whole log, so blocks agree."""
         split = self.config.split
         if split.mode != "global_time":
