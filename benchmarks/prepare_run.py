@@ -1,7 +1,5 @@
-"""Run `prepare` on a log in a fresh process and print its speed and peak memory as JSON.
-
-A process of its own makes the peak resident memory that of prepare alone. It is read from VmHWM, which a new
-program starts afresh; ru_maxrss would carry over the parent's high-water mark across fork and exec.
+"""Run `prepare` on a log in a fresh process and print its speed and peak memory as JSON (fresh.py: why a
+process of its own, and how its peak is read).
     python benchmarks/prepare_run.py RECIPE LOG ITEMS USERS OUT [inline|reference]
 """
 
@@ -12,14 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from fresh import peak_rss_mb
+
 from din_export.data.prepare import Sources, prepare
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def main(recipe: str, log: str, items: str, users: str, out: str, layout: str = "inline") -> None:

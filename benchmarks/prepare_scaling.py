@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from fresh import run_json
 
 from din_export.data.synthetic import generate_log
 
@@ -49,10 +48,9 @@ def measure(events: int, folder: Path, layouts: list[str]) -> dict[str, dict]:
     rows = {}
     for layout in layouts:
         out = folder / f"out-{events}-{layout}"
-        result = subprocess.run([sys.executable, str(HERE / "prepare_run.py"), str(RECIPE), *map(str, paths), str(out), layout],
-                                capture_output=True, text=True, check=True)
+        measured = run_json(HERE / "prepare_run.py", str(RECIPE), *map(str, paths), str(out), layout)
         summary = json.loads((out / "prepare.json").read_text())
-        rows[layout] = {**json.loads(result.stdout), "written_mb": round(sum(f.stat().st_size for f in out.iterdir()) / 2**20),
+        rows[layout] = {**measured, "written_mb": round(sum(f.stat().st_size for f in out.iterdir()) / 2**20),
                         "spilled_mb": round(summary["sort_spilled_bytes"] / 2**20)}
         shutil.rmtree(out)
     shutil.rmtree(paths[0])

@@ -8,16 +8,15 @@ each in a fresh process, on prepare_scaling.py's generated log. Prints seconds a
 from __future__ import annotations
 
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from fresh import peak_rss_mb, run_json
+from prepare_scaling import write_log
 
-HERE = Path(__file__).parent
 COLUMNS = ["user_id", "item_id", "timestamp"]
 BATCH_ROWS = 262_144
 
@@ -44,16 +43,13 @@ def sort_events(engine: str, folder: Path) -> int:
 
 
 def main(events: int) -> None:
-    sys.path.insert(0, str(HERE))
-    from prepare_scaling import write_log
 
     print("| engine | events | seconds | peak RSS (MiB) |")
     print("|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as scratch:
         log = write_log(events, Path(scratch))[0]
         for engine in ("numpy", "polars", "duckdb"):
-            result = subprocess.run([sys.executable, __file__, "--child", engine, str(log)], capture_output=True, text=True, check=True)
-            row = json.loads(result.stdout)
+            row = run_json(Path(__file__), "--child", engine, str(log))
             print(f"| {engine} | {row['rows']:,} | {row['seconds']:.1f} | {row['peak_rss_mb']:,} |", flush=True)
 
 
@@ -61,7 +57,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         started = time.perf_counter()
         rows = sort_events(sys.argv[2], Path(sys.argv[3]))
-        print(json.dumps({"rows": rows, "seconds": time.perf_counter() - started,
-                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+        print(json.dumps({"rows": rows, "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}))
     else:
         main(int(sys.argv[1]) if len(sys.argv) > 1 else 20_000_000)

@@ -15,24 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from fresh import peak_rss_mb, run_json
+from prepare_scaling import RECIPE, write_log
 
-HERE = Path(__file__).parent
 ASSEMBLY_ROWS = 2_000_000
 BATCH = 512
-
-
-def peak_rss_mb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024)
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def assembly(folder: Path) -> dict:
@@ -63,9 +56,8 @@ def training(folder: Path, out: Path, epoch_samples: int) -> dict:
 
     from din_export.cli import main
 
-    result = CliRunner().invoke(main, ["train-and-export", "--data", str(folder / "train.parquet"), "--valid", str(folder / "valid.parquet"),
-                                       "--test", str(folder / "test.parquet"), "--spec", str(folder / "spec.toml"), "--epochs", "1",
-                                       "--epoch-samples", str(epoch_samples), "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(main, ["train-and-export", "--data", str(folder), "--epochs", "1", "--epoch-samples", str(epoch_samples),
+                                       "--out", str(out), "--quiet"])
     if result.exit_code != 0:
         raise RuntimeError(result.output)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -75,13 +67,6 @@ def training(folder: Path, out: Path, epoch_samples: int) -> dict:
             "evaluate_s": round(seconds["evaluate"], 1), "valid_auc": round(manifest["metrics"]["valid"]["auc"], 4), "peak_rss_mb": peak_rss_mb()}
 
 
-def child(kind: str, *args: str) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--child", kind, *args], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(result.stderr[-3000:])
-    return json.loads(result.stdout.splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("sizes", nargs="*", type=int, default=[4_000_000, 20_000_000])
@@ -89,8 +74,6 @@ def main() -> None:
     parser.add_argument("--epoch-samples", type=int, default=200_000)
     parser.add_argument("--scratch", type=Path, default=None)
     args = parser.parse_args()
-    sys.path.insert(0, str(HERE))
-    from prepare_scaling import RECIPE, write_log
 
     from din_export.data.prepare import Sources, prepare
 
@@ -103,8 +86,8 @@ def main() -> None:
             for layout in ["reference"] + (["inline"] if size <= args.inline_up_to else []):
                 folder = Path(scratch) / f"prepared-{size}-{layout}"
                 prepare(RECIPE, Sources(log, items, users), folder, layout=layout)
-                fed = child("assembly", str(folder))
-                trained = child("training", str(folder), str(Path(scratch) / "bundle"), str(args.epoch_samples))
+                fed = run_json(Path(__file__), "--child", "assembly", str(folder))
+                trained = run_json(Path(__file__), "--child", "training", str(folder), str(Path(scratch) / "bundle"), str(args.epoch_samples))
                 print(f"| {size:,} | {layout} | {fed['train_samples']:,} | {trained['read_encode_s']} | {fed['assembly_per_s']:,} | "
                       f"{fed['train_arrays_mb']:,} + {fed['store_mb']:,} | {fed['peak_rss_mb']:,} | {trained['train_per_s']:,} | "
                       f"{trained['peak_rss_mb']:,} |", flush=True)

@@ -14,6 +14,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
+from din_runtime.commands import first_line
+
 from .spec import SpecError
 from .tables import TableError
 
@@ -138,7 +140,7 @@ def reading(path: str | Path) -> Iterator[None]:
     except KeyError as error:
         raise TableError(f"{path}: a column named in the recipe is absent ({error.args[0]})") from None
     except (pa.ArrowInvalid, OSError) as error:
-        raise TableError(f"{path}: cannot be read ({str(error).splitlines()[0]})") from None
+        raise TableError(f"{path}: cannot be read ({first_line(error)})") from None
 
 
 def checked_files(path: str | Path, columns: list[str]) -> tuple[list[Path], bool]:

@@ -38,7 +38,7 @@ from .behaviour import (
 )
 from .layout import HISTORY_END, HISTORY_FIRST, SEQUENCE_STORE
 from .logs import LogConfig, SplitConfig, log_config_from_dict, read_source
-from .scan import LogScan
+from .scan import LogScan, column_numpy
 from .spec import PREVIOUS_FILL, Feature, Spec, SpecError, read_toml, spec_from_dict, spec_to_toml
 from .tables import TableError
 
@@ -54,11 +54,6 @@ class Sources:
     log: Path
     items: Path | None = None
     users: Path | None = None
-
-
-def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return array.to_numpy(zero_copy_only=False)
 
 
 def _shape(column: pa.ChunkedArray, feature: Feature) -> pa.Array:
@@ -81,7 +76,7 @@ class _Catalogue:
         self.row_of_code = np.full(len(keys), -1, dtype=np.int64)
         self.table = table
         if table is not None:
-            table_keys = _numpy(table.column(key_column)).astype(keys.dtype)
+            table_keys = column_numpy(table.column(key_column)).astype(keys.dtype)
             unique, counts = np.unique(table_keys, return_counts=True)
             if (counts > 1).any():
                 raise TableError(f"{path}: key '{unique[counts > 1][0]}' appears {counts[counts > 1][0]} times in column '{key_column}'")
@@ -132,7 +127,8 @@ class LogContext:
         self.events = overview.events
         items = read_source(sources.items, self._columns("items", config.item_key)) if sources.items else None
         users = read_source(sources.users, self._columns("users", config.user_key)) if sources.users else None
-        item_table_keys = _numpy(items.column(config.item_key)).astype(overview.item_keys.dtype) if items is not None else overview.item_keys[:0]
+        item_table_keys = (column_numpy(items.column(config.item_key)).astype(overview.item_keys.dtype) if items is not None
+                           else overview.item_keys[:0])
         item_keys = np.unique(np.concatenate([overview.item_keys, item_table_keys]))
         item_events = np.zeros(len(item_keys), dtype=np.int64)
         item_events[np.searchsorted(item_keys, overview.item_keys)] = overview.item_events
@@ -142,9 +138,6 @@ class LogContext:
         self.split = self._split_cuts(scan)
         self.attribute_values = {f.name: _shape((items if f.source == "items" else users).column(f.column), f)
                                  for f in spec.features if f.kind != "sequence" and f.source != "log"}
-
-    def event_features(self) -> list[Feature]:
-        return event_features(self.spec, self.config)
 
     def side(self, feature: Feature) -> str:
         if feature.source == "items" or (feature.source == "log" and feature.column == self.config.item):
@@ -176,22 +169,22 @@ class EventBlock:
     def __init__(self, context: LogContext, log: pa.Table, behaviour_base: int, positive_base: int) -> None:
         self.context, self.spec, self.config = context, context.spec, context.config
         config = self.config
-        user = context.users.codes(_numpy(log.column(config.user)))
+        user = context.users.codes(column_numpy(log.column(config.user)))
         times = log.column(config.time)
         times = times.cast(pa.int64()) if pa.types.is_timestamp(times.type) else times
-        time = _numpy(times).astype(np.float64)
+        time = column_numpy(times).astype(np.float64)
         if not _sorted_by_user_and_time(user, time):  # DuckDB's order of keys may differ from numpy's (collation)
             order = event_order(user, time)
             log, user, time = log.take(pa.array(order)), user[order], time[order]
         self.log, self.user, self.time = log, user, time
-        self.item = context.items.codes(_numpy(log.column(config.item)))
+        self.item = context.items.codes(column_numpy(log.column(config.item)))
         self.behaviour_base = behaviour_base
         self.label = self._labels()
         self.split = assign_splits(self.user, self.time, context.split)
         self.first, self.end = history_bounds(self.user, self.time, self.label == 1)
         self.behaviours = np.flatnonzero(self.label == 1)
         self._history_values: dict[str, pa.Array] = {}
-        self.event_values = {f.name: self._event_values(f) for f in context.event_features()}
+        self.event_values = {f.name: self._event_values(f) for f in event_features(context.spec, context.config)}
 
         if config.label is None:
             owners, drawn = sample_negatives(self.user, self.item, np.arange(len(self.user)), context.draw,
@@ -216,7 +209,7 @@ class EventBlock:
     def _labels(self) -> np.ndarray:
         if self.config.label is None:
             return np.ones(len(self.user), dtype=np.int8)
-        values = _numpy(self.log.column(self.config.label)).astype(np.float64)
+        values = column_numpy(self.log.column(self.config.label)).astype(np.float64)
         if self.config.label_min is not None:
             return (values >= self.config.label_min).astype(np.int8)
         bad = ~np.isin(values, (0.0, 1.0))

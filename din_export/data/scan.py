@@ -22,6 +22,8 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from din_runtime.commands import first_line
+
 from .logs import checked_files, csv_options, reading
 from .tables import TableError
 
@@ -87,7 +89,7 @@ class LogScan:
                 "preserve_insertion_order": False,
             })
         except duckdb.Error as error:
-            raise ValueError(f"memory limit {memory_limit!r} is not a size such as 500MB or 4GB ({_first_line(error)})") from None
+            raise ValueError(f"memory limit {memory_limit!r} is not a size such as 500MB or 4GB ({first_line(error)})") from None
         offset, parts = 0, []
         for file in files:
             parts.append(f"SELECT {', '.join(map(_name, columns))}, file_row_number + {offset} AS {LOG_ROW} "
@@ -109,9 +111,9 @@ class LogScan:
                 raise TableError(f"{self.path}: column '{column}' is empty in {nulls} row(s), first at row {first}")
         users = self._column(f"SELECT DISTINCT {_name(self.user)} AS key FROM events", self.user)
         items = self.connection.sql(f"SELECT {_name(self.item)} AS key, count(*) AS n FROM events GROUP BY 1").to_arrow_table()
-        item_keys = _numpy(items.column("key").cast(self.schema.field(self.item).type))
+        item_keys = column_numpy(items.column("key").cast(self.schema.field(self.item).type))
         order = np.argsort(item_keys, kind="stable")
-        return LogOverview(int(found[0]), np.sort(users), item_keys[order], _numpy(items.column("n"))[order].astype(np.int64))
+        return LogOverview(int(found[0]), np.sort(users), item_keys[order], column_numpy(items.column("n"))[order].astype(np.int64))
 
     def time_quantiles(self, quantiles: list[float]) -> list[float]:
         """numpy's default (linear) quantiles of the event times, computed out of core."""
@@ -129,7 +131,7 @@ class LogScan:
         try:
             reader = self.connection.sql(query).to_arrow_reader(STREAM_BATCH_ROWS)
         except duckdb.OutOfMemoryException as error:
-            raise MemoryError(f"sorting the log: {_first_line(error)}; raise --memory-limit or free disk for the spill") from None
+            raise MemoryError(f"sorting the log: {first_line(error)}; raise --memory-limit or free disk for the spill") from None
         for batch in reader:
             if self.spilled_bytes is None:  # the sort is complete once its first rows arrive
                 self.spilled_bytes = self._spilled_bytes()
@@ -149,14 +151,11 @@ class LogScan:
         return int(found[0][0])
 
     def _column(self, query: str, column: str) -> np.ndarray:
-        return _numpy(self.connection.sql(query).to_arrow_table().column("key").cast(self.schema.field(column).type))
+        return column_numpy(self.connection.sql(query).to_arrow_table().column("key").cast(self.schema.field(column).type))
 
 
-def _first_line(error: Exception) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0]
-
-
-def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def column_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """An Arrow column as one numpy array (nulls as None or NaN)."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     return array.to_numpy(zero_copy_only=False)
 
@@ -164,7 +163,7 @@ def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 def _user_cuts(users: pa.ChunkedArray, min_events: int) -> np.ndarray:
     """Where to cut a table sorted by user into blocks of whole users, each from a multiple of `min_events` rows
     on to the next user's start; the last user's run is never closed (its events may continue in the next batch)."""
-    starts = np.flatnonzero(_numpy(pc.not_equal(users[1:], users[:-1]))) + 1
+    starts = np.flatnonzero(column_numpy(pc.not_equal(users[1:], users[:-1]))) + 1
     if len(starts) == 0:
         return starts
     targets = np.arange(min_events, starts[-1] + 1, min_events)

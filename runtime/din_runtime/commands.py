@@ -9,6 +9,11 @@ from typing import Any
 import click
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message cut to its first line (its type's name when it has no message): what a user is shown."""
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
 class OneLineErrors(click.Group):
     """Any error ends the command with exit status 2 and one line saying what and where, never a traceback from
     inside a library; a group option `--debug` (where the group has one) adds the traceback."""
@@ -35,6 +40,5 @@ class OneLineErrors(click.Group):
         except Exception as error:  # noqa: BLE001 - the one place every unexpected error is reported
             if ctx.params.get("debug"):
                 traceback.print_exception(error)
-            first_line = (str(error).splitlines() or [type(error).__name__])[0]
-            click.echo(f"error: {first_line}", err=True)
+            click.echo(f"error: {first_line(error)}", err=True)
             sys.exit(2)
