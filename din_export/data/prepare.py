@@ -351,7 +351,7 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE
                 block = EventBlock(context, events, behaviours, positives)
                 for start in range(0, len(block.sample_event), chunk_rows):
                     writer.samples(*block.chunk(slice(start, start + chunk_rows), layout))
-                if layout == "reference" and (len(block.behaviours) or behaviours + len(block.behaviours) == 0):
+                if layout == "reference" and (len(block.behaviours) or behaviours == 0):  # the store exists even if empty
                     writer.store(pa.table({f.name: block.history_values(f) for f in sequences}))
                 behaviours += len(block.behaviours)
                 positives += int((block.label == 1).sum())
