@@ -1,4 +1,5 @@
-"""The din-export command line: prepare, train-and-export, tune, report."""
+"""The din-export command line: prepare, train-and-export, tune, report, export, verify, inspect, triton (and
+datasets, which fetches public data sets)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ from .config import (
     PREPARE_CHUNK_ROWS,
     PREPARE_MEMORY_LIMIT,
     SCHEDULES,
+    SYNTHETIC_SAMPLES,
     VARIANTS,
     WEIGHTINGS,
     ModelConfig,
     TrainConfig,
+    TuneConfig,
 )
 
-MODEL_DEFAULTS, TRAINING_DEFAULTS = ModelConfig(), TrainConfig()  # the one place defaults live; flags show them
+MODEL_DEFAULTS, TRAINING_DEFAULTS, TUNE_DEFAULTS = ModelConfig(), TrainConfig(), TuneConfig()  # the one place defaults live; flags show them
 DEFAULT_MODELS_DIR = Path("models")
 METRICS = ("auc", "gauc", "logloss", "accuracy")  # as printed, in this order
 # CLI parameter -> ModelConfig / TrainConfig field; only flags given on the command line override the spec.
@@ -77,7 +80,7 @@ DATA_OPTIONS = [
     click.option("--test", type=FILE, help="Test table; when absent, 10% of --data is held out for it."),
     click.option("--spec", type=FILE, help="Feature spec (TOML; a recipe with --log). Required with --data or --log; "
                                            "its [model] and [training] sections set defaults that flags override."),
-    click.option("--samples", type=click.IntRange(min=100), default=100_000, show_default=True,
+    click.option("--samples", type=click.IntRange(min=100), default=SYNTHETIC_SAMPLES, show_default=True,
                  help="Rows of built-in synthetic data to generate (without --data or --log)."),
 ]
 MODEL_OPTIONS = [
@@ -94,7 +97,7 @@ MODEL_OPTIONS = [
                  help="raw: the unnormalised weights of the paper; softmax: normalised over the unpadded behaviours."),
     click.option("--mlp-hidden", default=",".join(map(str, MODEL_DEFAULTS.mlp_hidden)), show_default=True,
                  callback=_sizes, help="Hidden sizes of the final MLP."),
-    click.option("--activation", type=click.Choice(["prelu", "dice"]), default=MODEL_DEFAULTS.mlp_activation, show_default=True,
+    click.option("--activation", type=click.Choice(ACTIVATIONS), default=MODEL_DEFAULTS.mlp_activation, show_default=True,
                  help="Activation of the final MLP."),
     click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=MODEL_DEFAULTS.dropout, show_default=True,
                  help="Dropout after each final-MLP layer."),
@@ -142,7 +145,7 @@ def main(debug: bool) -> None:
 
 
 @main.command("prepare")
-@click.option("--spec", "recipe", type=FILE, required=True,
+@click.option("--spec", type=FILE, required=True,
               help="Recipe (TOML): the feature spec plus [log], [items], [users], [sampling] and [split] sections.")
 @click.option("--log", required=True, help="Interaction log: .csv, .tsv (also RecBole's .inter), .parquet, or a glob or folder of Parquet parts.")
 @click.option("--items", help="Item attribute table, joined on [items] key.")
@@ -156,12 +159,12 @@ def main(debug: bool) -> None:
                    "sequences.parquet, samples pointing into it (train-and-export reads both).")
 @click.option("--memory-limit", default=PREPARE_MEMORY_LIMIT, show_default=True,
               help="Working memory for sorting the log (DuckDB's, e.g. 500MB, 4GB); past it the sort spills to disk beside --out.")
-def prepare_command(recipe: Path, log: str, items: str | None, users: str | None, out: Path, chunk_rows: int, layout: str,
+def prepare_command(spec: Path, log: str, items: str | None, users: str | None, out: Path, chunk_rows: int, layout: str,
                     memory_limit: str) -> None:
     """Turn a behaviour log (and item and user tables) into train, valid and test sample tables for train-and-export."""
     from .data.prepare import Sources, prepare
 
-    summary = prepare(recipe, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows, layout, memory_limit)
+    summary = prepare(spec, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows, layout, memory_limit)
     rows = summary["rows"]
     click.echo(f"prepared {summary['events']} events of {summary['users']} users into {out}: "
                f"{rows['train']} train, {rows['valid']} valid, {rows['test']} test samples "
@@ -268,11 +271,12 @@ def _summary(manifest: dict[str, Any]) -> str:
 @_options(DATA_OPTIONS)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("tuned-spec.toml"), show_default=True,
               help="Where to write the best spec: the input spec plus [model] and [training] with the best settings.")
-@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True, help="Trial budget.")
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True, help="Most epochs per trial; weak trials are pruned earlier.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Stop starting trials after this many seconds.")
+@click.option("--trials", type=click.IntRange(min=1), default=TUNE_DEFAULTS.trials, show_default=True, help="Trial budget.")
+@click.option("--epochs", type=click.IntRange(min=1), default=TUNE_DEFAULTS.epochs, show_default=True,
+              help="Most epochs per trial; weak trials are pruned earlier.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=TUNE_DEFAULTS.timeout, help="Stop starting trials after this many seconds.")
 @click.option("--model", "variant", type=click.Choice(VARIANTS), default=MODEL_DEFAULTS.variant, show_default=True, help="Variant to tune.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler, the split and every trial.")
+@click.option("--seed", type=int, default=TUNE_DEFAULTS.seed, show_default=True, help="Seed of the sampler, the split and every trial.")
 def tune_command(out: Path, trials: int, epochs: int, timeout: float | None, variant: str, seed: int, **params: Any) -> None:
     """Search learning rate, embedding size, MLP sizes, dropout and regularisation with Optuna (pruning bad trials)."""
     from .data.spec import load_spec
@@ -282,7 +286,7 @@ def tune_command(out: Path, trials: int, epochs: int, timeout: float | None, var
     with tempfile.TemporaryDirectory(prefix="din-export-") as scratch:
         source, spec_path, _ = _data_source(Path(scratch), *(params[k] for k in
                                             ("data", "log", "items", "users", "valid", "test", "spec", "samples")))
-        summary = tune(source, load_spec(spec_path or SPEC_PATH), out, trials, epochs, seed, variant, timeout)
+        summary = tune(source, load_spec(spec_path or SPEC_PATH), out, TuneConfig(trials, epochs, seed, timeout), variant)
     click.echo(f"best validation AUC {summary['best_valid_auc']:.4f} (trial {summary['best_trial']}; {summary['complete']} complete, "
                f"{summary['pruned']} pruned of {summary['trials']}); best spec written to {out}")
 

@@ -5,9 +5,9 @@ Imports no torch, so `din-export --help` stays quick."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
-from .data.spec import Spec, SpecError
+from .errors import SpecError
 
 VARIANTS = ("din", "base", "din-seq")  # the architecture (--model)
 BASE_POOLINGS = ("mean", "sum")
@@ -23,6 +23,10 @@ LAYOUTS = ("inline", "reference")  # how `prepare` writes histories: list column
 PREPARE_CHUNK_ROWS = 200_000  # samples `prepare` builds and writes at once
 PREPARE_BLOCK_EVENTS = 1_000_000  # events (whole users) `prepare` handles at once: its memory besides DuckDB's
 PREPARE_MEMORY_LIMIT = "1GB"  # DuckDB's working memory while `prepare` sorts the log; past it, DuckDB spills
+SPLIT_MODES = ("per_user", "global_time")  # [split] mode
+HOLDOUT = {"per_user": 1, "global_time": 0.1}  # [split] valid and test by mode: a user's last event; a tenth of the time range
+STRATEGIES = ("uniform", "popularity")  # [sampling] strategy
+SYNTHETIC_SAMPLES = 100_000  # rows of the built-in data (--samples)
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,25 @@ def _build(kind: type, section: str, values: dict[str, Any]) -> Any:
         raise SpecError(f"[{section}]: {error}") from None
 
 
-def resolve(spec: Spec, model_flags: dict[str, Any], training_flags: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+class Sections(Protocol):
+    """Where a spec's [model] and [training] sections arrive from (a data.spec.Spec)."""
+
+    model: dict[str, Any]
+    training: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """`din-export tune`: the trial budget, each trial's most epochs, the seed of sampler, split and trials, and an
+    optional wall-clock limit in seconds."""
+
+    trials: int = 20
+    epochs: int = 5
+    seed: int = 0
+    timeout: float | None = None
+
+
+def resolve(spec: Sections, model_flags: dict[str, Any], training_flags: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
     """Explicit flags override the spec's sections, which override the defaults."""
     return (_build(ModelConfig, "model", {**spec.model, **model_flags}),
             _build(TrainConfig, "training", {**spec.training, **training_flags}))

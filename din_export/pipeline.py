@@ -15,7 +15,7 @@ from .config import ModelConfig, TrainConfig
 from .data.dataset import SPLITS, DataSource, load_data
 from .data.spec import Spec, load_spec
 from .data.synthetic import SPEC_PATH
-from .export.verified import export_verified
+from .export.graph_files import export_verified
 from .files import staged_bundle
 from .model.din import DIN
 from .phases import Phases

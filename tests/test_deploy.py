@@ -13,9 +13,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from din_export.cli import main
+from din_export.export.errors import DimensionError, OutputNameError, ParityError
 from din_export.export.precision import PrecisionRejected
 from din_export.export.rebuild import export_bundle
-from din_export.export.verify import DimensionError, OutputNameError, ParityError, verify_bundle
+from din_export.export.verify import verify_bundle
 from din_runtime import Predictor
 from din_runtime.manifest import sha256_of
 

@@ -10,7 +10,8 @@ import torch
 
 from din_export.bundle import load_bundle
 from din_export.config import ModelConfig
-from din_export.export.graphs import BATCH, TOLERANCE, ExportError, export_graph, random_feed
+from din_export.export.errors import ExportError
+from din_export.export.graphs import BATCH, TOLERANCE, export_graph, random_feed
 from din_export.export.parity import verify_file
 from din_export.model.din import DIN
 from din_runtime.manifest import read_manifest

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from din_export.cli import main
 from din_export.data.layout import SEQUENCE_STORE
-from din_export.data.logs import read_source
 from din_export.data.prepare import SPEC_FILE, Sources, prepare
+from din_export.data.sources import read_source
 from din_export.data.spec import SpecError, load_spec
 from din_export.data.synthetic import LOG_SPEC_PATH, generate_log
 from din_export.data.tables import TableError, read_table

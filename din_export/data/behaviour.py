@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .logs import SamplingConfig, SplitConfig
+from .recipe import SamplingConfig, SplitConfig
 
 TRAIN, VALID, TEST = 0, 1, 2
 MAX_DRAW_ROUNDS = 200

@@ -13,6 +13,7 @@ import pyarrow as pa
 from din_runtime.encoding import FeatureEncoder
 from din_runtime.schema import FeatureSchema
 
+from ..config import SYNTHETIC_SAMPLES
 from ..phases import Phases
 from .fitting import fit_schema, with_attribute_tables
 from .layout import Windows, memory_mapped
@@ -31,7 +32,7 @@ class DataSource:
     data: Path | None = None
     valid: Path | None = None
     test: Path | None = None
-    synthetic_samples: int = 100_000
+    synthetic_samples: int = SYNTHETIC_SAMPLES
 
     @property
     def name(self) -> str:
@@ -46,7 +47,7 @@ class DataSource:
     def from_manifest(cls, data: dict[str, Any]) -> DataSource:
         paths = data.get("paths") or {}
         return cls(*(Path(paths[k]) if paths.get(k) else None for k in ("data", "valid", "test")),
-                   synthetic_samples=data.get("synthetic_samples") or 100_000)
+                   synthetic_samples=data.get("synthetic_samples") or SYNTHETIC_SAMPLES)
 
 
 def load_tables(source: DataSource, spec: Spec, seed: int) -> dict[str, pa.Table]:
@@ -130,18 +131,22 @@ class EncodedData:
     splits: dict[str, EncodedSplit]
 
 
-def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder, stores: dict[tuple[int, str], Any] | None = None) -> EncodedSplit:
+def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder,
+                 stores: list[tuple[str, np.ndarray, np.ndarray]] | None = None) -> EncodedSplit:
     """A table as contiguous arrays, encoded by the runtime's own encoder. A reference-layout store is encoded
     once, not per sample, into memory-mapped pages; `stores` keeps it for the other splits over the same store."""
     columns = raw_columns(table, spec)
     schema = encoder.schema
     windows = {name: column for name, column in columns.items() if isinstance(column, Windows)}
     feed = encoder.encode(columns, only=[name for name in schema.names if name not in windows])
-    stores = {} if stores is None else stores
+    stores = [] if stores is None else stores
+    encoded = {}
     for name, w in windows.items():  # splits over one store get one raw array (store_values): encode it once
-        if (id(w.values), name) not in stores:  # the raw array is kept with its encoding, so its id stays its own
-            stores[id(w.values), name] = (w.values, memory_mapped(encoder.vocabularies[schema[name].shares].encode(name, w.values)))
-    encoded = {name: w.with_values(stores[id(w.values), name][1]) for name, w in windows.items()}
+        found = next((done for feature, raw, done in stores if feature == name and raw is w.values), None)
+        if found is None:
+            found = memory_mapped(encoder.vocabularies[schema[name].shares].encode(name, w.values))
+            stores.append((name, w.values, found))
+        encoded[name] = w.with_values(found)
     return EncodedSplit(feed, labels(table, spec), groups_of(columns, spec), schema.sequence_names, encoded, schema.names)
 
 
@@ -159,7 +164,7 @@ def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None =
     with phases.timed("fit encoding"):
         schema = fit_schema(raw_columns(tables["train"], spec), spec)
     encoder, splits = FeatureEncoder(schema), {}
-    stores: dict[tuple[int, str], Any] = {}  # (raw store array, its encoding), shared by the splits
+    stores: list[tuple[str, np.ndarray, np.ndarray]] = []  # (feature, raw store array, its encoding), shared by the splits
     for name in SPLITS:
         if name not in tables:
             with phases.timed("read"):
@@ -167,5 +172,5 @@ def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None =
         with phases.timed("encode"):
             splits[name] = encode_split(tables.pop(name), spec, encoder, stores)
     with phases.timed("fit encoding"):  # item-to-attribute tables, from the encoded training split
-        schema = with_attribute_tables(schema, splits["train"])
+        schema = with_attribute_tables(schema, splits["train"].indices)
     return EncodedData(spec, {name: len(split) for name, split in splits.items()}, schema, splits)

@@ -3,8 +3,9 @@ what the encoder, the model, the exporters and the predictor read (stored as the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,8 +17,8 @@ from din_runtime.schema import FIRST_KEY_INDEX, CategoricalFeature, Feature, Fea
 from .layout import Windows
 from .spec import Spec
 
-if TYPE_CHECKING:
-    from .dataset import EncodedSplit
+# An encoded split's view of one input: every index it feeds, flat, and how often each counts (None: once each).
+Indices = Callable[[str], tuple[np.ndarray, np.ndarray | None]]
 
 
 def _key_type(values: np.ndarray) -> str:
@@ -107,15 +108,16 @@ def _attribute_table(item_indices: np.ndarray, attribute_indices: np.ndarray, it
     return table
 
 
-def with_attribute_tables(schema: FeatureSchema, split: EncodedSplit) -> FeatureSchema:
+def with_attribute_tables(schema: FeatureSchema, indices: Indices) -> FeatureSchema:
     """The schema with an item-to-attribute table for every item attribute, fitted on the training split's encoded
-    inputs: the candidate's item and attribute, and each history of items with the history of the attribute."""
+    inputs (`indices`, EncodedSplit.indices): the candidate's item and attribute, and each history of items with the
+    history of the attribute."""
     derived = schema.derivations(include_untabled=True)  # the pairing of histories is the schema's own
     features: list[Feature] = []
     for feature in schema.features:
         if isinstance(feature, CategoricalFeature) and feature.attribute_of is not None:
             item = schema[feature.attribute_of]
-            pairs = [(split.indices(source), split.indices(name)) for name, (source, table) in derived.items() if table == feature.name]
+            pairs = [(indices(source), indices(name)) for name, (source, table) in derived.items() if table == feature.name]
             items = np.concatenate([source[0] for source, _ in pairs])
             attributes = np.concatenate([attribute[0] for _, attribute in pairs])
             weights = np.concatenate([np.ones(len(source[0])) if source[1] is None else source[1] for source, _ in pairs])

@@ -20,10 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from din_runtime.arrow import to_numpy
+
+from .behaviour import gather_recent
+from .reserved import HISTORY_END, HISTORY_FIRST
 from .spec import Spec
 
 SEQUENCE_STORE = "sequences.parquet"
-HISTORY_FIRST, HISTORY_END = "history_first", "history_end"
 STORE_KEY = b"din_export.sequence_store"  # schema metadata of a table read with keep_references
 
 
@@ -52,13 +55,11 @@ _READ_STORES: weakref.WeakValueDictionary[tuple[Any, ...], np.ndarray] = weakref
 def store_values(store_path: Path, name: str) -> np.ndarray:
     """A sequence feature's raw values in the store, read once for as long as anything holds them: the train,
     valid and test tables of one prepared folder share one store, so they share one array."""
-    from .tables import _to_numpy  # the same conversion as inline columns get; here, as tables imports layout
-
     stat = store_path.stat()
     key = (str(store_path.resolve()), stat.st_mtime_ns, stat.st_size, name)
     values = _READ_STORES.get(key)
     if values is None:
-        values = _to_numpy(pq.read_table(store_path, columns=[name]).column(name).combine_chunks())
+        values = to_numpy(pq.read_table(store_path, columns=[name]).column(name).combine_chunks())
         _READ_STORES[key] = values
     return values
 
@@ -76,8 +77,6 @@ def memory_mapped(values: np.ndarray) -> np.ndarray:
 
 def inline(table: pa.Table, store_path: Path, spec: Spec) -> pa.Table:
     """The table with each sequence feature's list column rebuilt from the store, the references dropped."""
-    from .behaviour import gather_recent  # here, not above: behaviour -> logs -> tables -> layout would be a cycle
-
     sequences = [f for f in spec.of_kind("sequence") if f.name not in table.column_names]
     rows, first, end = _references(table, store_path)
     store = pq.read_table(store_path, columns=[f.name for f in sequences])

@@ -22,7 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from din_runtime.arrow import to_numpy
+
 from ..config import LAYOUTS, PREPARE_BLOCK_EVENTS, PREPARE_CHUNK_ROWS, PREPARE_MEMORY_LIMIT
+from ..errors import TableError
 from ..files import staged_bundle, write_json
 from .behaviour import (
     TEST,
@@ -36,11 +39,12 @@ from .behaviour import (
     history_bounds,
     sample_negatives,
 )
-from .layout import HISTORY_END, HISTORY_FIRST, SEQUENCE_STORE
-from .logs import LogConfig, SplitConfig, log_config_from_dict, read_source
-from .scan import LogScan, column_numpy
-from .spec import PREVIOUS_FILL, Feature, Spec, SpecError, read_toml, spec_from_dict, spec_to_toml
-from .tables import TableError
+from .layout import SEQUENCE_STORE
+from .reserved import HISTORY_END, HISTORY_FIRST
+from .recipe import LogConfig, SplitConfig, log_config_from_dict
+from .scan import LogScan
+from .sources import read_source
+from .spec import PREVIOUS_FILL, FeatureSpec, Spec, SpecError, read_toml, spec_from_dict, spec_to_toml
 
 SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
 TIME_COLUMN = "event_time"
@@ -56,7 +60,7 @@ class Sources:
     users: Path | None = None
 
 
-def _shape(column: pa.ChunkedArray, feature: Feature) -> pa.Array:
+def _shape(column: pa.ChunkedArray, feature: FeatureSpec) -> pa.Array:
     """A feature's raw values from its source column: first token of a token list, numbers parsed from text."""
     array = column.combine_chunks()
     if feature.first_token:
@@ -68,6 +72,14 @@ def _shape(column: pa.ChunkedArray, feature: Feature) -> pa.Array:
     return array
 
 
+def as_keys(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """An attribute table's key column in the type of the log's keys, so the two can be searched against each other:
+    numbers cast to the log's number type, anything else compared as text (of any width)."""
+    if keys.dtype.kind in "iufb":
+        return values.astype(keys.dtype)
+    return values if values.dtype.kind in "OU" else values.astype(np.str_)
+
+
 class _Catalogue:
     """Attribute rows aligned to integer codes (of items or users), so values are a pyarrow `take` away."""
 
@@ -76,7 +88,7 @@ class _Catalogue:
         self.row_of_code = np.full(len(keys), -1, dtype=np.int64)
         self.table = table
         if table is not None:
-            table_keys = column_numpy(table.column(key_column)).astype(keys.dtype)
+            table_keys = as_keys(to_numpy(table.column(key_column)), keys)
             unique, counts = np.unique(table_keys, return_counts=True)
             if (counts > 1).any():
                 raise TableError(f"{path}: key '{unique[counts > 1][0]}' appears {counts[counts > 1][0]} times in column '{key_column}'")
@@ -90,7 +102,7 @@ class _Catalogue:
         return np.searchsorted(self.keys, raw)
 
 
-def event_features(spec: Spec, config: LogConfig) -> list[Feature]:
+def event_features(spec: Spec, config: LogConfig) -> list[FeatureSpec]:
     """Non-sequence features read from the log itself, other than the user and item columns."""
     identity = (config.user, config.item)
     return [f for f in spec.features if f.kind != "sequence" and f.source == "log" and f.column not in identity]
@@ -127,7 +139,7 @@ class LogContext:
         self.events = overview.events
         items = read_source(sources.items, self._columns("items", config.item_key)) if sources.items else None
         users = read_source(sources.users, self._columns("users", config.user_key)) if sources.users else None
-        item_table_keys = (column_numpy(items.column(config.item_key)).astype(overview.item_keys.dtype) if items is not None
+        item_table_keys = (as_keys(to_numpy(items.column(config.item_key)), overview.item_keys) if items is not None
                            else overview.item_keys[:0])
         item_keys = np.unique(np.concatenate([overview.item_keys, item_table_keys]))
         item_events = np.zeros(len(item_keys), dtype=np.int64)
@@ -139,7 +151,7 @@ class LogContext:
         self.attribute_values = {f.name: _shape((items if f.source == "items" else users).column(f.column), f)
                                  for f in spec.features if f.kind != "sequence" and f.source != "log"}
 
-    def side(self, feature: Feature) -> str:
+    def side(self, feature: FeatureSpec) -> str:
         if feature.source == "items" or (feature.source == "log" and feature.column == self.config.item):
             return "item"
         if feature.source == "users" or feature.column == self.config.user:
@@ -169,15 +181,15 @@ class EventBlock:
     def __init__(self, context: LogContext, log: pa.Table, behaviour_base: int, positive_base: int) -> None:
         self.context, self.spec, self.config = context, context.spec, context.config
         config = self.config
-        user = context.users.codes(column_numpy(log.column(config.user)))
+        user = context.users.codes(to_numpy(log.column(config.user)))
         times = log.column(config.time)
         times = times.cast(pa.int64()) if pa.types.is_timestamp(times.type) else times
-        time = column_numpy(times).astype(np.float64)
+        time = to_numpy(times).astype(np.float64)
         if not _sorted_by_user_and_time(user, time):  # DuckDB's order of keys may differ from numpy's (collation)
             order = event_order(user, time)
             log, user, time = log.take(pa.array(order)), user[order], time[order]
         self.log, self.user, self.time = log, user, time
-        self.item = context.items.codes(column_numpy(log.column(config.item)))
+        self.item = context.items.codes(to_numpy(log.column(config.item)))
         self.behaviour_base = behaviour_base
         self.label = self._labels()
         self.split = assign_splits(self.user, self.time, context.split)
@@ -198,7 +210,7 @@ class EventBlock:
             self.sample_event, self.sample_item, self.sample_label = np.arange(len(self.user)), self.item, self.label
         self.negatives = int(len(self.sample_event) - len(self.user))
 
-    def history_values(self, feature: Feature) -> pa.Array:
+    def history_values(self, feature: FeatureSpec) -> pa.Array:
         """What a sequence feature's histories hold, one value per behaviour event in store order (the values of
         the feature it shares, for that behaviour's item and user); computed once."""
         if feature.name not in self._history_values:
@@ -209,7 +221,7 @@ class EventBlock:
     def _labels(self) -> np.ndarray:
         if self.config.label is None:
             return np.ones(len(self.user), dtype=np.int8)
-        values = column_numpy(self.log.column(self.config.label)).astype(np.float64)
+        values = to_numpy(self.log.column(self.config.label)).astype(np.float64)
         if self.config.label_min is not None:
             return (values >= self.config.label_min).astype(np.int8)
         bad = ~np.isin(values, (0.0, 1.0))
@@ -217,13 +229,13 @@ class EventBlock:
             raise TableError(f"log column '{self.config.label}': labels must be 0 or 1 (or set [log] label_min), found {values[bad][0]!r}")
         return values.astype(np.int8)
 
-    def _event_values(self, feature: Feature) -> pa.Array:
+    def _event_values(self, feature: FeatureSpec) -> pa.Array:
         array = _shape(self.log.column(feature.column), feature)
         if feature.kind == "numeric" and feature.fill == PREVIOUS_FILL:
             array = pa.array(forward_fill(array.to_numpy(zero_copy_only=False), self.user), from_pandas=True)
         return array
 
-    def _values(self, feature: Feature, events: np.ndarray, items: np.ndarray) -> pa.Array:
+    def _values(self, feature: FeatureSpec, events: np.ndarray, items: np.ndarray) -> pa.Array:
         """Values of a non-sequence feature for the given events and candidate items."""
         context = self.context
         side = context.side(feature)

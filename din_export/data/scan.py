@@ -22,10 +22,11 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from din_runtime.commands import first_line
+from din_runtime.arrow import to_numpy
+from din_runtime.errors import first_line
 
-from .logs import checked_files, csv_options, reading
-from .tables import TableError
+from ..errors import TableError
+from .sources import checked_files, csv_options, reading
 
 STREAM_BATCH_ROWS = 262_144
 LOG_ROW = "din_log_row"  # each event's row in the log (over all its files): the tie order of events at one time
@@ -111,9 +112,9 @@ class LogScan:
                 raise TableError(f"{self.path}: column '{column}' is empty in {nulls} row(s), first at row {first}")
         users = self._column(f"SELECT DISTINCT {_name(self.user)} AS key FROM events", self.user)
         items = self.connection.sql(f"SELECT {_name(self.item)} AS key, count(*) AS n FROM events GROUP BY 1").to_arrow_table()
-        item_keys = column_numpy(items.column("key").cast(self.schema.field(self.item).type))
+        item_keys = to_numpy(items.column("key").cast(self.schema.field(self.item).type))
         order = np.argsort(item_keys, kind="stable")
-        return LogOverview(int(found[0]), np.sort(users), item_keys[order], column_numpy(items.column("n"))[order].astype(np.int64))
+        return LogOverview(int(found[0]), np.sort(users), item_keys[order], to_numpy(items.column("n"))[order].astype(np.int64))
 
     def time_quantiles(self, quantiles: list[float]) -> list[float]:
         """numpy's default (linear) quantiles of the event times, computed out of core."""
@@ -151,19 +152,13 @@ class LogScan:
         return int(found[0][0])
 
     def _column(self, query: str, column: str) -> np.ndarray:
-        return column_numpy(self.connection.sql(query).to_arrow_table().column("key").cast(self.schema.field(column).type))
-
-
-def column_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """An Arrow column as one numpy array (nulls as None or NaN)."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return array.to_numpy(zero_copy_only=False)
+        return to_numpy(self.connection.sql(query).to_arrow_table().column("key").cast(self.schema.field(column).type))
 
 
 def _user_cuts(users: pa.ChunkedArray, min_events: int) -> np.ndarray:
     """Where to cut a table sorted by user into blocks of whole users, each from a multiple of `min_events` rows
     on to the next user's start; the last user's run is never closed (its events may continue in the next batch)."""
-    starts = np.flatnonzero(column_numpy(pc.not_equal(users[1:], users[:-1]))) + 1
+    starts = np.flatnonzero(to_numpy(pc.not_equal(users[1:], users[:-1]))) + 1
     if len(starts) == 0:
         return starts
     targets = np.arange(min_events, starts[-1] + 1, min_events)

@@ -7,7 +7,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-KINDS = ("categorical", "numeric", "sequence")
+from din_runtime.schema import KINDS
+
+from ..errors import SpecError
+from .reserved import RESERVED_NAMES
+
 FILLS = ("mean", "median", "zero")
 PREVIOUS_FILL = "previous"  # the user's previous value: only `prepare` can apply it, on a log column
 NORMALIZATIONS = ("zscore", "minmax", "none")
@@ -24,12 +28,11 @@ SETTINGS_SECTIONS = ("model", "training")  # hyperparameters; command-line flags
 TOP_LEVEL_KEYS = {"label", "user", "features", *SETTINGS_SECTIONS} | PREPARE_SECTIONS
 
 
-class SpecError(ValueError):
-    """The spec file is malformed; the message names the feature and the key."""
-
-
 @dataclass(frozen=True)
-class Feature:
+class FeatureSpec:
+    """One feature as the user declared it (its kind, fill, sharing; for `prepare`, where its values come from).
+    Fitting it on the training split gives din_runtime.schema's Feature, which the rest of the system reads."""
+
     name: str
     kind: str
     fill: str = "mean"
@@ -48,12 +51,12 @@ class Spec:
     """Label, optional user column (for GAUC) and the features in file order."""
 
     label: str
-    features: tuple[Feature, ...]
+    features: tuple[FeatureSpec, ...]
     user: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
-    def of_kind(self, kind: str) -> list[Feature]:
+    def of_kind(self, kind: str) -> list[FeatureSpec]:
         return [f for f in self.features if f.kind == kind]
 
     @property
@@ -84,15 +87,28 @@ def _check_positive_integer(name: str, key: str, value: Any) -> None:
         raise SpecError(f"feature '{name}': {key} must be a positive integer, not {value!r}")
 
 
-def _feature(name: str, table: Any) -> Feature:
+def _check_name(name: str) -> None:
+    """A feature's name is its column, its graph input and its tensor's name in every protocol: any text works
+    (dots, spaces, other scripts, operator names), but not blank, not a control character, and not a name the
+    project uses itself."""
+    if not name.strip():
+        raise SpecError(f"feature {name!r}: a feature needs a name that is not blank")
+    if any(not character.isprintable() for character in name):
+        raise SpecError(f"feature {name!r}: a name may not hold control characters such as newlines or tabs")
+    if name in RESERVED_NAMES:
+        raise SpecError(f"feature '{name}': the name is taken ({RESERVED_NAMES[name]}); rename the feature")
+
+
+def _feature(name: str, table: Any) -> FeatureSpec:
+    _check_name(name)
     if not isinstance(table, dict):
         raise SpecError(f"feature '{name}': expected a table of keys")
     kind = table.get("kind")
-    _check_one_of(name, "kind", kind, KINDS)
+    _check_one_of(name, "kind", kind, tuple(KINDS))
     unknown = sorted(set(table) - ALLOWED_KEYS[kind] - PREPARE_KEYS[kind])
     if unknown:
         raise SpecError(f"feature '{name}': unknown key(s) {unknown} for kind '{kind}'")
-    feature = Feature(name=name, **table)
+    feature = FeatureSpec(name=name, **table)
     _check_positive_integer(name, "min_count", feature.min_count)
     _check_one_of(name, "source", feature.source, SOURCES)
     if kind == "numeric":
@@ -133,7 +149,7 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
             raise SpecError(f"feature '{sequence.name}': shares '{sequence.shares}', which is not a categorical feature of this spec")
     if not any(f.kind == "sequence" for f in features):
         raise SpecError("a DIN needs at least one sequence feature (the user's behaviours)")
-    user = data.get("user", "user_id" if by_name.get("user_id", Feature("", "")).kind == "categorical" else None)
+    user = data.get("user", "user_id" if by_name.get("user_id", FeatureSpec("", "")).kind == "categorical" else None)
     if user is not None and (user not in by_name or by_name[user].kind != "categorical"):
         raise SpecError(f"'user' must name a categorical feature, not {user!r}")
     settings = {}

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ..config import SYNTHETIC_SAMPLES
+
 SPEC_PATH = Path(__file__).parent / "synthetic.toml"
 
 
@@ -20,7 +22,7 @@ def _list_column(values: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
 
 
-def generate(num_samples: int = 100_000, seed: int = 0, num_users: int | None = None, num_items: int = 3_000,
+def generate(num_samples: int = SYNTHETIC_SAMPLES, seed: int = 0, num_users: int | None = None, num_items: int = 3_000,
              num_categories: int = 60, topics_per_category: int = 5, max_history: int = 60,
              missing_price_rate: float = 0.05) -> pa.Table:
     """A deterministic sample table (same arguments, same table) with the columns of data/synthetic.toml."""

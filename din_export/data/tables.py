@@ -1,8 +1,5 @@
-"""Reading sample tables (CSV, TSV, Parquet) into the raw columns the encoder takes.
-
-pyarrow does the parsing: its CSV reader is multithreaded and typed, and Parquet list columns arrive as
-offsets plus flat values, which is exactly the Ragged form the encoder wants, with no per-row Python work.
-"""
+"""Sample tables (CSV, TSV, Parquet, either layout) as the raw columns the encoder takes: Parquet list columns
+arrive as offsets plus flat values, exactly the Ragged form the encoder wants, with no per-row Python work."""
 
 from __future__ import annotations
 
@@ -12,41 +9,25 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
+from din_runtime.arrow import to_numpy, to_ragged
 from din_runtime.encoding import Ragged
 
+from ..errors import TableError
 from .layout import SEQUENCE_STORE, STORE_KEY, inline, is_reference, windows
+from .sources import read_source
 from .spec import Spec
 
 
-class TableError(ValueError):
-    """A data file cannot be read as the spec describes; the message names the file and column."""
-
-
 def read_table(path: str | Path, spec: Spec, keep_references: bool = False) -> pa.Table:
-    """Read a CSV/TSV (sequence cells: space-separated IDs) or Parquet (list columns) file, checking its columns. A
-    reference-layout table gets its histories rebuilt as list columns, or, with keep_references, keeps its
-    references (and the store's path in its schema metadata) for raw_columns to read as Windows."""
+    """Read a sample table through the one table reader (CSV/TSV sequence cells: space-separated IDs; Parquet: list
+    columns), checking its columns. A reference-layout table gets its histories rebuilt as list columns, or, with
+    keep_references, keeps its references (and the store's path in its schema metadata) for raw_columns to read as
+    Windows."""
     path = Path(path)
     if not path.is_file():
         raise TableError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".csv", ".tsv"):
-            sequence_types = {f.name: pa.string() for f in spec.of_kind("sequence")}
-            table = pacsv.read_csv(
-                path,
-                parse_options=pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ","),
-                convert_options=pacsv.ConvertOptions(column_types=sequence_types, strings_can_be_null=False),
-            )
-        elif suffix in (".parquet", ".pq"):
-            table = pq.read_table(path)
-        else:
-            raise TableError(f"{path}: unknown table format '{suffix}'; use .csv, .tsv or .parquet")
-    except (pa.ArrowInvalid, OSError) as error:
-        raise TableError(f"{path}: cannot be read ({str(error).splitlines()[0]})") from None
+    table = read_source(path, column_types={f.name: pa.string() for f in spec.of_kind("sequence")})
     sequences = {f.name for f in spec.of_kind("sequence")}
     if is_reference(table) and keep_references:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), STORE_KEY: str(path.parent / SEQUENCE_STORE)})
@@ -58,20 +39,6 @@ def read_table(path: str | Path, spec: Spec, keep_references: bool = False) -> p
     return table
 
 
-def _to_numpy(array: pa.Array) -> np.ndarray:
-    """A flat Arrow array as numpy. Text goes through its dictionary (a gather of the few distinct strings): without
-    nulls into a fixed-width str_ array, not an object array of millions of Python strings, which every step after
-    (missing-value checks, vocabulary lookups) would have to walk one by one; with nulls into an object array whose
-    rows share the distinct strings (8 bytes a row, not a string object each) and hold None where missing."""
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-        encoded = array.dictionary_encode()
-        if array.null_count == 0:
-            return np.asarray(encoded.dictionary.to_pylist(), dtype=np.str_)[encoded.indices.to_numpy()]
-        distinct = np.asarray([*encoded.dictionary.to_pylist(), None], dtype=object)
-        return distinct[encoded.indices.fill_null(len(encoded.dictionary)).to_numpy()]
-    return array.to_numpy(zero_copy_only=False)
-
-
 def _ragged(name: str, column: pa.ChunkedArray) -> Ragged:
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     from_text = pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
@@ -79,15 +46,15 @@ def _ragged(name: str, column: pa.ChunkedArray) -> Ragged:
         array = pc.utf8_split_whitespace(array.fill_null(""))
     if not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type)):
         raise TableError(f"column '{name}': a sequence must be a list column or space-separated IDs, not {array.type}")
-    lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy().astype(np.int64)
-    values = _to_numpy(pc.list_flatten(array))
-    if from_text:  # an empty or blank cell splits into one empty string, not zero IDs
-        kept = values != ""
-        lengths = np.bincount(np.repeat(np.arange(len(lengths)), lengths)[kept], minlength=len(lengths))
-        values = values[kept].astype(np.str_)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    ragged = to_ragged(array)
+    if not from_text:
+        return ragged
+    kept = ragged.values != ""  # an empty or blank cell splits into one empty string, not zero IDs
+    rows = len(ragged.offsets) - 1
+    lengths = np.bincount(np.repeat(np.arange(rows), np.diff(ragged.offsets))[kept], minlength=rows)
+    offsets = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    return Ragged(values, offsets)
+    return Ragged(ragged.values[kept].astype(np.str_), offsets)
 
 
 def raw_columns(table: pa.Table, spec: Spec) -> dict[str, Any]:
@@ -107,7 +74,7 @@ def raw_columns(table: pa.Table, spec: Spec) -> dict[str, Any]:
                 raise TableError(f"column '{feature.name}': numeric feature holds {column.type}, not numbers")
             columns[feature.name] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
         else:
-            columns[feature.name] = _to_numpy(column.combine_chunks())
+            columns[feature.name] = to_numpy(column.combine_chunks())
     return columns
 
 

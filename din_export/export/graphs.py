@@ -32,23 +32,19 @@ import torch
 from torch import nn
 
 from din_runtime.encoding import OOV_INDEX
-from din_runtime.manifest import MODEL_FILE, RANKING_FILE, sha256_of
+from din_runtime.manifest import MODEL_FILE, OUTPUT_NAME, RANKING_FILE, sha256_of
 from din_runtime.schema import FeatureSchema, SequenceFeature
 
 from ..config import FORMS
 from ..model.din import DIN, ProbabilityModel, in_form
+from .errors import CheckerError, DimensionError, ExportError, OutputNameError
 
 BATCH_DIM = "batch"
 CANDIDATE_DIM = "candidates"
 SEQUENCE_DIM = "seq_len"
-OUTPUT_NAME = "probability"
 EXAMPLE_BATCH, EXAMPLE_SEQUENCE = 4, 3
 # Largest |probability difference| from PyTorch accepted, per precision (CPU): the one statement of tolerance.
 TOLERANCE = {"fp32": 1e-5, "int8": 0.05, "fp16": 1e-2}
-
-
-class ExportError(RuntimeError):
-    """The exported graph failed a check; the message says which and by how much."""
 
 
 class RankingModel(nn.Module):
@@ -141,13 +137,16 @@ def export_graph(din: DIN, contract: GraphContract, path: Path, form: str = "fol
     if form not in FORMS:
         raise ValueError(f"graph must be one of {FORMS}, not {form!r}")
     write_onnx(contract.module(in_form(din, form)), contract.example(din.schema), contract.dynamic_shapes(din.schema), path)
-    strip_build_metadata(path)
+    clean_graph(path, din.schema.names)
     check_structure(path, contract.input_dims(din.schema), contract.output_dims)
 
 
 def write_onnx(module: torch.nn.Module, example: dict[str, np.ndarray], dynamic_shapes: dict[str, dict[int, Any]], path: Path) -> None:
     """torch.onnx.export (dynamo) of `module` called with the example arrays as positional inputs in their order,
-    into one file, with the exporter's chatter silenced and its many error types turned into ExportError."""
+    into one file, with the exporter's chatter silenced and its many error types turned into ExportError. The
+    inputs are exported under placeholder names (`input.0`, ...), which clean_graph then gives the features'
+    names: the exporter names its own values after the operators it emits (`cat`, `sigmoid`, ...), and a feature
+    of such a name would otherwise share its name with one of them."""
     names = list(example)
     quiet = logging.getLogger("torch.onnx")
     previous_level = quiet.level
@@ -156,7 +155,8 @@ def write_onnx(module: torch.nn.Module, example: dict[str, np.ndarray], dynamic_
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(module.eval(), tuple(torch.from_numpy(example[n]) for n in names), str(path),
-                              dynamo=True, external_data=False, input_names=names, output_names=[OUTPUT_NAME],
+                              dynamo=True, external_data=False, input_names=[placeholder(i) for i in range(len(names))],
+                              output_names=[OUTPUT_NAME],
                               dynamic_shapes=(tuple(dynamic_shapes[n] for n in names),), verbose=False)
     except Exception as error:  # the exporter raises many types; all mean the same to the caller
         raise ExportError(f"torch.onnx.export failed: {error}") from error
@@ -177,11 +177,49 @@ def _graphs_of(model: onnx.ModelProto) -> list[onnx.GraphProto]:
     return graphs
 
 
-def strip_build_metadata(path: Path) -> None:
+def placeholder(position: int) -> str:
+    """The name an input is exported under, before clean_graph names it after its feature."""
+    return f"input.{position}"
+
+
+def clean_graph(path: Path, names: list[str]) -> None:
+    """The exported file made fit to ship: inputs named after the features, build metadata removed."""
+    model = onnx.load(str(path))
+    name_inputs(model, names)
+    strip_build_metadata(model)
+    onnx.save(model, str(path))
+
+
+def name_inputs(model: onnx.ModelProto, names: list[str]) -> None:
+    """Give the placeholder inputs their features' names (the exporter saw only the module's argument order, which
+    is the schema's). An internal value that already holds one of those names is renamed first, to `NAME.N`, a
+    name no value has, so every value stays uniquely named whatever the features are called."""
+    graphs = _graphs_of(model)
+    placeholders = [value.name for value in model.graph.input]
+    if placeholders != [placeholder(i) for i in range(len(names))]:
+        raise ExportError(f"the exported inputs {placeholders} are not the {len(names)} placeholders written")
+    interface = {*placeholders, *(value.name for value in model.graph.output)}
+    taken = {v for graph in graphs for node in graph.node for v in (*node.input, *node.output)}
+    taken |= {value.name for graph in graphs for value in (*graph.initializer, *graph.value_info)} | interface | set(names)
+    mapping = dict(zip(placeholders, names, strict=True))
+    for name in sorted(set(names) & (taken - interface)):  # an internal value named as a feature
+        number = 1
+        while f"{name}.{number}" in taken:
+            number += 1
+        mapping[name] = f"{name}.{number}"
+        taken.add(mapping[name])
+    for graph in graphs:
+        for node in graph.node:
+            node.input[:] = [mapping.get(v, v) for v in node.input]
+            node.output[:] = [mapping.get(v, v) for v in node.output]
+        for value in (*graph.input, *graph.output, *graph.initializer, *graph.value_info):
+            value.name = mapping.get(value.name, value.name)
+
+
+def strip_build_metadata(model: onnx.ModelProto) -> None:
     """Drop the exporter's per-node and per-value metadata (source file paths, stack traces, module scopes of the
     exporting machine): a deployed file should not carry the build's paths, and the sha256 should not change with
     them. Nothing a consumer of the graph reads is in it."""
-    model = onnx.load(str(path))
     for graph in _graphs_of(model):
         for node in graph.node:
             del node.metadata_props[:]
@@ -191,7 +229,6 @@ def strip_build_metadata(path: Path) -> None:
     for function in model.functions:
         for node in function.node:
             del node.metadata_props[:]
-    onnx.save(model, str(path))
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[str | int]:
@@ -207,11 +244,27 @@ def describe_io(model: onnx.ModelProto) -> dict[str, Any]:
             "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))}
 
 
-def check_checker(model: onnx.ModelProto, error: type[ExportError] = ExportError) -> None:
+def check_checker(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as failure:
-        raise error(f"onnx.checker rejected the model: {failure}") from None
+        raise CheckerError(f"onnx.checker rejected the model: {failure}") from None
+
+
+def check_interface(io_description: dict[str, Any], expected_inputs: dict[str, list[str | int]], expected_output: list[str | int]) -> None:
+    """The one check of a graph's interface (export and `verify` both run it): the inputs named and ordered as the
+    features, each with its contract's dimensions, and the one output `probability` of the dimensions expected."""
+    outputs = [o["name"] for o in io_description["outputs"]]
+    if outputs != [OUTPUT_NAME]:
+        raise OutputNameError(f"outputs are {outputs}, expected ['{OUTPUT_NAME}']")
+    names = [i["name"] for i in io_description["inputs"]]
+    if names != list(expected_inputs):
+        raise DimensionError(f"ONNX inputs {names} differ from the features {list(expected_inputs)}")
+    for entry in io_description["inputs"]:
+        if entry["dims"] != expected_inputs[entry["name"]]:
+            raise DimensionError(f"input '{entry['name']}' has dimensions {entry['dims']}, expected symbolic {expected_inputs[entry['name']]}")
+    if io_description["outputs"][0]["dims"] != expected_output:
+        raise DimensionError(f"output dimensions {io_description['outputs'][0]['dims']} are not {expected_output}")
 
 
 def check_structure(path: Path, expected_inputs: dict[str, list[str | int]], expected_output: list[str | int]) -> None:
@@ -221,15 +274,7 @@ def check_structure(path: Path, expected_inputs: dict[str, list[str | int]], exp
         raise ExportError(f"the export wrote external data {strays}; one self-contained file must ship")
     model = onnx.load(str(path))
     check_checker(model)
-    io_description = describe_io(model)
-    names = [i["name"] for i in io_description["inputs"]]
-    if names != list(expected_inputs):
-        raise ExportError(f"ONNX inputs {names} differ from the features {list(expected_inputs)}")
-    for entry in io_description["inputs"]:
-        if entry["dims"] != expected_inputs[entry["name"]]:
-            raise ExportError(f"input '{entry['name']}' has dimensions {entry['dims']}, expected {expected_inputs[entry['name']]}")
-    if [o["dims"] for o in io_description["outputs"]] != [expected_output]:
-        raise ExportError(f"output dimensions {io_description['outputs']} are not {expected_output}")
+    check_interface(describe_io(model), expected_inputs, expected_output)
 
 
 def graph_section(path: Path, parity: dict[str, Any], **settings: Any) -> dict[str, Any]:

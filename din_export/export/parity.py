@@ -11,10 +11,12 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from din_runtime.manifest import OUTPUT_NAME
 from din_runtime.providers import cpu_session
 
 from ..model.din import DIN, ProbabilityModel, in_form
-from .graphs import OUTPUT_NAME, ExportError, GraphContract, random_feed
+from .errors import ExportError
+from .graphs import GraphContract, random_feed
 
 EXPORT_BATCHES = (1, 2, 5, 257)
 VERIFY_BATCHES = (1, 2, 1000)

@@ -20,12 +20,13 @@ import onnx_ir as ir
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
+from din_runtime.manifest import OUTPUT_NAME
 from din_runtime.providers import cpu_session
 
 from ..config import PRECISIONS
 from ..data.dataset import EncodedSplit
 from ..training.metrics import evaluate
-from .graphs import OUTPUT_NAME, ExportError
+from .errors import ExportError
 
 QUANTIZED_OPS = ["Gather"]
 

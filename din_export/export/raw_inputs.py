@@ -17,9 +17,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from din_runtime.encoding import NORMALIZED_LIMIT, OOV_INDEX, PADDING_INDEX
+from din_runtime.manifest import LENGTH_INPUT
 from din_runtime.schema import FIRST_KEY_INDEX, CategoricalFeature, FeatureSchema, NumericFeature
 
-LENGTH_INPUT = "history_length"
 ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 2  # LabelEncoder with int64 keys and values
 BATCH, SEQUENCE = "batch", "seq_len"
 
@@ -39,9 +39,9 @@ def _lookup(feature: CategoricalFeature, source: str, target: str) -> onnx.NodeP
                             values_int64s=[*indices, missing], default_int64=OOV_INDEX)
 
 
-def _numeric(feature: NumericFeature, source: str, target: str) -> list[onnx.NodeProto]:
+def _numeric(feature: NumericFeature, source: str, target: str, prefix: str) -> list[onnx.NodeProto]:
     """In float64, as the runtime computes: non-finite to the fill value, then (x - shift) / scale, clipped."""
-    name = f"{source}__"
+    name = f"{prefix}{source}__"
     return [
         helper.make_node("Cast", [source], [name + "x"], to=TensorProto.DOUBLE),
         helper.make_node("IsNaN", [name + "x"], [name + "nan"]),
@@ -60,45 +60,48 @@ def _numeric(feature: NumericFeature, source: str, target: str) -> list[onnx.Nod
     ]
 
 
-def _recent_positions(max_len: int, first_history: str) -> list[onnx.NodeProto]:
+def _recent_positions(max_len: int, first_history: str, prefix: str) -> list[onnx.NodeProto]:
     """Shared by every history: for each row, which padded positions hold its most recent min(length, max_len)
     entries (`recent__index`, [batch, width], width = min(seq_len, max_len)) and which are real (`recent__mask`)."""
     return [
-        _constant("recent__max_len", np.array([max_len], dtype=np.int64)),
-        _constant("recent__one", np.array(1, dtype=np.int64)),
-        _constant("recent__zero", np.array(0, dtype=np.int64)),
-        _constant("recent__axis", np.array([1], dtype=np.int64)),
-        helper.make_node("Shape", [first_history], ["recent__shape"], start=1, end=2),
-        helper.make_node("Min", ["recent__shape", "recent__max_len"], ["recent__width_1d"]),
-        helper.make_node("Squeeze", ["recent__width_1d"], ["recent__width"]),
-        helper.make_node("Range", ["recent__zero", "recent__width", "recent__one"], ["recent__steps"]),
-        helper.make_node("Unsqueeze", ["recent__steps", "recent__zero_axis"], ["recent__steps_row"]),
-        _constant("recent__zero_axis", np.array([0], dtype=np.int64)),
-        helper.make_node("Min", [LENGTH_INPUT, "recent__width"], ["recent__kept"]),
-        helper.make_node("Unsqueeze", ["recent__kept", "recent__axis"], ["recent__kept_column"]),
-        helper.make_node("Sub", [LENGTH_INPUT, "recent__kept"], ["recent__start"]),
-        helper.make_node("Unsqueeze", ["recent__start", "recent__axis"], ["recent__start_column"]),
-        helper.make_node("Add", ["recent__start_column", "recent__steps_row"], ["recent__raw_index"]),
-        helper.make_node("Sub", ["recent__shape", "recent__one"], ["recent__last"]),
-        helper.make_node("Clip", ["recent__raw_index", "recent__zero", "recent__last_scalar"], ["recent__index"]),
-        helper.make_node("Squeeze", ["recent__last"], ["recent__last_scalar"]),
-        helper.make_node("Less", ["recent__steps_row", "recent__kept_column"], ["recent__mask"]),
+        _constant(f"{prefix}recent__max_len", np.array([max_len], dtype=np.int64)),
+        _constant(f"{prefix}recent__one", np.array(1, dtype=np.int64)),
+        _constant(f"{prefix}recent__zero", np.array(0, dtype=np.int64)),
+        _constant(f"{prefix}recent__axis", np.array([1], dtype=np.int64)),
+        helper.make_node("Shape", [first_history], [f"{prefix}recent__shape"], start=1, end=2),
+        helper.make_node("Min", [f"{prefix}recent__shape", f"{prefix}recent__max_len"], [f"{prefix}recent__width_1d"]),
+        helper.make_node("Squeeze", [f"{prefix}recent__width_1d"], [f"{prefix}recent__width"]),
+        helper.make_node("Range", [f"{prefix}recent__zero", f"{prefix}recent__width", f"{prefix}recent__one"], [f"{prefix}recent__steps"]),
+        helper.make_node("Unsqueeze", [f"{prefix}recent__steps", f"{prefix}recent__zero_axis"], [f"{prefix}recent__steps_row"]),
+        _constant(f"{prefix}recent__zero_axis", np.array([0], dtype=np.int64)),
+        helper.make_node("Min", [LENGTH_INPUT, f"{prefix}recent__width"], [f"{prefix}recent__kept"]),
+        helper.make_node("Unsqueeze", [f"{prefix}recent__kept", f"{prefix}recent__axis"], [f"{prefix}recent__kept_column"]),
+        helper.make_node("Sub", [LENGTH_INPUT, f"{prefix}recent__kept"], [f"{prefix}recent__start"]),
+        helper.make_node("Unsqueeze", [f"{prefix}recent__start", f"{prefix}recent__axis"], [f"{prefix}recent__start_column"]),
+        helper.make_node("Add", [f"{prefix}recent__start_column", f"{prefix}recent__steps_row"], [f"{prefix}recent__raw_index"]),
+        helper.make_node("Sub", [f"{prefix}recent__shape", f"{prefix}recent__one"], [f"{prefix}recent__last"]),
+        helper.make_node("Clip", [f"{prefix}recent__raw_index", f"{prefix}recent__zero", f"{prefix}recent__last_scalar"], [f"{prefix}recent__index"]),
+        helper.make_node("Squeeze", [f"{prefix}recent__last"], [f"{prefix}recent__last_scalar"]),
+        helper.make_node("Less", [f"{prefix}recent__steps_row", f"{prefix}recent__kept_column"], [f"{prefix}recent__mask"]),
     ]
 
 
-def _history(feature_name: str, vocabulary: CategoricalFeature, target: str) -> list[onnx.NodeProto]:
-    name = f"{feature_name}__"
+def _history(feature_name: str, vocabulary: CategoricalFeature, target: str, prefix: str) -> list[onnx.NodeProto]:
+    name = f"{prefix}{feature_name}__"
     return [
-        helper.make_node("GatherElements", [feature_name, "recent__index"], [name + "recent"], axis=1),
+        helper.make_node("GatherElements", [feature_name, f"{prefix}recent__index"], [name + "recent"], axis=1),
         _lookup(vocabulary, name + "recent", name + "indices"),
         _constant(name + "padding", np.array(PADDING_INDEX, dtype=np.int64)),
-        helper.make_node("Where", ["recent__mask", name + "indices", name + "padding"], [target]),
+        helper.make_node("Where", [f"{prefix}recent__mask", name + "indices", name + "padding"], [target]),
     ]
 
 
 def raw_input_model(model: onnx.ModelProto, schema: FeatureSchema) -> onnx.ModelProto:
-    """`model` (a bundle's model.onnx, taking encoded indices) behind the encoding: a model taking raw values."""
-    encoded = {f.name: f"{f.name}__encoded" for f in schema.features}
+    """`model` (a bundle's model.onnx, taking encoded indices) behind the encoding: a model taking raw values.
+    Every value the encoding adds is named under a prefix that no feature and no value of the model starts with,
+    so a feature may have any name at all."""
+    prefix = _free_prefix(model, schema)
+    encoded = {f.name: f"{prefix}{f.name}__encoded" for f in schema.features}
     graph = model.graph
     for node in graph.node:  # the model's nodes now read the encoded tensors the new nodes produce
         node.input[:] = [encoded.get(name, name) for name in node.input]
@@ -111,7 +114,7 @@ def raw_input_model(model: onnx.ModelProto, schema: FeatureSchema) -> onnx.Model
     nodes: list[onnx.NodeProto] = []
     inputs: list[onnx.ValueInfoProto] = []
     if schema.sequences:
-        nodes += _recent_positions(max(s.max_len for s in schema.sequences), schema.sequences[0].name)
+        nodes += _recent_positions(max(s.max_len for s in schema.sequences), schema.sequences[0].name, prefix)
     for feature in schema.features:
         if isinstance(feature, CategoricalFeature):
             text = feature.key_type == "str"
@@ -119,12 +122,12 @@ def raw_input_model(model: onnx.ModelProto, schema: FeatureSchema) -> onnx.Model
             nodes.append(_lookup(feature, feature.name, encoded[feature.name]))
         elif isinstance(feature, NumericFeature):
             inputs.append(helper.make_tensor_value_info(feature.name, TensorProto.FLOAT, [BATCH]))
-            nodes += _numeric(feature, feature.name, encoded[feature.name])
+            nodes += _numeric(feature, feature.name, encoded[feature.name], prefix)
         else:
             vocabulary = schema[feature.shares]
             text = vocabulary.key_type == "str"
             inputs.append(helper.make_tensor_value_info(feature.name, TensorProto.STRING if text else TensorProto.INT64, [BATCH, SEQUENCE]))
-            nodes += _history(feature.name, vocabulary, encoded[feature.name])
+            nodes += _history(feature.name, vocabulary, encoded[feature.name], prefix)
     if schema.sequences:
         inputs.append(helper.make_tensor_value_info(LENGTH_INPUT, TensorProto.INT64, [BATCH]))
     del graph.input[:]
@@ -135,6 +138,17 @@ def raw_input_model(model: onnx.ModelProto, schema: FeatureSchema) -> onnx.Model
     model.opset_import.append(helper.make_opsetid(ML_DOMAIN, ML_OPSET))
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _free_prefix(model: onnx.ModelProto, schema: FeatureSchema) -> str:
+    """'raw.' or, where some name already starts so, 'raw_.', 'raw__.', ...: a prefix no existing name has."""
+    graph = model.graph
+    taken = {*schema.names, LENGTH_INPUT, *(v for node in graph.node for v in (*node.input, *node.output)),
+             *(i.name for i in graph.initializer)}
+    prefix = "raw."
+    while any(name.startswith(prefix) for name in taken):
+        prefix = prefix[:-1] + "_."
+    return prefix
 
 
 def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:

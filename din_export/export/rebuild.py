@@ -23,9 +23,10 @@ from ..config import DEFAULT_MAX_AUC_DROP
 from ..data.dataset import DataSource, EncodedSplit, encode_split, load_tables
 from ..data.tables import read_table
 from ..files import staged_bundle
-from .graphs import BATCH, ExportError, GraphContract
+from .errors import ExportError
+from .graph_files import export_verified
+from .graphs import BATCH, GraphContract
 from .precision import PrecisionRejected, convert, session_metrics
-from .verified import export_verified
 
 OPTIMIZATION_LEVEL = "basic"  # ONNX Runtime's basic optimisations are hardware-independent, so the saved file stays portable
 

@@ -22,17 +22,22 @@ from .raw_inputs import raw_input_model
 TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "object": "TYPE_STRING"}
 
 
+def quoted(text: str) -> str:
+    """A protobuf text-format string literal: backslashes and double quotes escaped, UTF-8 kept as it is."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _tensor(entry: dict) -> str:
     dims = entry["dims"][1:]
     shape = "dims: [ -1 ]" if dims else "dims: [ 1 ]\n    reshape: { shape: [ ] }"
-    return f'  {{\n    name: "{entry["name"]}"\n    data_type: {TRITON_TYPES[entry["dtype"]]}\n    {shape}\n  }}'
+    return f'  {{\n    name: {quoted(entry["name"])}\n    data_type: {TRITON_TYPES[entry["dtype"]]}\n    {shape}\n  }}'
 
 
 def config_text(name: str, io: dict, gpu: bool, max_batch_size: int, instances: int, threads: int, queue_delay_us: int) -> str:
     """config.pbtxt for a graph whose inputs and outputs `io` describes (describe_io's form)."""
     inputs = ",\n".join(_tensor(e) for e in io["inputs"])
     outputs = ",\n".join(_tensor(e) for e in io["outputs"])
-    return f'''name: "{name}"
+    return f'''name: {quoted(name)}
 backend: "onnxruntime"
 max_batch_size: {max_batch_size}
 input [

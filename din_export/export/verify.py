@@ -15,42 +15,15 @@ import numpy as np
 import onnx
 import onnx.reference
 
-from din_runtime.manifest import read_manifest, verify_model_file
+from din_runtime.manifest import OUTPUT_NAME, read_manifest, verify_model_file
 from din_runtime.providers import cpu_session
 
 from ..bundle import load_bundle
-from .graphs import BATCH, OUTPUT_NAME, RANKING, TOLERANCE, ExportError, check_checker, describe_io, random_feed
+from .errors import OutputShapeError, ParityError, ReferenceEvaluatorError
+from .graphs import BATCH, RANKING, TOLERANCE, check_checker, check_interface, describe_io, random_feed
 from .parity import VERIFY_BATCHES, check_parity, shape_grid
 
 REFERENCE_SHAPES = ((2, 3), (1, 1))  # the reference evaluator is pure Python: small shapes only
-
-
-class VerificationError(ExportError):
-    """A bundle failed verification."""
-
-
-class OutputNameError(VerificationError):
-    pass
-
-
-class DimensionError(VerificationError):
-    pass
-
-
-class OutputShapeError(VerificationError):
-    pass
-
-
-class ParityError(VerificationError):
-    pass
-
-
-class CheckerError(VerificationError):
-    pass
-
-
-class ReferenceEvaluatorError(VerificationError):
-    pass
 
 
 def verify_bundle(bundle: Path) -> dict[str, Any]:
@@ -61,14 +34,7 @@ def verify_bundle(bundle: Path) -> dict[str, Any]:
     din = load_bundle(bundle).din
     io = describe_io(model)
 
-    outputs = [o["name"] for o in io["outputs"]]
-    if outputs != [OUTPUT_NAME]:
-        raise OutputNameError(f"outputs are {outputs}, expected ['{OUTPUT_NAME}']")
-    expected_dims = BATCH.input_dims(din.schema)
-    for entry in io["inputs"]:
-        expected = expected_dims.get(entry["name"])
-        if entry["dims"] != expected:
-            raise DimensionError(f"input '{entry['name']}' has dimensions {entry['dims']}, expected symbolic {expected}")
+    check_interface(io, BATCH.input_dims(din.schema), BATCH.output_dims)
 
     session = cpu_session(model_path)
     grid = shape_grid(din.schema.max_len, VERIFY_BATCHES)
@@ -78,7 +44,7 @@ def verify_bundle(bundle: Path) -> dict[str, Any]:
             raise OutputShapeError(f"batch {batch}, length {length}: output shape {probabilities.shape}, expected ({batch},)")
     tolerance = manifest["onnx"].get("parity", {}).get("atol", TOLERANCE[manifest["onnx"]["precision"]])
     parity = check_parity(din, session, BATCH, grid, tolerance, ParityError)
-    check_checker(model, CheckerError)
+    check_checker(model)
 
     reference = onnx.reference.ReferenceEvaluator(model)
     # Quantised graphs round differently in the two consumers: they get the precision's stated tolerance.
@@ -96,6 +62,7 @@ def verify_bundle(bundle: Path) -> dict[str, Any]:
     ranking = None
     if manifest.get("ranking") is not None:  # rank.onnx: its file, then its scores against PyTorch on replicated rows
         ranking = check_parity(din, cpu_session(verify_model_file(bundle, manifest, "ranking")), RANKING, grid, tolerance, ParityError)
-    return {"outputs": outputs, "inputs": io["inputs"], "parity": parity, "ranking_parity": ranking, "checker": "full check passed",
+    return {"outputs": [o["name"] for o in io["outputs"]], "inputs": io["inputs"], "parity": parity, "ranking_parity": ranking,
+            "checker": "full check passed",
             "reference_evaluator": {"shapes": [list(s) for s in REFERENCE_SHAPES], "max_abs_diff": worst_reference,
                                     "atol": reference_tolerance}}

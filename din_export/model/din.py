@@ -19,6 +19,15 @@ from ..config import FORMS, ModelConfig
 from .layers import AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp
 
 
+def table_key(feature: str) -> str:
+    """The embedding table's key in the ModuleDict (and so in weights.pt's state dict): the feature's own name where
+    torch takes it as a module name (an ASCII identifier that is no attribute of a module, as nearly every name is),
+    else `feature~` and its UTF-8 bytes in hex, which no identifier can equal (`.` or `training` are refused)."""
+    if feature.isascii() and feature.isidentifier() and not hasattr(nn.ModuleDict, feature):
+        return feature
+    return "feature~" + feature.encode().hex()
+
+
 class DIN(nn.Module):
     """Returns the click logit; ProbabilityModel adds the sigmoid for export."""
 
@@ -33,7 +42,7 @@ class DIN(nn.Module):
 
         dim = config.embedding_dim
         self.embeddings = nn.ModuleDict({
-            feature.name: nn.Embedding(feature.size, dim, padding_idx=0) for feature in schema.categoricals
+            table_key(feature.name): nn.Embedding(feature.size, dim, padding_idx=0) for feature in schema.categoricals
         })
         for table in self.embeddings.values():
             # Small initial embeddings: torch's N(0, 1) makes q*k and the raw-weighted sum of up to max_len
@@ -53,6 +62,10 @@ class DIN(nn.Module):
         mlp_in = dim * len(self.context) + 2 * behaviour_dim + len(self.numerics)
         self.mlp = mlp(mlp_in, config.mlp_hidden, config.mlp_activation, config.dropout, config.batch_norm)
 
+    def tables(self) -> list[tuple[str, nn.Embedding]]:
+        """(categorical feature, its embedding table) in schema order."""
+        return [(c.name, self.embeddings[table_key(c.name)]) for c in self.schema.categoricals]
+
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         x = dict(zip(self.schema.names, tensors, strict=True))
         query = self.candidate(x)
@@ -61,11 +74,11 @@ class DIN(nn.Module):
 
     def candidate(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """The query of attention: the candidate's embeddings of the features the behaviours share, (batch, E)."""
-        return torch.cat([self.embeddings[c](x[c]) for c in self.candidates], dim=-1)
+        return torch.cat([self.embeddings[table_key(c)](x[c]) for c in self.candidates], dim=-1)
 
     def behaviours(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys of attention (batch, seq_len, E), through the encoder where there is one, and their mask."""
-        keys = torch.cat([self.embeddings[s.shares](x[s.name]) for s in self.schema.sequences], dim=-1)
+        keys = torch.cat([self.embeddings[table_key(s.shares)](x[s.name]) for s in self.schema.sequences], dim=-1)
         mask = x[self.sequences[0]] != 0  # built from the IDs, never from a Python-side length
         if self.encoder is not None:
             keys = self.encoder(keys, mask)
@@ -73,7 +86,7 @@ class DIN(nn.Module):
 
     def head(self, x: dict[str, torch.Tensor], query: torch.Tensor, interest: torch.Tensor) -> torch.Tensor:
         """The final MLP over context embeddings, candidate, pooled interest and numeric values: the logit."""
-        parts = [self.embeddings[c](x[c]) for c in self.context] + [query, interest]
+        parts = [self.embeddings[table_key(c)](x[c]) for c in self.context] + [query, interest]
         if self.numerics:
             parts.append(torch.stack([x[n] for n in self.numerics], dim=-1))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)

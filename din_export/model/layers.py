@@ -182,7 +182,6 @@ class SelfAttentionEncoder(nn.Module):
         super().__init__()
         if dim % heads:
             raise ValueError(f"behaviour width {dim} is not divisible by {heads} attention heads")
-        self.heads = heads
         self.positions = nn.Embedding(max_len, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.blocks = nn.ModuleList(_EncoderBlock(dim, heads, dropout) for _ in range(layers))

@@ -31,10 +31,6 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
 
 def join() -> World:
     """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR, ...)."""

@@ -81,7 +81,7 @@ def predict(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> np.ndarr
 def embedding_frequencies(model: DIN, split: EncodedSplit) -> dict[str, torch.Tensor]:
     """How often each embedding row occurs in the training split (candidates and histories), at least 1."""
     counts = {}
-    for table, embedding in model.embeddings.items():
+    for table, embedding in model.tables():
         total = sum(np.bincount(*split.indices(c), minlength=embedding.num_embeddings) for c in model.schema.columns_of(table))
         counts[table] = torch.from_numpy(np.maximum(total, 1).astype(np.float32)).to(embedding.weight.device)
     return counts
@@ -91,7 +91,7 @@ def mini_batch_aware_l2(model: DIN, inputs: list[torch.Tensor], frequencies: dic
     """The DIN paper's regulariser: L2 only on embedding rows present in the batch, each divided by its frequency."""
     by_name = dict(zip(model.schema.names, inputs, strict=True))
     terms = []
-    for table, embedding in model.embeddings.items():
+    for table, embedding in model.tables():
         rows = torch.unique(torch.cat([by_name[c].reshape(-1) for c in model.schema.columns_of(table)]))
         rows = rows[rows != 0]
         terms.append((embedding.weight[rows].pow(2).sum(dim=1) / frequencies[table][rows]).sum())

@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 import torch
 
-from ..config import resolve
+from ..config import TuneConfig, resolve
 from ..data.dataset import DataSource, load_data
 from ..data.spec import Spec, spec_from_dict, spec_to_toml
 from ..files import write_atomic
@@ -36,9 +36,9 @@ def suggest(trial: optuna.Trial) -> tuple[dict[str, Any], dict[str, Any]]:
     return model, training
 
 
-def tune(source: DataSource, spec: Spec, out: Path, trials: int, epochs: int, seed: int = 0, variant: str = "din",
-         timeout: float | None = None) -> dict[str, Any]:
+def tune(source: DataSource, spec: Spec, out: Path, config: TuneConfig, variant: str) -> dict[str, Any]:
     """Run the study and write the best spec to `out`; returns a summary of the study."""
+    seed, epochs = config.seed, config.epochs
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = load_data(source, spec, seed)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
@@ -62,7 +62,7 @@ def tune(source: DataSource, spec: Spec, out: Path, trials: int, epochs: int, se
         trial.set_user_attr("training", {**spec.training, **training_settings})
         return max(h["valid_auc"] for h in result.history)
 
-    study.optimize(objective, n_trials=trials, timeout=timeout)
+    study.optimize(objective, n_trials=config.trials, timeout=config.timeout)
     best = study.best_trial
     best_spec = spec_from_dict({**spec.to_dict(), "model": best.user_attrs["model"], "training": best.user_attrs["training"]})
     write_atomic(out, lambda temporary: temporary.write_text(spec_to_toml(best_spec), encoding="utf-8"))

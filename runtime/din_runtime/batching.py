@@ -18,6 +18,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+@dataclass(frozen=True)
+class ServerLimits:
+    """The server's limits and their defaults, the one place they are stated (`din-runtime serve` shows them):
+    rows per session call (1: no batching), extra wait for a batch to fill, requests waiting before 503, and the
+    largest request body before 413."""
+
+    max_batch: int = 64
+    max_delay_ms: float = 0.0
+    max_queue: int = 1024
+    max_body_mb: float = 64.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 1 or self.max_delay_ms < 0 or self.max_body_mb <= 0:
+            raise ValueError("max_batch and max_queue must be at least 1, max_delay_ms at least 0 and max_body_mb above 0")
+
+    @property
+    def max_body(self) -> int:
+        """The body limit in bytes."""
+        return int(self.max_body_mb * (1 << 20))
+
+
 class QueueFull(RuntimeError):
     """More requests are waiting than the server accepts; the client should retry later (HTTP 503)."""
 
@@ -51,8 +72,8 @@ class DynamicBatcher:
     ends, and what arrives within `max_delay` seconds of a batch's first request; `max_batch` 1 turns batching off.
     `run(feed)` returns probabilities."""
 
-    def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], sequences: Sequence[str], max_batch: int = 64,
-                 max_delay: float = 0.0, max_queue: int = 1024,
+    def __init__(self, run: Callable[[dict[str, np.ndarray]], np.ndarray], sequences: Sequence[str], max_batch: int = ServerLimits.max_batch,
+                 max_delay: float = ServerLimits.max_delay_ms / 1000, max_queue: int = ServerLimits.max_queue,
                  on_batch: Callable[[int], None] | None = None) -> None:
         if max_batch < 1 or max_queue < 1 or max_delay < 0:
             raise ValueError("max_batch and max_queue must be at least 1 and max_delay at least 0")

@@ -15,18 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from . import __version__
+from .batching import ServerLimits
 from .commands import OneLineErrors
-from .encoding import Ragged
 from .errors import InputError
 from .files import write_atomic
 from .predictor import Predictor
+from .providers import CHOICES
 
 # Measured on a 161,616-row Parquet file of the built-in data at the default --chunk-rows: the session fed 16,384
 # rows at a time peaked at 2.36 GB resident, 4,096 at 0.84 GB, 1,024 at 0.50 GB, and 1,024 was also the fastest.
 SESSION_ROWS = 1024
+LIMITS = ServerLimits()  # the serve options' defaults
 
 
 def _csv_chunks(path: Path, rows: int) -> Iterator[dict[str, list]]:
@@ -41,20 +42,16 @@ def _parquet_chunks(path: Path, rows: int) -> Iterator[dict[str, Any]]:
     value (`to_pydict()` made one per history entry; this reads a 161,616-row file in 6.3 s instead of 7.1)."""
     try:
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
+
+        from .arrow import to_numpy, to_ragged
     except ImportError:
         raise InputError("input", "reading Parquet needs pyarrow (pip install pyarrow); CSV needs nothing more") from None
     for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
         columns: dict[str, Any] = {}
         for name, column in zip(batch.schema.names, batch.columns, strict=True):
-            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-                lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy().astype(np.int64)
-                offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-                np.cumsum(lengths, out=offsets[1:])
-                columns[name] = Ragged(pc.list_flatten(column).to_numpy(zero_copy_only=False), offsets)
-            else:
-                columns[name] = column.to_numpy(zero_copy_only=False)
+            listed = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+            columns[name] = to_ragged(column) if listed else to_numpy(column)
         yield columns
 
 
@@ -99,7 +96,7 @@ def main() -> None:
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--id-column", help="Input column written beside each probability (default: the row number).")
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=65_536, show_default=True, help="Rows read and scored at a time.")
-@click.option("--providers", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+@click.option("--providers", type=click.Choice(CHOICES), default="auto", show_default=True,
               help="auto: CUDA where usable, else the CPU; cuda: an error unless CUDA is in use.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def predict_command(bundle: Path, input: Path, output: Path, id_column: str | None, chunk_rows: int, providers: str, quiet: bool) -> None:
@@ -116,17 +113,17 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--name", help="Model name in the URLs (default: the bundle folder's name, as `din-export triton` names it).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-batch", type=click.IntRange(min=1), default=LIMITS.max_batch, show_default=True,
               help="Most rows gathered from concurrent requests into one session call; 1 turns dynamic batching off.")
-@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=LIMITS.max_delay_ms, show_default=True,
               help="Extra wait after a batch's first request for others to join it. At 0, a batch is whatever arrived "
                    "while the previous session call ran: no wait when idle, batches under load.")
-@click.option("--max-queue", type=click.IntRange(min=1), default=1024, show_default=True,
+@click.option("--max-queue", type=click.IntRange(min=1), default=LIMITS.max_queue, show_default=True,
               help="Requests waiting beyond this many are refused with 503.")
-@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True,
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=LIMITS.max_body_mb, show_default=True,
               help="Larger request bodies are refused with 413.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads (default: its own choice).")
-@click.option("--providers", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--providers", type=click.Choice(CHOICES), default="auto", show_default=True)
 def serve_command(bundle: Path, host: str, port: int, name: str | None, max_batch: int, max_delay_ms: float, max_queue: int,
                   max_body_mb: float, threads: int | None, providers: str) -> None:
     """Serve BUNDLE over HTTP with the KServe v2 protocol (Triton's): infer, rank, health, metadata, /metrics."""
@@ -137,5 +134,5 @@ def serve_command(bundle: Path, host: str, port: int, name: str | None, max_batc
     predictor = Predictor.load(bundle, providers=providers, threads=threads)
     name = name or bundle.resolve().name
     click.echo(f"serving {bundle} as model '{name}' on http://{host}:{port} ({predictor.providers[0]})", err=True)
-    serve(predictor, name, host, port, max_batch, max_delay_ms, max_queue, int(max_body_mb * (1 << 20)))
+    serve(predictor, name, host, port, ServerLimits(max_batch, max_delay_ms, max_queue, max_body_mb))
 

@@ -8,10 +8,7 @@ from typing import Any
 
 import click
 
-
-def first_line(error: BaseException) -> str:
-    """An error's message cut to its first line (its type's name when it has no message): what a user is shown."""
-    return (str(error).splitlines() or [type(error).__name__])[0]
+from .errors import first_line
 
 
 class OneLineErrors(click.Group):

@@ -20,3 +20,8 @@ class BundleError(ValueError):
 
 class ProviderError(RuntimeError):
     """An execution provider that was asked for is not the one ONNX Runtime actually uses."""
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message cut to its first line (its type's name when it has no message): what a user is shown."""
+    return (str(error).splitlines() or [type(error).__name__])[0]

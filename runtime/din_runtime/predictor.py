@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .encoding import FeatureEncoder
-from .errors import BundleError, InputError, ProviderError
+from .errors import BundleError, InputError, ProviderError, first_line
 from .manifest import read_manifest, schema_of, verify_model_file
 from .providers import ProviderChoice, create_session, resolve
 
@@ -219,4 +219,4 @@ def _open_session(model_path: Path, providers: ProviderChoice, options: ort.Sess
     except (ProviderError, ValueError):
         raise
     except Exception as error:  # ONNX Runtime's own error types: a file it cannot load, e.g. missing external data
-        raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({str(error).splitlines()[0][:300]})") from None
+        raise BundleError(f"{model_path}: ONNX Runtime cannot load it ({first_line(error)[:300]})") from None

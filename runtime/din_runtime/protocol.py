@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .manifest import OUTPUT_NAME
 from .schema import CategoricalFeature, FeatureSchema, NumericFeature
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-OUTPUT_NAME = "probability"
 NUMPY_TYPES = {"INT64": np.int64, "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT64": np.uint64,
                "UINT32": np.uint32, "UINT16": np.uint16, "UINT8": np.uint8, "FP64": np.float64, "FP32": np.float32,
                "FP16": np.float16, "BOOL": np.bool_}

@@ -6,7 +6,13 @@ ONNX Runtime falls back from CUDA to CPU without raising; this module makes that
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +22,30 @@ from .errors import ProviderError
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+CHOICES = ("auto", "cpu", "cuda")  # what the command lines offer; a list of provider names works in Python too
 ProviderChoice = str | Sequence[str]
+_STDERR = threading.Lock()
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@contextmanager
+def _stderr_held() -> Iterator[list[str]]:
+    """What ONNX Runtime's default logger writes to the process's stderr while the block runs, held back and
+    handed to the caller (the list holds it once the block ends). ONNX Runtime offers no getter for its global log
+    level, so lowering and restoring that level would clobber a level the application set; the file descriptor
+    is swapped instead, under a lock, for as long as a session takes to create."""
+    held: list[str] = []
+    with _STDERR, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            held.append(_ANSI.sub("", sink.read().decode("utf-8", errors="replace")))
 
 
 def resolve(choice: ProviderChoice) -> tuple[list[str], bool]:
@@ -46,17 +75,20 @@ def create_session(model_path: str, choice: ProviderChoice, options: ort.Session
     requested, required = resolve(choice)
     if provider_options is not None and len(provider_options) != len(requested):
         raise ValueError(f"provider_options needs one dict per provider {requested}")
-    if requested[0] == CUDA:
-        # Keep ONNX Runtime's own load error for missing CUDA libraries off the console: what happened is reported
-        # once, below, as a ProviderError (or a warning with fallback=True), not twice in two voices.
-        ort.set_default_logger_severity(4)
-    try:
+    held = [""]
+    if requested[0] != CUDA:
         session = ort.InferenceSession(model_path, sess_options=options, providers=requested, provider_options=provider_options)
-    finally:
-        ort.set_default_logger_severity(2)
+    else:  # ONNX Runtime's own load error for missing CUDA libraries is reported once, below, in our words with its reason
+        with _stderr_held() as held:
+            session = ort.InferenceSession(model_path, sess_options=options, providers=requested, provider_options=provider_options)
+        if session.get_providers()[0] == CUDA and held[0]:
+            sys.stderr.write(held[0])  # nothing failed: whatever it said is passed on unchanged
     in_use = session.get_providers()
     if required and in_use[0] != requested[0]:
-        message = f"{requested[0]} was asked for but ONNX Runtime is using {in_use}; check the CUDA and cuDNN libraries"
+        reasons = [line for line in held[0].splitlines() if "Failed to create" in line]
+        # its first sentences say which versions it needs; the rest points at its web page
+        reason = f" ({reasons[0].split('] ', 1)[-1].split(' Please')[0].strip()[:200]})" if reasons else ""
+        message = f"{requested[0]} was asked for but ONNX Runtime is using {in_use}; check the CUDA and cuDNN libraries{reason}"
         if not fallback:
             raise ProviderError(message)
         logging.getLogger("din_runtime").warning("%s (fallback=True: continuing on %s)", message, in_use[0])

@@ -27,12 +27,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import __version__
-from .batching import DynamicBatcher, QueueFull
+from .batching import DynamicBatcher, QueueFull, ServerLimits
 from .predictor import Predictor
 from .protocol import HEADER_LENGTH, ProtocolError, error_body, id_lists, infer_response, model_metadata, parse_infer_request
 
 log = logging.getLogger("din_runtime.server")
-DEFAULT_MAX_BODY = 64 << 20  # bytes; a larger request is refused with 413 before it is read whole
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
@@ -66,10 +65,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(predictor: Predictor, name: str, max_batch: int = 64, max_delay_ms: float = 0.0, max_queue: int = 1024,
-               max_body: int = DEFAULT_MAX_BODY) -> Starlette:
+def create_app(predictor: Predictor, name: str, limits: ServerLimits | None = None) -> Starlette:
     """The ASGI application serving `predictor` as model `name`."""
+    limits = limits or ServerLimits()
     metrics = Metrics()
+    max_body = limits.max_body
     metadata = model_metadata(name, predictor.schema)
     schema = predictor.schema
     integer_histories = [s.name for s in schema.sequences if schema[s.shares].key_type == "int"]  # BYTES in, int IDs out
@@ -77,7 +77,7 @@ def create_app(predictor: Predictor, name: str, max_batch: int = 64, max_delay_m
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        batcher = DynamicBatcher(predictor.run_encoded, predictor.sequences, max_batch, max_delay_ms / 1000, max_queue,
+        batcher = DynamicBatcher(predictor.run_encoded, predictor.sequences, limits.max_batch, limits.max_delay_ms / 1000, limits.max_queue,
                                  on_batch=metrics.batch_rows.observe)
         batcher.start()
         state["batcher"] = batcher
@@ -162,8 +162,7 @@ def create_app(predictor: Predictor, name: str, max_batch: int = 64, max_delay_m
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def serve(predictor: Predictor, name: str, host: str, port: int, max_batch: int, max_delay_ms: float, max_queue: int,
-          max_body: int) -> None:
+def serve(predictor: Predictor, name: str, host: str, port: int, limits: ServerLimits | None = None) -> None:
     """Run until SIGINT or SIGTERM: uvicorn then stops accepting, lets requests in flight finish, and this returns
     (exit status 0; uvicorn itself would re-raise the signal after draining, ending the process by it)."""
     import uvicorn
@@ -178,6 +177,6 @@ def serve(predictor: Predictor, name: str, host: str, port: int, max_batch: int,
                 for number, handler in previous.items():
                     signal.signal(number, handler)
 
-    app = create_app(predictor, name, max_batch, max_delay_ms, max_queue, max_body)
+    app = create_app(predictor, name, limits)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
     DrainingServer(config).run()
