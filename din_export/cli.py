@@ -171,6 +171,29 @@ def prepare_command(spec: Path, log: str, items: str | None, users: str | None, 
                f"({summary['negatives_drawn']} negatives drawn) in {summary['seconds']:.1f} s")
 
 
+DATA_KEYS = ("data", "log", "items", "users", "valid", "test", "spec", "samples")
+
+
+def check_data_flags(given: set[str]) -> None:
+    """The data options that only make sense together, each combination refused in one line naming the flags."""
+    def refuse(message: str) -> None:
+        raise click.UsageError(message)
+
+    if "data" in given and "log" in given:
+        refuse("give --data (a sample table) or --log (a behaviour log), not both")
+    for flag in ("items", "users"):
+        if flag in given and "log" not in given:
+            refuse(f"--{flag} joins an attribute table to --log (a behaviour log to prepare); without --log there is no log to "
+                   "join it to (a sample table given with --data already holds its attributes)")
+    for flag in ("valid", "test"):
+        if flag in given and "log" in given:
+            refuse(f"--{flag} applies to --data; a log given with --log is split by the recipe's [split] section")
+        if flag in given and "data" not in given:
+            refuse(f"--{flag} needs --data, the training table it belongs with")
+    if "samples" in given and ("data" in given or "log" in given):
+        refuse("--samples sets the size of the built-in data; with --data or --log the data is yours")
+
+
 def _data_source(scratch: Path, data: Path | None, log: str | None, items: str | None, users: str | None,
                  valid: Path | None, test: Path | None, spec: Path | None, samples: int) -> tuple[Any, Path | None, str]:
     """(DataSource, spec path, name for default output) from the data options; a log is prepared into scratch."""
@@ -187,8 +210,6 @@ def _data_source(scratch: Path, data: Path | None, log: str | None, items: str |
         return DataSource(data=data, valid=valid, test=test), spec, folder.name
     if (data is not None or log is not None) and spec is None:
         raise click.UsageError("--data and --log need --spec, the TOML file that names the label and features")
-    if data is not None and log is not None:
-        raise click.UsageError("give --data (a sample table) or --log (a behaviour log), not both")
     if log is None:
         source = DataSource(data=data, valid=valid, test=test, synthetic_samples=samples)
         return source, spec, source.name
@@ -198,8 +219,14 @@ def _data_source(scratch: Path, data: Path | None, log: str | None, items: str |
             prepared / SPEC_FILE, Path(log).stem)
 
 
+def _given(ctx: click.Context, names: tuple[str, ...]) -> set[str]:
+    """The options of `names` given on the command line (not left at their defaults)."""
+    return {name for name in names if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+
+
 def _explicit(ctx: click.Context, params: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
-    return {field: params[name] for name, field in mapping.items() if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+    given = _given(ctx, tuple(mapping))
+    return {field: params[name] for name, field in mapping.items() if name in given}
 
 
 @main.command("train-and-export")
@@ -224,9 +251,9 @@ def train_and_export_command(ctx: click.Context, **params: Any) -> None:
     from .data.synthetic import SPEC_PATH
     from .pipeline import train_and_export
 
+    check_data_flags(_given(ctx, DATA_KEYS))
     with tempfile.TemporaryDirectory(prefix="din-export-") as scratch:
-        source, spec_path, name = _data_source(Path(scratch), *(params[k] for k in
-                                               ("data", "log", "items", "users", "valid", "test", "spec", "samples")))
+        source, spec_path, name = _data_source(Path(scratch), *(params[k] for k in DATA_KEYS))
         spec = load_spec(spec_path or SPEC_PATH)
         model_config, train_config = resolve(spec, _explicit(ctx, params, MODEL_FLAGS),
                                              {**_explicit(ctx, params, TRAINING_FLAGS), "progress": not params["quiet"]})
@@ -277,15 +304,17 @@ def _summary(manifest: dict[str, Any]) -> str:
 @click.option("--timeout", type=click.FloatRange(min=1), default=TUNE_DEFAULTS.timeout, help="Stop starting trials after this many seconds.")
 @click.option("--model", "variant", type=click.Choice(VARIANTS), default=MODEL_DEFAULTS.variant, show_default=True, help="Variant to tune.")
 @click.option("--seed", type=int, default=TUNE_DEFAULTS.seed, show_default=True, help="Seed of the sampler, the split and every trial.")
-def tune_command(out: Path, trials: int, epochs: int, timeout: float | None, variant: str, seed: int, **params: Any) -> None:
+@click.pass_context
+def tune_command(ctx: click.Context, out: Path, trials: int, epochs: int, timeout: float | None, variant: str, seed: int,
+                 **params: Any) -> None:
     """Search learning rate, embedding size, MLP sizes, dropout and regularisation with Optuna (pruning bad trials)."""
     from .data.spec import load_spec
     from .data.synthetic import SPEC_PATH
     from .training.tune import tune
 
+    check_data_flags(_given(ctx, DATA_KEYS))
     with tempfile.TemporaryDirectory(prefix="din-export-") as scratch:
-        source, spec_path, _ = _data_source(Path(scratch), *(params[k] for k in
-                                            ("data", "log", "items", "users", "valid", "test", "spec", "samples")))
+        source, spec_path, _ = _data_source(Path(scratch), *(params[k] for k in DATA_KEYS))
         summary = tune(source, load_spec(spec_path or SPEC_PATH), out, TuneConfig(trials, epochs, seed, timeout), variant)
     click.echo(f"best validation AUC {summary['best_valid_auc']:.4f} (trial {summary['best_trial']}; {summary['complete']} complete, "
                f"{summary['pruned']} pruned of {summary['trials']}); best spec written to {out}")
@@ -328,8 +357,9 @@ def report_command(bundle: Path) -> None:
               help="Refuse a precision whose validation AUC is lower than float32's by more than this.")
 @click.option("--force", is_flag=True, help="Keep a precision even past --max-auc-drop.")
 @click.option("--optimize", is_flag=True, help="Save ONNX Runtime's basic (portable) offline optimisation of the graph.")
-def export_command(source: Path, out: Path, graph: str, precision: str | None, old_precision: str | None, valid: Path | None,
-                   max_auc_drop: float, force: bool, optimize: bool) -> None:
+@click.pass_context
+def export_command(ctx: click.Context, source: Path, out: Path, graph: str, precision: str | None, old_precision: str | None,
+                   valid: Path | None, max_auc_drop: float, force: bool, optimize: bool) -> None:
     """Export a bundle folder or a weights.pt checkpoint again, without retraining: graph, precision, optimisation."""
     from .export.rebuild import export_bundle
 
@@ -338,6 +368,10 @@ def export_command(source: Path, out: Path, graph: str, precision: str | None, o
     if old_precision is not None:
         click.echo("note: --variant is now --precision; --variant goes in the next release", err=True)
     precision = precision or old_precision or PRECISIONS[0]
+    for flag in sorted(_given(ctx, ("valid", "max_auc_drop", "force"))):
+        if precision == PRECISIONS[0]:
+            raise click.UsageError(f"--{flag.replace('_', '-')} applies to --precision int8 or fp16 (the AUC check of a reduced "
+                                   "precision); float32 has none")
     manifest = export_bundle(source, out, graph, precision, valid, max_auc_drop, force, optimize)
     onnx_info = manifest["onnx"]
     click.echo(f"bundle written to {out}: {graph} graph, {precision}; ONNX vs PyTorch max |diff| "

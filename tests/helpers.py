@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 REFERENCE_MAX_LEN = 200
@@ -36,3 +42,29 @@ def rank_against_predict(predictor, rows: dict, user: int, top_k: int | None = N
     candidates = {name: column for name, column in rows.items() if name not in USER_SIDE}
     ranking = predictor.rank(user_row, candidates, top_k=top_k)
     return ranking, predictor.predict({**candidates, **{name: [value] * count for name, value in user_row.items()}})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(bundle: Path, name: str, *options: str) -> tuple[subprocess.Popen, str]:
+    """`din-runtime serve` in a process of its own on a free port of 127.0.0.1, serving `bundle` as `name`, once ready."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "din_runtime", "serve", str(bundle), "--port", str(port), "--name", name,
+                                "--providers", "cpu", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1) as response:
+                if response.status == 200:
+                    return process, url
+        except (urllib.error.URLError, ConnectionError):
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited: {process.stderr.read()}") from None
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the server did not become ready in 60 s")

@@ -15,8 +15,8 @@ from tritonclient.grpc import model_config_pb2
 
 from din_export.cli import main
 from din_export.data.synthetic import generate
-from din_runtime.manifest import LENGTH_INPUT
 from din_runtime import Predictor
+from din_runtime.manifest import LENGTH_INPUT
 
 GARBAGE_ID, GARBAGE_TEXT = 987654321, "padding-is-positional"
 

@@ -7,9 +7,7 @@ import http.client
 import json
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -24,39 +22,15 @@ from tritonclient.utils import InferenceServerException
 
 from din_export.data.synthetic import generate
 from din_runtime import Predictor
+from helpers import start_server
 
 MODEL = "din"
 FEATURES = ("user_id", "item_id", "cate_id", "price", "hist_item_id", "hist_cate_id")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start(bundle: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "din_runtime", "serve", str(bundle), "--port", str(port), "--name", MODEL,
-                                "--providers", "cpu", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1) as response:
-                if response.status == 200:
-                    return process, url
-        except (urllib.error.URLError, ConnectionError):
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited: {process.stderr.read()}") from None
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the server did not become ready in 60 s")
-
-
 @pytest.fixture(scope="module")
 def server(bundle: Path) -> Iterator[str]:
-    process, url = start(bundle, "--max-batch", "64", "--max-delay-ms", "5", "--max-body-mb", "1", "--max-queue", "64")
+    process, url = start_server(bundle, MODEL, "--max-batch", "64", "--max-delay-ms", "5", "--max-body-mb", "1", "--max-queue", "64")
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -178,7 +152,7 @@ def test_rank_endpoint_equals_predictor_rank(server: str, predictor: Predictor, 
 
 
 def test_a_full_queue_answers_503_and_the_server_lives_on(bundle: Path, predictor: Predictor, rows: dict) -> None:
-    process, url = start(bundle, "--max-batch", "1", "--max-queue", "1")
+    process, url = start_server(bundle, MODEL, "--max-batch", "1", "--max-queue", "1")
     try:
         statuses: list[int] = []
         body = json.dumps({"inputs": [{"name": name, "shape": [40], "datatype": "BYTES" if name.startswith("hist_") else
@@ -199,7 +173,7 @@ def test_a_full_queue_answers_503_and_the_server_lives_on(bundle: Path, predicto
 
 
 def test_sigterm_drains_requests_in_flight_and_exits_zero(bundle: Path, predictor: Predictor, rows: dict) -> None:
-    process, url = start(bundle, "--max-delay-ms", "300", "--max-batch", "100000")  # a request waits 300 ms for company
+    process, url = start_server(bundle, MODEL, "--max-delay-ms", "300", "--max-batch", "100000")  # a request waits 300 ms for company
     outcome: dict[str, np.ndarray] = {}
 
     def slow_request() -> None:
@@ -221,7 +195,7 @@ def test_readme_curl_and_tritonclient_examples_run_as_written(bundle: Path, tmp_
 
     folder = tmp_path / "models" / "synthetic-din"
     shutil.copytree(bundle, folder)
-    process, url = start(folder)
+    process, url = start_server(folder, MODEL)
     try:
         commands = shell_snippet("din-runtime serve")
         assert "din-runtime serve models/synthetic-din --port 8000" in commands

@@ -40,8 +40,8 @@ from .behaviour import (
     sample_negatives,
 )
 from .layout import SEQUENCE_STORE
-from .reserved import HISTORY_END, HISTORY_FIRST
 from .recipe import LogConfig, SplitConfig, log_config_from_dict
+from .reserved import HISTORY_END, HISTORY_FIRST
 from .scan import LogScan
 from .sources import read_source
 from .spec import PREVIOUS_FILL, FeatureSpec, Spec, SpecError, read_toml, spec_from_dict, spec_to_toml
@@ -92,7 +92,9 @@ class _Catalogue:
             unique, counts = np.unique(table_keys, return_counts=True)
             if (counts > 1).any():
                 raise TableError(f"{path}: key '{unique[counts > 1][0]}' appears {counts[counts > 1][0]} times in column '{key_column}'")
-            self.row_of_code[np.searchsorted(keys, table_keys)] = np.arange(len(table_keys))
+            position = np.minimum(np.searchsorted(keys, table_keys), max(len(keys) - 1, 0))
+            known = (keys[position] == table_keys) if len(keys) else np.zeros(len(table_keys), dtype=bool)
+            self.row_of_code[position[known]] = np.flatnonzero(known)  # rows for keys the log never names are unused
 
     def attribute(self, array: pa.Array, codes: np.ndarray) -> pa.Array:
         rows = self.row_of_code[codes]
@@ -115,7 +117,14 @@ def log_columns(spec: Spec, config: LogConfig) -> list[str]:
 
 
 def check_sources(spec: Spec, config: LogConfig, sources: Sources) -> None:
-    """Recipe errors found before any file is read: histories of user attributes, missing columns or tables."""
+    """Recipe errors found before any file is read: a table given without its section or a section without its
+    table, histories of user attributes, missing columns."""
+    for source, path, key in (("items", sources.items, config.item_key), ("users", sources.users, config.user_key)):
+        if path is not None and key is None:
+            raise SpecError(f"--{source} gives a table, but the recipe has no [{source}] section naming its key column "
+                            f"(add [{source}] key = \"...\", or leave --{source} out)")
+        if path is None and key is not None:
+            raise SpecError(f"[{source}] names a key column, but no {source} table was given: pass it with --{source}")
     for feature in spec.features:
         if feature.kind == "sequence":
             target = next(f for f in spec.features if f.name == feature.shares)

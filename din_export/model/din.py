@@ -9,6 +9,7 @@ shares the embedding table of one categorical feature; those shared categoricals
 from __future__ import annotations
 
 import copy
+import keyword
 
 import torch
 from torch import nn
@@ -18,14 +19,19 @@ from din_runtime.schema import FeatureSchema
 from ..config import FORMS, ModelConfig
 from .layers import AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp
 
+ESCAPED = "feature_x"
+_MODULE_ATTRIBUTES = frozenset(dir(nn.ModuleDict()))  # a table's key may not shadow one of these (`training`, `forward`)
+
 
 def table_key(feature: str) -> str:
-    """The embedding table's key in the ModuleDict (and so in weights.pt's state dict): the feature's own name where
-    torch takes it as a module name (an ASCII identifier that is no attribute of a module, as nearly every name is),
-    else `feature~` and its UTF-8 bytes in hex, which no identifier can equal (`.` or `training` are refused)."""
-    if feature.isascii() and feature.isidentifier() and not hasattr(nn.ModuleDict, feature):
+    """The embedding table's key in the ModuleDict (and so in weights.pt's state dict and the exporter's generated
+    code, which must parse): the feature's own name where that is an ASCII identifier, no Python keyword, no module
+    attribute (`training`, `forward`) and does not begin `feature_x`, as nearly every name is; else `feature_x` and
+    the name's UTF-8 bytes in hex. Kept names never begin so, so no two features share a key."""
+    if (feature.isascii() and feature.isidentifier() and not keyword.iskeyword(feature)
+            and feature not in _MODULE_ATTRIBUTES and not feature.startswith(ESCAPED)):
         return feature
-    return "feature~" + feature.encode().hex()
+    return ESCAPED + feature.encode().hex()
 
 
 class DIN(nn.Module):

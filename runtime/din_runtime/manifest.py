@@ -19,7 +19,8 @@ CHECKPOINT_FILE = "weights.pt"
 PLOT_FILE = "training.png"
 GRAPH_FILES = {"onnx": MODEL_FILE, "ranking": RANKING_FILE}
 OUTPUT_NAME = "probability"  # every graph's one output: each row's click probability
-LENGTH_INPUT = "history_length"  # the raw-input graph's (`din-export triton --raw-inputs`) count of real history entries  # manifest section -> the one file name it may name
+# The raw-input graph's (`din-export triton --raw-inputs`) input that counts each row's real history entries.
+LENGTH_INPUT = "history_length"  # manifest section -> the one file name it may name
 REQUIRED_KEYS = ("format_version", "spec", "encoding", "onnx", "metrics", "versions")
 # Keys that bundles of earlier releases may lack, with the value they meant; read_manifest fills them in, so no
 # reader needs a default of its own.
