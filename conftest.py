@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ML100K, ML100K_RECIPE, REFERENCE_MAX_LEN, SMALL_MODEL, build_bundle
+from helpers import ML100K, ML100K_RECIPE, REFERENCE_MAX_LEN, SMALL_MODEL, build_bundle, need_ml100k
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +49,7 @@ def ml100k_samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MovieLens-100k prepared with the committed recipe (read from ../shared, never copied)."""
     from din_export.data.prepare import Sources, prepare
 
-    if not ML100K.is_dir():
-        pytest.fail(f"MovieLens-100k is expected at {ML100K}, beside the project root")
+    need_ml100k()
     out = tmp_path_factory.mktemp("ml100k") / "samples"
     prepare(ML100K_RECIPE, Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item", ML100K / "ml-100k.user"), out)
     return out

@@ -23,9 +23,9 @@ from din_export.data.prepare import SPEC_FILE, Sources, prepare
 from din_export.data.spec import load_spec
 from din_export.model.din import DIN
 from din_export.training.train import train
+from helpers import ML100K, need_ml100k
 
 ROOT = Path(__file__).resolve().parent.parent
-ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 RECIPE = ROOT / "examples" / "movielens-100k-ids-genre.toml"
 BATCHES = 80
 pytestmark = pytest.mark.slow  # trains on MovieLens-100k; the inner loop (-m "not slow") skips it
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.slow  # trains on MovieLens-100k; the inner loop (-m "n
 
 @pytest.fixture(scope="module")
 def ids_genre(tmp_path_factory: pytest.TempPathFactory):
+    need_ml100k()
     out = tmp_path_factory.mktemp("ids-genre") / "samples"
     prepare(RECIPE, Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item"), out)
     return load_data(DataSource(out / "train.parquet", out / "valid.parquet", out / "test.parquet"), load_spec(out / SPEC_FILE), seed=0)

@@ -441,3 +441,18 @@ def triton_command(bundle: Path, repository: Path, name: str | None, gpu: bool, 
     path = write_repository(bundle, repository, name, gpu, max_batch_size, instances, threads, raw_inputs=raw_inputs)
     click.echo(f"Triton model written to {path} ({'GPU' if gpu else 'CPU'}, max_batch_size {max_batch_size}"
                f"{', raw inputs' if raw_inputs else ''})")
+
+
+@main.command("datasets")
+@click.argument("name", type=click.Choice(["ml-100k"]))
+@click.option("--to", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write the data set's atomic files into (replaced only once complete).")
+@click.option("--url", help="Where to download the archive from instead of its publisher (a mirror, or a file:// URL of a copy).")
+@click.option("--md5", help="The archive's MD5 to check instead of the one its publisher gives (for a repackaged copy).")
+def datasets_command(name: str, to: Path, url: str | None, md5: str | None) -> None:
+    """Download a public data set, check its published checksum and write it as the atomic files the recipes in
+    examples/ read (ml-100k: ml-100k.inter, ml-100k.item, ml-100k.user)."""
+    from .data.datasets import DATASETS, download
+
+    files = download(name, to, url, md5)
+    click.echo(f"{name} written to {to}: " + ", ".join(f.name for f in files) + f" (cite: {DATASETS[name].citation})")

@@ -28,6 +28,16 @@ def build_bundle(out: Path, samples: int = 3000, epochs: int = 2, batch_size: in
 
 
 ML100K = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ml-100k"
+ML100K_MISSING = (f"MovieLens-100k is not at {ML100K}: fetch it with `din-export datasets ml-100k --to {ML100K}` "
+                  "(GroupLens' archive, checksum-checked) to run the tests that need it")
+
+
+def need_ml100k() -> None:
+    """Skip the calling test or fixture, saying how to get the data, where MovieLens-100k is absent."""
+    import pytest
+
+    if not (ML100K / "ml-100k.inter").is_file():
+        pytest.skip(ML100K_MISSING)
 ML100K_RECIPE = Path(__file__).resolve().parent.parent / "examples" / "movielens-100k.toml"
 
 
