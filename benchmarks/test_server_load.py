@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http.aio as aioclient
-from test_server import MODEL, start, triton_inputs
+from test_server import MODEL, triton_inputs
 
 from din_export.data.synthetic import generate
 from din_runtime import Predictor
+from helpers import start_server
 
 CLIENTS = (1, 8, 32)
 ROWS = (1, 64)
@@ -60,7 +61,7 @@ async def load(url: str, inputs_of: list, clients: int) -> tuple[float, list[flo
 
 @pytest.fixture(scope="module")
 def servers(reference_bundle: Path):
-    started = {name: start(reference_bundle, *options, "--threads", "2") for name, options in SERVERS.items()}
+    started = {name: start_server(reference_bundle, MODEL, *options, "--threads", "2") for name, options in SERVERS.items()}
     yield {name: url for name, (_, url) in started.items()}
     for process, _ in started.values():
         process.terminate()
