@@ -176,3 +176,14 @@ def test_threads_and_memory_under_sustained_calls(predictor: Predictor, keys: di
     for i in range(9000):
         predictor.predict(batches[i % 8])
     assert resident_mib() - after_1000 < 20  # MiB: no growth with the number of calls
+
+
+def test_din_runtime_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path) -> None:
+    table = tmp_path / "in.csv"
+    table.write_text("user_id\n1\n")
+    command = [sys.executable, "-m", "din_runtime", "predict", str(tmp_path / "no-bundle"), str(table), str(tmp_path / "out.csv")]
+    plain = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 2 and plain.stderr.strip().count("\n") == 0 and "no manifest.json" in plain.stderr
+    debug = subprocess.run(command[:3] + ["--debug"] + command[3:], capture_output=True, text=True, timeout=120)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "BundleError" in debug.stderr
+    assert not (tmp_path / "out.csv").exists()

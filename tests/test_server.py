@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -188,28 +186,3 @@ def test_sigterm_drains_requests_in_flight_and_exits_zero(bundle: Path, predicto
     np.testing.assert_allclose(outcome["probabilities"], predictor.predict(rows), rtol=0, atol=1e-6)
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=2)
-
-
-def test_readme_curl_and_tritonclient_examples_run_as_written(bundle: Path, tmp_path: Path, monkeypatch) -> None:
-    from test_readme import shell_snippet, snippet
-
-    folder = tmp_path / "models" / "synthetic-din"
-    shutil.copytree(bundle, folder)
-    process, url = start_server(folder, MODEL)
-    try:
-        commands = shell_snippet("din-runtime serve")
-        assert "din-runtime serve models/synthetic-din --port 8000" in commands
-        curl = commands[commands.index("curl "):].replace("localhost:8000", url).replace("/models/synthetic-din/", f"/models/{MODEL}/")
-        answer = json.loads(subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30, check=True).stdout)
-        expected = Predictor.load(folder, providers="cpu").predict(
-            {"user_id": [17], "item_id": [2222], "price": [8.23], "hist_item_id": [[1306, 639, 1455]]})
-        assert answer["outputs"][0]["shape"] == [1]
-        np.testing.assert_allclose(answer["outputs"][0]["data"], expected, rtol=0, atol=1e-6)
-        code = snippet("httpclient.InferenceServerClient").replace("localhost:8000", url).replace('"synthetic-din"', f'"{MODEL}"')
-        printed: list = []
-        monkeypatch.setattr("builtins.print", lambda *values: printed.extend(values))
-        exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - the README's own code
-        assert printed[0].shape == (2,)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)

@@ -8,6 +8,15 @@ from typing import Any
 from ..config import HOLDOUT, SPLIT_MODES, STRATEGIES
 from ..errors import SpecError
 
+# The keys each section of a recipe may hold (docs/guides/spec.md documents each; a test holds the two together).
+SECTION_KEYS = {
+    "log": {"user", "item", "time", "label", "label_min"},
+    "items": {"key"},
+    "users": {"key"},
+    "sampling": {"negatives", "strategy", "seed"},
+    "split": {"mode", "valid", "test", "valid_from", "test_from"},
+}
+
 
 @dataclass(frozen=True)
 class SplitConfig:
@@ -62,14 +71,14 @@ def log_config_from_dict(data: dict[str, Any]) -> LogConfig:
     """Validate the prepare sections of a recipe; every error names the section and key."""
     if "log" not in data:
         raise SpecError("a recipe for `prepare` needs a [log] section naming the user, item and time columns")
-    log = _table(data, "log", {"user", "item", "time", "label", "label_min"})
+    log = _table(data, "log", SECTION_KEYS["log"])
     for key in ("user", "item", "time"):
         if not isinstance(log.get(key), str):
             raise SpecError(f"[log] {key} must name a column of the log")
-    items = _table(data, "items", {"key"})
-    users = _table(data, "users", {"key"})
-    sampling = _table(data, "sampling", {"negatives", "strategy", "seed"})
-    split = _table(data, "split", {"mode", "valid", "test", "valid_from", "test_from"})
+    items = _table(data, "items", SECTION_KEYS["items"])
+    users = _table(data, "users", SECTION_KEYS["users"])
+    sampling = _table(data, "sampling", SECTION_KEYS["sampling"])
+    split = _table(data, "split", SECTION_KEYS["split"])
     negatives = sampling.get("negatives", 0 if "label" in log else SamplingConfig.negatives)
     if not isinstance(negatives, int) or negatives < 0:
         raise SpecError(f"[sampling] negatives must be an integer >= 0, not {negatives!r}")

@@ -86,7 +86,8 @@ def score(bundle: Path, source: Path, target: Path, id_column: str | None, chunk
 
 @click.group(cls=OneLineErrors)
 @click.version_option(__version__, package_name="din-runtime")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+def main(debug: bool) -> None:
     """Serve din-export bundles with ONNX Runtime."""
 
 
