@@ -1,5 +1,5 @@
-"""The din-export command line: prepare, train-and-export, tune, report, export, verify, inspect, triton (and
-datasets, which fetches public data sets)."""
+"""The din-export command line: prepare, train-and-export, tune, report, export, verify, inspect, triton, compare
+(and datasets, which fetches public data sets)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from .config import (
     ACTIVATIONS,
     AUGMENTATIONS,
     BASE_POOLINGS,
+    COMPARE_MAX_AUC_DROP,
+    COMPARE_RESAMPLES,
     DEFAULT_MAX_AUC_DROP,
     DEVICES,
     FORMS,
@@ -456,3 +458,40 @@ def datasets_command(name: str, to: Path, url: str | None, md5: str | None) -> N
 
     files = download(name, to, url, md5)
     click.echo(f"{name} written to {to}: " + ", ".join(f.name for f in files) + f" (cite: {DATASETS[name].citation})")
+
+
+@main.command("compare")
+@click.argument("old", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("new", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", type=FILE, required=True, help="Table to score with both (CSV, TSV or Parquet, either layout), e.g. "
+                                                       "the newest window's test split.")
+@click.option("--max-auc-drop", type=click.FloatRange(min=0), default=COMPARE_MAX_AUC_DROP, show_default=True,
+              help="NEW fails when its AUC is below OLD's by more than this with 95% confidence (the whole interval "
+                   "of the difference below -X).")
+@click.option("--resamples", type=click.IntRange(min=100), default=COMPARE_RESAMPLES, show_default=True,
+              help="Bootstrap resamples of the users.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
+def compare_command(old: Path, new: Path, data: Path, max_auc_drop: float, resamples: int, seed: int, as_json: bool) -> None:
+    """Score one table with two bundles through din_runtime; print AUC, GAUC, logloss and accuracy of each and the AUC
+    difference with a 95% interval (paired bootstrap over users). Exit 0 when NEW is not worse than OLD by more than
+    --max-auc-drop, 1 when it is, 2 on an error: a rollout script gates on it."""
+    import json
+
+    from .compare import compare
+
+    result = compare(old, new, data, max_auc_drop, resamples, seed)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), allow_nan=False))
+    else:
+        click.echo(f"{result.rows:,} rows of {data}, {result.users:,} users")
+        click.echo(f"{'':<5}{'AUC':>9}{'GAUC':>9}{'logloss':>9}{'accuracy':>10}")
+        for name, row in (("old", result.old), ("new", result.new)):
+            click.echo(f"{name:<5}" + "".join(f"{row[k]:>9.4f}" if row.get(k) is not None else f"{'-':>9}" for k in METRICS))
+        low, high = result.interval
+        click.echo(f"AUC new - old: {result.auc_difference:+.4f} (95% interval {low:+.4f} to {high:+.4f}; paired bootstrap over "
+                   f"{result.users:,} users, {resamples} resamples)")
+        verdict = "worse than" if result.worse else "not worse than"
+        click.echo(f"NEW is {verdict} OLD by more than {max_auc_drop:g} AUC: exit {int(result.worse)}")
+    if result.worse:
+        raise SystemExit(1)
