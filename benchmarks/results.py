@@ -13,6 +13,7 @@ Each figure in a table was measured in that one run: ratios come from interleave
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -179,6 +180,8 @@ def training_at_scale(scratch: Path) -> tuple[str, str]:
 
 
 def sort_engines(scratch: Path) -> tuple[str, str]:
+    if importlib.util.find_spec("polars") is None:
+        raise SystemExit("sort-engines times Polars too: pip install polars (a benchmark-only install)")
     output = run([sys.executable, "benchmarks/sort_engines.py", "20000000"])
     return "python benchmarks/sort_engines.py 20000000", tables_in(output)
 
