@@ -161,12 +161,15 @@ def main(debug: bool) -> None:
                    "sequences.parquet, samples pointing into it (train-and-export reads both).")
 @click.option("--memory-limit", default=PREPARE_MEMORY_LIMIT, show_default=True,
               help="Working memory for sorting the log (DuckDB's, e.g. 500MB, 4GB); past it the sort spills to disk beside --out.")
+@click.option("--since", help="Only events at or after this time become samples (a number in the time column's units, or an "
+                              "ISO date for a timestamp column); histories still reach back into every earlier event.")
 def prepare_command(spec: Path, log: str, items: str | None, users: str | None, out: Path, chunk_rows: int, layout: str,
-                    memory_limit: str) -> None:
+                    memory_limit: str, since: str | None) -> None:
     """Turn a behaviour log (and item and user tables) into train, valid and test sample tables for train-and-export."""
     from .data.prepare import Sources, prepare
 
-    summary = prepare(spec, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows, layout, memory_limit)
+    summary = prepare(spec, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows, layout, memory_limit,
+                      since=since)
     rows = summary["rows"]
     click.echo(f"prepared {summary['events']} events of {summary['users']} users into {out}: "
                f"{rows['train']} train, {rows['valid']} valid, {rows['test']} test samples "

@@ -142,8 +142,9 @@ class LogContext:
     """What every block needs from the whole log: user and item codes with their attribute tables, the negative
     draw, the split's time cuts, and the features' places (log, item or user)."""
 
-    def __init__(self, spec: Spec, config: LogConfig, sources: Sources, scan: LogScan) -> None:
+    def __init__(self, spec: Spec, config: LogConfig, sources: Sources, scan: LogScan, since: float | str | None = None) -> None:
         self.spec, self.config = spec, config
+        self.since = None if since is None else scan.time_number(since)  # samples only from here on; histories reach back
         overview = scan.overview()
         self.events = overview.events
         items = read_source(sources.items, self._columns("items", config.item_key)) if sources.items else None
@@ -168,12 +169,13 @@ class LogContext:
         return "event"
 
     def _split_cuts(self, scan: LogScan) -> SplitConfig:
-        """The split with a global time split's quantile cuts computed over the whole log, so blocks agree."""
+        """The split with a global time split's quantile cuts computed over the whole log (over the window of
+        samples, with --since), so blocks agree."""
         split = self.config.split
         if split.mode != "global_time":
             return split
         wanted = [q for q, given in ((1 - split.test, split.test_from), (1 - split.test - split.valid, split.valid_from)) if given is None]
-        found = iter(scan.time_quantiles(wanted)) if wanted else iter(())
+        found = iter(scan.time_quantiles(wanted, self.since)) if wanted else iter(())
         test_from = split.test_from if split.test_from is not None else next(found)
         valid_from = split.valid_from if split.valid_from is not None else next(found)
         return dataclasses.replace(split, test_from=test_from, valid_from=valid_from)
@@ -201,23 +203,28 @@ class EventBlock:
         self.item = context.items.codes(to_numpy(log.column(config.item)))
         self.behaviour_base = behaviour_base
         self.label = self._labels()
-        self.split = assign_splits(self.user, self.time, context.split)
+        # The window of events that become samples; every earlier event still counts for histories and negatives.
+        self.window = np.ones(len(self.user), dtype=bool) if context.since is None else self.time >= context.since
+        self.split = np.full(len(self.user), -1, dtype=np.int8)
+        self.split[self.window] = assign_splits(self.user[self.window], self.time[self.window], context.split)
         self.first, self.end = history_bounds(self.user, self.time, self.label == 1)
         self.behaviours = np.flatnonzero(self.label == 1)
         self._history_values: dict[str, pa.Array] = {}
         self.event_values = {f.name: self._event_values(f) for f in event_features(context.spec, context.config)}
 
+        sampled = np.flatnonzero(self.window)
+        self.positives = int((self.label[sampled] == 1).sum())
         if config.label is None:
-            owners, drawn = sample_negatives(self.user, self.item, np.arange(len(self.user)), context.draw,
+            owners, drawn = sample_negatives(self.user, self.item, sampled, context.draw,
                                              first_key=positive_base * context.draw.negatives)
-            event = np.concatenate([np.arange(len(self.user)), owners])
+            event = np.concatenate([sampled, owners])
             sample_order = np.argsort(event, kind="stable")
             self.sample_event = event[sample_order]
-            self.sample_item = np.concatenate([self.item, drawn])[sample_order]
-            self.sample_label = np.concatenate([self.label, np.zeros(len(owners), dtype=np.int8)])[sample_order]
+            self.sample_item = np.concatenate([self.item[sampled], drawn])[sample_order]
+            self.sample_label = np.concatenate([self.label[sampled], np.zeros(len(owners), dtype=np.int8)])[sample_order]
         else:
-            self.sample_event, self.sample_item, self.sample_label = np.arange(len(self.user)), self.item, self.label
-        self.negatives = int(len(self.sample_event) - len(self.user))
+            self.sample_event, self.sample_item, self.sample_label = sampled, self.item[sampled], self.label[sampled]
+        self.negatives = int(len(self.sample_event) - len(sampled))
 
     def history_values(self, feature: FeatureSpec) -> pa.Array:
         """What a sequence feature's histories hold, one value per behaviour event in store order (the values of
@@ -353,9 +360,13 @@ def _read_recipe(recipe: Path) -> tuple[Spec, LogConfig]:
 
 
 def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE_CHUNK_ROWS, layout: str = "inline",
-            memory_limit: str = PREPARE_MEMORY_LIMIT, block_events: int = PREPARE_BLOCK_EVENTS) -> dict[str, Any]:
+            memory_limit: str = PREPARE_MEMORY_LIMIT, block_events: int = PREPARE_BLOCK_EVENTS,
+            since: float | str | None = None) -> dict[str, Any]:
     """Write out/{train,valid,test}.parquet, out/spec.toml and out/prepare.json (and, in the reference layout,
-    out/sequences.parquet); returns the summary. DuckDB sorts within `memory_limit` (spilling beside `out`)."""
+    out/sequences.parquet); returns the summary. DuckDB sorts within `memory_limit` (spilling beside `out`). With
+    `since` (a time in the log's units, or an ISO date for a timestamp column), only events at or after it become
+    samples, split by the recipe's [split] among themselves, while histories and negatives' anti-joins still see
+    every earlier event: a day's window for a model retrained daily."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     started = clock.perf_counter()
@@ -366,7 +377,7 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE
         scan = LogScan(sources.log, config.user, config.item, config.time, log_columns(spec, config), Path(spill), memory_limit)
         writer = _SampleWriter(staging)
         try:
-            context = LogContext(spec, config, sources, scan)
+            context = LogContext(spec, config, sources, scan, since)
             sequences = spec.of_kind("sequence")
             for events in scan.blocks(block_events):
                 block = EventBlock(context, events, behaviours, positives)
@@ -375,7 +386,7 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE
                 if layout == "reference" and (len(block.behaviours) or behaviours == 0):  # the store exists even if empty
                     writer.store(pa.table({f.name: block.history_values(f) for f in sequences}))
                 behaviours += len(block.behaviours)
-                positives += int((block.label == 1).sum())
+                positives += block.positives
                 negatives += block.negatives
         finally:
             writer.close()
@@ -386,7 +397,7 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE
         (staging / SPEC_FILE).write_text(spec_to_toml(_training_spec(spec, config)), encoding="utf-8")
         summary = {
             "events": context.events, "users": int(len(context.users.keys)), "items": int(len(context.items.keys)),
-            "positives": positives, "negatives_drawn": negatives,
+            "positives": positives, "negatives_drawn": negatives, "since": context.since,
             "rows": writer.rows, "layout": layout, "seconds": round(clock.perf_counter() - started, 3),
             "sort_spilled_bytes": scan.spilled_bytes or 0,
             "sources": {k: str(v) for k, v in vars(sources).items() if v is not None}, "recipe": str(recipe),

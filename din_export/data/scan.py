@@ -116,11 +116,30 @@ class LogScan:
         order = np.argsort(item_keys, kind="stable")
         return LogOverview(int(found[0]), np.sort(users), item_keys[order], to_numpy(items.column("n"))[order].astype(np.int64))
 
-    def time_quantiles(self, quantiles: list[float]) -> list[float]:
-        """numpy's default (linear) quantiles of the event times, computed out of core."""
+    def time_quantiles(self, quantiles: list[float], since: float | None = None) -> list[float]:
+        """numpy's default (linear) quantiles of the event times (those at or after `since`, where given),
+        computed out of core."""
         number = _time_number(self.time, self.schema.field(self.time).type)
         listed = ", ".join(repr(float(q)) for q in quantiles)
-        return list(self.connection.sql(f"SELECT quantile_cont({number}, [{listed}]) FROM events").fetchall()[0][0])
+        where = "" if since is None else f" WHERE {number} >= {float(since)!r}"
+        found = self.connection.sql(f"SELECT quantile_cont({number}, [{listed}]) FROM events{where}").fetchall()[0][0]
+        if found is None:
+            raise ValueError(f"no event of the log is at or after --since {since:g}")
+        return list(found)
+
+    def time_number(self, value: float | str) -> float:
+        """A time as the number `prepare` orders by: a number as it is; for a timestamp column, an ISO-8601 date or
+        time too, in the column's own unit."""
+        kind = self.schema.field(self.time).type
+        if isinstance(value, str) and pa.types.is_timestamp(kind):
+            try:
+                return float(np.datetime64(value).astype(f"datetime64[{kind.unit}]").astype(np.int64))
+            except ValueError:
+                raise ValueError(f"--since {value!r} is neither a number nor an ISO-8601 date or time") from None
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"--since {value!r} is not a number in the units of the log's time column '{self.time}'") from None
 
     def blocks(self, min_events: int) -> Iterator[pa.Table]:
         """The events sorted by user, time and log row, in tables of at least `min_events` rows (the last may be
