@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from machine import cpu_model
 
 from din_export.config import ModelConfig, TrainConfig
 from din_export.data.dataset import DataSource, load_data
@@ -38,14 +38,6 @@ from din_runtime.providers import CUDA
 PARITY = 1e-5
 BATCHES = (1, 256, 4096)
 ROUNDS = 15
-
-
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def machine() -> dict:

@@ -28,19 +28,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results" / "generated"
 BIN = Path(sys.executable).parent
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": "17179869184"}  # PyTorch at its best
 VERSIONS = ("torch", "onnxruntime-gpu", "onnxruntime", "numpy", "onnx", "duckdb", "pyarrow", "openvino")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def versions() -> str:

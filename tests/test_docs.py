@@ -21,7 +21,7 @@ import yaml
 from din_export.config import HOLDOUT, ModelConfig, TrainConfig
 from din_export.data.recipe import SECTION_KEYS, SamplingConfig, SplitConfig
 from din_export.data.spec import ALLOWED_KEYS, PREPARE_KEYS, TOP_LEVEL_KEYS, FeatureSpec, _toml_value
-from helpers import ML100K, free_port, start_server
+from helpers import ML100K, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -93,7 +93,6 @@ class Reader:
         for line in code.splitlines():
             serve = re.search(r"din-runtime serve (\S+)(.*)$", line)
             if serve:  # a server the next lines talk to: started for real, on a free port
-                self.port = free_port()
                 options = serve.group(2).replace(f"--port {SERVER_PORT}", "").split()
                 bundle = self.root / serve.group(1)
                 process, url = start_server(bundle, bundle.name, *options)
