@@ -57,7 +57,7 @@ class PerRowDataset(Dataset):
 def movielens(ml100k_samples: Path):
     spec = load_spec(ml100k_samples / "spec.toml")
     table = pq.read_table(ml100k_samples / "train.parquet").slice(0, ROWS)
-    schema = fit_schema(raw_columns(table, spec), spec)
+    schema = fit_schema(raw_columns(table, spec), spec).schema
     encoding = schema.to_manifest()
     split = EncodedSplit(FeatureEncoder(schema).encode(raw_columns(table, spec)), labels(table, spec), None, schema.sequence_names)
     return table.to_pydict(), encoding, split

@@ -61,6 +61,21 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     return sizes
 
 
+def _caps(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str | None, int]:
+    """--max-vocabulary N (every categorical) or FEATURE=N (one), as {None or FEATURE: N}."""
+    caps: dict[str | None, int] = {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        try:
+            cap = int(number)
+        except ValueError:
+            cap = 0
+        if cap < 1:
+            raise click.BadParameter(f"expected N or FEATURE=N with N a positive integer, not {value!r}")
+        caps[name or None] = cap
+    return caps
+
+
 def _options(options: list[Callable]) -> Callable:
     def apply(function: Callable) -> Callable:
         for option in reversed(options):
@@ -112,7 +127,8 @@ MODEL_OPTIONS = [
                  help="Layers of din-seq's encoder."),
 ]
 TRAINING_OPTIONS = [
-    click.option("--epochs", type=click.IntRange(min=1), default=TRAINING_DEFAULTS.epochs, show_default=True, help="Most epochs to train."),
+    click.option("--epochs", type=click.IntRange(min=0), default=TRAINING_DEFAULTS.epochs, show_default=True,
+                 help="Most epochs to train (0 only with --warm-start: the parent re-exported on the new vocabularies)."),
     click.option("--patience", type=click.IntRange(min=1), default=TRAINING_DEFAULTS.patience, show_default=True,
                  help="Stop after this many epochs without a better validation AUC; the best epoch is kept."),
     click.option("--batch-size", type=click.IntRange(min=2), default=TRAINING_DEFAULTS.batch_size, show_default=True,
@@ -200,8 +216,10 @@ def check_data_flags(given: set[str]) -> None:
 
 
 def _data_source(scratch: Path, data: Path | None, log: str | None, items: str | None, users: str | None,
-                 valid: Path | None, test: Path | None, spec: Path | None, samples: int) -> tuple[Any, Path | None, str]:
-    """(DataSource, spec path, name for default output) from the data options; a log is prepared into scratch."""
+                 valid: Path | None, test: Path | None, spec: Path | None, samples: int,
+                 spec_known: bool = False) -> tuple[Any, Path | None, str]:
+    """(DataSource, spec path, name for default output) from the data options; a log is prepared into scratch.
+    spec_known: a sample table may come without --spec (a warm start's parent has one)."""
     from .data.dataset import DataSource
     from .data.prepare import SPEC_FILE, Sources, prepare
 
@@ -213,7 +231,7 @@ def _data_source(scratch: Path, data: Path | None, log: str | None, items: str |
         data, valid, test = folder / "train.parquet", valid or folder / "valid.parquet", test or folder / "test.parquet"
         spec = spec or folder / SPEC_FILE
         return DataSource(data=data, valid=valid, test=test), spec, folder.name
-    if (data is not None or log is not None) and spec is None:
+    if (log is not None or (data is not None and not spec_known)) and spec is None:
         raise click.UsageError("--data and --log need --spec, the TOML file that names the label and features")
     if log is None:
         source = DataSource(data=data, valid=valid, test=test, synthetic_samples=samples)
@@ -244,6 +262,12 @@ def _explicit(ctx: click.Context, params: dict[str, Any], mapping: dict[str, str
 @click.option("--graph", type=click.Choice(FORMS), default=FORMS[0], show_default=True,
               help="Exported graph: folded (the attention unit's first layer folded for inference) or plain.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last per-epoch checkpoint (same data and settings).")
+@click.option("--warm-start", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A bundle to continue: its vocabularies extended (every known key keeps its row), its weights copied, its "
+                   "architecture and spec kept; training settings not given default to the continuation schedule.")
+@click.option("--max-vocabulary", multiple=True, metavar="[FEATURE=]N", callback=_caps,
+              help="Most keys a vocabulary may hold: N for every categorical feature, FEATURE=N for one (repeatable); the most "
+                   "frequent keys are kept, the rest map to out-of-vocabulary. Overrides the spec's max_vocabulary.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @click.pass_context
 def train_and_export_command(ctx: click.Context, **params: Any) -> None:
@@ -251,19 +275,28 @@ def train_and_export_command(ctx: click.Context, **params: Any) -> None:
 
     Under `torchrun --nproc-per-node N`, training runs data-parallel (gloo on CPU, NCCL on GPU); rank 0 writes the bundle.
     """
-    from .config import resolve
-    from .data.spec import load_spec
+    from .config import WARM_START_TRAINING, resolve
+    from .data.spec import load_spec, with_caps
     from .data.synthetic import SPEC_PATH
     from .pipeline import train_and_export
+    from .warm_start import check_architecture, load_parent
 
     check_data_flags(_given(ctx, DATA_KEYS))
+    parent = load_parent(params["warm_start"]) if params["warm_start"] else None
     with tempfile.TemporaryDirectory(prefix="din-export-") as scratch:
-        source, spec_path, name = _data_source(Path(scratch), *(params[k] for k in DATA_KEYS))
-        spec = load_spec(spec_path or SPEC_PATH)
-        model_config, train_config = resolve(spec, _explicit(ctx, params, MODEL_FLAGS),
-                                             {**_explicit(ctx, params, TRAINING_FLAGS), "progress": not params["quiet"]})
+        source, spec_path, name = _data_source(Path(scratch), *(params[k] for k in DATA_KEYS), spec_known=parent is not None)
+        spec = load_spec(spec_path) if spec_path else parent.bundle.spec if parent else load_spec(SPEC_PATH)
+        spec = with_caps(spec, params["max_vocabulary"]) if params["max_vocabulary"] else spec
+        model_flags = _explicit(ctx, params, MODEL_FLAGS)
+        training_flags = {**_explicit(ctx, params, TRAINING_FLAGS), "progress": not params["quiet"]}
+        if parent is not None:  # the parent's architecture; a continuation's own schedule where none is given
+            check_architecture(parent.model_config, {**spec.model, **model_flags})
+            model_flags = parent.model_config.to_dict()
+            training_flags = {**{k: v for k, v in WARM_START_TRAINING.items() if k not in spec.training}, **training_flags}
+        model_config, train_config = resolve(spec, model_flags, training_flags)
         out = params["out"] or DEFAULT_MODELS_DIR / f"{name}-{model_config.variant}"
-        manifest = train_and_export(source, out, spec, model_config, train_config, resume=params["resume"], graph=params["graph"])
+        manifest = train_and_export(source, out, spec, model_config, train_config, resume=params["resume"], graph=params["graph"],
+                                    warm_start=parent)
     if manifest is None:  # another rank of a torchrun job
         return
     click.echo(f"bundle written to {out}")
@@ -333,8 +366,15 @@ def report_command(bundle: Path) -> None:
 
     manifest = read_manifest(bundle)
     metrics, model, training = manifest["metrics"], manifest["model"], manifest["training"]
+    speed = training.get("samples_per_second")
+    speed_text = f"{speed:,.0f} training samples/s" if speed is not None else "no training steps"
     click.echo(f"bundle {bundle}: {model['variant']}, data {manifest['data']['source']}, "
-               f"{training.get('samples_per_second', float('nan')):,.0f} training samples/s on {training.get('processes', 1)} process(es)")
+               f"{speed_text} on {training.get('processes', 1)} process(es)")
+    generation = (manifest.get("lineage") or {}).get("generation")
+    if generation:
+        parent = manifest["lineage"]["parent"]
+        click.echo(f"warm-started (generation {generation}) from {parent['bundle']} (model sha256 {str(parent['model_sha256'])[:12]}, "
+                   f"written {parent['created']})")
     click.echo(f"{'split':<6}{'rows':>8}{'AUC':>9}{'GAUC':>9}{'logloss':>9}{'accuracy':>10}")
     for split in ("valid", "test"):
         row = metrics[split]
@@ -345,7 +385,8 @@ def report_command(bundle: Path) -> None:
     click.echo(f"{'epoch':<6}{'train loss':>12}{'valid AUC':>11}{'valid logloss':>15}")
     for entry in metrics["history"]:
         marker = "  <- best" if entry["epoch"] == metrics["best_epoch"] else ""
-        click.echo(f"{entry['epoch']:<6}{entry['train_loss']:>12.4f}{entry['valid_auc']:>11.4f}{entry['valid_logloss']:>15.4f}{marker}")
+        loss = f"{entry['train_loss']:>12.4f}" if entry["train_loss"] is not None else f"{'(parent)':>12}"  # a warm start's epoch 0
+        click.echo(f"{entry['epoch']:<6}{loss}{entry['valid_auc']:>11.4f}{entry['valid_logloss']:>15.4f}{marker}")
     click.echo(f"plot: {bundle / manifest['plot']}" if manifest["plot"] else "plot: none in this bundle")
 
 

@@ -90,11 +90,13 @@ def paired_bootstrap(old: np.ndarray, new: np.ndarray, truth: np.ndarray, units:
     return float(low), float(high)
 
 
-def _scores(bundle: Path, table: Any, providers: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
-    """(probabilities, labels, user groups, label name) of a table scored by the bundle's Predictor."""
+def score_table(bundle: Path, table: Any, providers: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+    """(probabilities, labels, user groups, label name) of a table (or a table file) scored by the bundle's Predictor."""
     from din_runtime import Predictor
 
     spec = spec_from_dict(read_manifest(bundle)["spec"])
+    if isinstance(table, (str, Path)):
+        table = read_table(Path(table), spec)
     missing = [name for name in [spec.label, *spec.names] if name not in table.column_names]
     if missing:
         raise SpecError(f"{bundle}: the table lacks column(s) {missing} this bundle's spec names")
@@ -109,8 +111,8 @@ def compare(old: Path, new: Path, data: Path, max_auc_drop: float = 0.0, resampl
     if resamples < 100:
         raise ValueError(f"resamples must be at least 100 for a 95% interval, not {resamples}")
     table = read_table(data, spec_from_dict(read_manifest(old)["spec"]))
-    old_p, truth, groups, old_label = _scores(old, table, providers)
-    new_p, new_truth, _, new_label = _scores(new, table, providers)
+    old_p, truth, groups, old_label = score_table(old, table, providers)
+    new_p, new_truth, _, new_label = score_table(new, table, providers)
     if old_label != new_label or not np.array_equal(truth, new_truth):
         raise SpecError(f"the two bundles read different labels ('{old_label}' and '{new_label}'); compare models of one label")
     units = groups if groups is not None else np.arange(len(truth))

@@ -29,6 +29,9 @@ SPLIT_MODES = ("per_user", "global_time")  # [split] mode
 HOLDOUT = {"per_user": 1, "global_time": 0.1}  # [split] valid and test by mode: a user's last event; a tenth of the time range
 STRATEGIES = ("uniform", "popularity")  # [sampling] strategy
 SYNTHETIC_SAMPLES = 100_000  # rows of the built-in data (--samples)
+# A warm start's training settings where neither the spec nor a flag sets them: fewer epochs at a lower rate
+# than a fresh model's, chosen by benchmarks/daily_retraining.py --schedules (docs: "Retraining every day").
+WARM_START_TRAINING: dict[str, Any] = {"epochs": 5, "learning_rate": 1e-3, "warmup_steps": 0}
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, not {self.augmentation!r}")
         if not 0 <= self.augmentation_rate < 1:
             raise ValueError(f"augmentation_rate must be in [0, 1), not {self.augmentation_rate}")
+        if self.epochs < 0:
+            raise ValueError("epochs must be >= 0")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from .training.distributed import World, join, leave
 from .training.metrics import evaluate
 from .training.plots import plot_history
 from .training.train import predict, train
+from .warm_start import Parent, check_architecture, check_spec, copy_weights, lineage, load_parent
 
 
 def checkpoint_path(out: Path) -> Path:
@@ -30,38 +32,52 @@ def checkpoint_path(out: Path) -> Path:
     return out.parent / f".{out.name}.checkpoint.pt"
 
 
-def _run_key(spec: Spec, rows: dict[str, int], model_config: ModelConfig, train_config: TrainConfig) -> str:
-    """What a checkpoint must match to be resumed: same spec, data sizes and settings (epochs aside)."""
+def _run_key(spec: Spec, rows: dict[str, int], model_config: ModelConfig, train_config: TrainConfig, parent: Parent | None) -> str:
+    """What a checkpoint must match to be resumed: same spec, data sizes, settings (epochs aside) and parent."""
     settings = {k: v for k, v in train_config.to_dict().items() if k not in ("epochs", "progress", "device")}
-    return json.dumps([spec.to_dict(), rows, model_config.to_dict(), settings], sort_keys=True)
+    parent_sha = parent.manifest["onnx"].get("sha256") if parent else None
+    return json.dumps([spec.to_dict(), rows, model_config.to_dict(), settings, parent_sha], sort_keys=True)
 
 
 def train_and_export(source: DataSource, out: Path, spec: Spec | None = None,
                      model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
-                     resume: bool = False, graph: str = "folded") -> dict[str, Any] | None:
+                     resume: bool = False, graph: str = "folded", warm_start: Path | Parent | None = None) -> dict[str, Any] | None:
     """Run the whole job and return the manifest written to `out` (None on the other ranks of a torchrun job).
-    spec: the feature spec (default: the built-in data's)."""
+    spec: the feature spec (default: the built-in data's; with `warm_start`, the parent bundle's).
+    warm_start: a bundle to continue (its vocabularies extended, its weights copied, its architecture kept)."""
+    parent = warm_start if isinstance(warm_start, Parent) or warm_start is None else load_parent(Path(warm_start))
+    spec = spec or (parent.bundle.spec if parent else load_spec(SPEC_PATH))
+    train_config = train_config or TrainConfig()
+    if parent is not None:
+        check_spec(parent.bundle.spec, spec)
+        if model_config is not None and model_config != parent.model_config:
+            check_architecture(parent.model_config, {k: v for k, v in model_config.to_dict().items()
+                                                     if v != parent.model_config.to_dict()[k]})
+        model_config = parent.model_config
+    elif train_config.epochs < 1:
+        raise ValueError("epochs 0 trains nothing; only a --warm-start continuation may (it re-exports the parent)")
     world = join()
     try:
-        return _train_and_export(source, Path(out), spec or load_spec(SPEC_PATH), model_config or ModelConfig(),
-                                 train_config or TrainConfig(), resume, world, graph)
+        return _train_and_export(source, Path(out), spec, model_config or ModelConfig(), train_config, resume, world, graph, parent)
     finally:
         leave(world)
 
 
-def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: ModelConfig,
-                      train_config: TrainConfig, resume: bool, world: World, graph: str) -> dict[str, Any] | None:
+def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: ModelConfig, train_config: TrainConfig,
+                      resume: bool, world: World, graph: str, parent: Parent | None) -> dict[str, Any] | None:
     phases = Phases()
-    data = load_data(source, spec, train_config.seed, phases)
+    data = load_data(source, spec, train_config.seed, phases, parent.schema if parent else None)
     splits = data.splits
 
     torch.manual_seed(train_config.seed)
     din = DIN(data.schema, model_config)
+    if parent is not None:
+        copy_weights(parent.bundle.din, din)
     checkpoint = checkpoint_path(out)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     with phases.timed("train"):
         result = train(din, splits["train"], splits["valid"], train_config, world, checkpoint, resume,
-                       _run_key(spec, data.rows, model_config, train_config))
+                       _run_key(spec, data.rows, model_config, train_config, parent), start_counts=parent is not None)
     if not world.is_main:
         return None
     with phases.timed("evaluate"):
@@ -77,10 +93,11 @@ def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: M
         manifest = write_manifest(
             staging, spec, din, graphs, metrics,
             training={**train_config.to_dict(), "processes": world.size, "device_used": result.device,
-                      "samples_per_second": round(result.samples_per_second, 1)},
+                      "samples_per_second": None if math.isnan(speed := result.samples_per_second) else round(speed, 1)},
             data={"source": source.name, **{f"{name}_rows": data.rows[name] for name in SPLITS},
                   **source.to_dict(), "seed": train_config.seed},
             plot=PLOT_FILE,
+            lineage=lineage(parent, data.vocabularies) if parent else {"generation": 0, "vocabularies": data.vocabularies},
             seconds=phases.seconds)  # bundle writing itself (a few ms) is not in it
     checkpoint.unlink(missing_ok=True)
     return manifest

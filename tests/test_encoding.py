@@ -142,3 +142,24 @@ def test_the_per_value_path_for_small_requests_equals_the_general_path(data) -> 
     small, reference = encoder.encode(columns), encoder.encode(general)
     for name in reference:
         assert small[name].dtype == reference[name].dtype and np.array_equal(small[name], reference[name]), name
+
+
+def test_keys_in_row_order_with_the_missing_token_between_keep_their_rows_on_every_path() -> None:
+    """A warm-started vocabulary: the parent's keys (rows 2, 3), its missing token (row 4), then keys gained (5, 6),
+    unsorted; the dense table, the binary search, the per-value path and text keys all give the same rows."""
+    keys = [30, 10, 20, 5]
+    for vocabulary in (Vocabulary(keys, "int", True, 4), Vocabulary([k * 10**12 for k in keys], "int", True, 4)):
+        scale = 1 if vocabulary.dense is not None else 10**12
+        values = [v * scale for v in (5, 10, 20, 30, 7)]
+        assert vocabulary.encode("f", np.array(values)).tolist() == [6, 3, 5, 2, OOV_INDEX]
+        assert vocabulary.encode("f", values[:3]).tolist() == [6, 3, 5]
+        assert vocabulary.encode("f", [None, values[0]]).tolist() == [4, 6]
+    text = Vocabulary(["b", "a", "c"], "str", True, 3)
+    assert text.encode("f", ["a", "b", "c", "", "z"]).tolist() == [4, 2, 5, 3, OOV_INDEX]
+    assert text.encode("f", np.array(["c", "a"])).tolist() == [5, 4]
+    feature = CategoricalFeature("f", "int", keys, True, missing_index=4)
+    assert feature.key_rows().tolist() == [2, 3, 5, 6] and feature.size == 7
+    with pytest.raises(ValueError, match="distinct"):
+        Vocabulary([1, 2, 1], "int")
+    with pytest.raises(ValueError, match="missing_index 9"):
+        CategoricalFeature("f", "int", keys, True, missing_index=9)

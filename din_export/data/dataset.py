@@ -129,6 +129,7 @@ class EncodedData:
     rows: dict[str, int]
     schema: FeatureSchema
     splits: dict[str, EncodedSplit]
+    vocabularies: dict[str, dict[str, int]] = field(default_factory=dict)  # per categorical: keys, gained, over_cap
 
 
 def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder,
@@ -150,10 +151,12 @@ def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder,
     return EncodedSplit(feed, labels(table, spec), groups_of(columns, spec), schema.sequence_names, encoded, schema.names)
 
 
-def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None = None) -> EncodedData:
-    """Read the splits, fit the schema on the training split and encode all three with the runtime's encoder. With
-    all three given as files, valid and test are read only once train is encoded and its table let go, and each
-    table is dropped once encoded, so memory holds one split's table at a time."""
+def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None = None,
+              parent: FeatureSchema | None = None) -> EncodedData:
+    """Read the splits, fit the schema on the training split (extending the `parent` schema of a warm start) and
+    encode all three with the runtime's encoder. With all three given as files, valid and test are read only once
+    train is encoded and its table let go, and each table is dropped once encoded, so memory holds one split's
+    table at a time."""
     phases = phases or Phases()
     files = {"valid": source.valid, "test": source.test}
     with phases.timed("read"):
@@ -162,7 +165,8 @@ def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None =
         else:
             tables = load_tables(source, spec, seed)
     with phases.timed("fit encoding"):
-        schema = fit_schema(raw_columns(tables["train"], spec), spec)
+        fitted = fit_schema(raw_columns(tables["train"], spec), spec, parent)
+    schema = fitted.schema
     encoder, splits = FeatureEncoder(schema), {}
     stores: list[tuple[str, np.ndarray, np.ndarray]] = []  # (feature, raw store array, its encoding), shared by the splits
     for name in SPLITS:
@@ -172,5 +176,5 @@ def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None =
         with phases.timed("encode"):
             splits[name] = encode_split(tables.pop(name), spec, encoder, stores)
     with phases.timed("fit encoding"):  # item-to-attribute tables, from the encoded training split
-        schema = with_attribute_tables(schema, splits["train"].indices)
-    return EncodedData(spec, {name: len(split) for name, split in splits.items()}, schema, splits)
+        schema = with_attribute_tables(schema, splits["train"].indices, parent)
+    return EncodedData(spec, {name: len(split) for name, split in splits.items()}, schema, splits, fitted.vocabularies)

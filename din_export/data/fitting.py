@@ -4,7 +4,7 @@ what the encoder, the model, the exporters and the predictor read (stored as the
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -14,8 +14,9 @@ import pyarrow.compute as pc
 from din_runtime.encoding import OOV_INDEX, PADDING_INDEX, Ragged, coerce_keys
 from din_runtime.schema import FIRST_KEY_INDEX, CategoricalFeature, Feature, FeatureSchema, NumericFeature, SequenceFeature
 
+from ..errors import SpecError
 from .layout import Windows
-from .spec import Spec
+from .spec import FeatureSpec, Spec
 
 # An encoded split's view of one input: every index it feeds, flat, and how often each counts (None: once each).
 Indices = Callable[[str], tuple[np.ndarray, np.ndarray | None]]
@@ -38,10 +39,10 @@ def _distinct_counts(values: np.ndarray, weights: np.ndarray | None = None) -> t
     return np.unique(values, return_counts=True)
 
 
-def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str], min_count: int) -> tuple[str, list[Any], bool]:
+def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str], min_count: int) -> tuple[str, np.ndarray, np.ndarray, bool]:
     """Sorted distinct keys of a categorical column and of every sequence that shares its vocabulary, seen at least
-    min_count times there; rarer keys are left out and so fold into the out-of-vocabulary index. The flag says
-    whether missing values occurred, which then get a token of their own."""
+    min_count times there, with how often each was seen; rarer keys are left out and so fold into the
+    out-of-vocabulary index. The flag says whether missing values occurred, which then get a token of their own."""
     column = np.asarray(columns[name])
     key_type = _key_type(column)
     parts, tallies, any_missing = [], [], False
@@ -60,7 +61,47 @@ def _vocabulary_keys(name: str, columns: dict[str, Any], sharers: list[str], min
         any_missing = any_missing or bool((missing if weights is None else missing & (weights > 0)).any())
     keys, inverse = np.unique(np.concatenate(parts), return_inverse=True)
     counts = np.bincount(inverse, weights=np.concatenate(tallies), minlength=len(keys))
-    return key_type, keys[counts >= min_count].tolist(), any_missing
+    frequent = counts >= min_count
+    return key_type, keys[frequent], counts[frequent], any_missing
+
+
+def _most_frequent(keys: np.ndarray, counts: np.ndarray, room: int | None) -> np.ndarray:
+    """The `room` most frequent of the keys (ties: the lower key), in key order; all of them without a bound."""
+    if room is None or len(keys) <= room:
+        return keys
+    chosen = np.lexsort((keys, -counts))[:max(room, 0)]
+    return keys[np.sort(chosen)]
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The fitted schema, and per categorical how its vocabulary came to be: `keys` in all, `gained` (keys new
+    since the parent of a warm start: all of them in a fresh fit), `over_cap` (frequent enough, but past
+    max_vocabulary: they map to out-of-vocabulary)."""
+
+    schema: FeatureSchema
+    vocabularies: dict[str, dict[str, int]]
+
+
+def _categorical(feature: FeatureSpec, columns: dict[str, Any], sharers: list[str],
+                 parent: CategoricalFeature | None) -> tuple[CategoricalFeature, dict[str, int]]:
+    key_type, keys, counts, missing = _vocabulary_keys(feature.name, columns, sharers, feature.min_count)
+    cap = feature.max_vocabulary
+    if parent is None:
+        kept = _most_frequent(keys, counts, cap)
+        fitted = CategoricalFeature(feature.name, key_type, kept.tolist(), missing, feature.attribute_of)
+        return fitted, {"keys": len(kept), "gained": len(kept), "over_cap": len(keys) - len(kept)}
+    if len(keys) and key_type != parent.key_type:
+        raise SpecError(f"feature '{feature.name}': its IDs are {key_type} here but {parent.key_type} in the --warm-start bundle")
+    known = np.asarray(parent.keys, dtype=np.int64 if parent.key_type == "int" else np.str_)
+    new = ~np.isin(keys, known) if len(known) and len(keys) else np.ones(len(keys), dtype=bool)
+    room = None if cap is None else cap - len(known)
+    gained = _most_frequent(keys[new], counts[new], room)
+    # The parent's rows stay where they are: its keys, then its missing token (if any), then the keys gained.
+    missing_index = parent.missing_row if parent.missing_token else None
+    extended = CategoricalFeature(feature.name, parent.key_type, [*parent.keys, *gained.tolist()], parent.missing_token or missing,
+                                  feature.attribute_of, missing_index=missing_index)
+    return extended, {"keys": len(extended.keys), "gained": len(gained), "over_cap": int(new.sum()) - len(gained)}
 
 
 def _numeric_feature(name: str, values: np.ndarray, fill: str, normalize: str) -> NumericFeature:
@@ -77,19 +118,24 @@ def _numeric_feature(name: str, values: np.ndarray, fill: str, normalize: str) -
     return NumericFeature(name, fill_value, shift, scale if scale > 0 else 1.0)
 
 
-def fit_schema(columns: dict[str, Any], spec: Spec) -> FeatureSchema:
-    """The fitted schema, in spec order, from the training split's raw columns."""
+def fit_schema(columns: dict[str, Any], spec: Spec, parent: FeatureSchema | None = None) -> Fitted:
+    """The fitted schema, in spec order, from the training split's raw columns. With the `parent` schema of a warm
+    start, vocabularies extend the parent's (every parent key keeps its row; new keys are appended) and numeric
+    features keep the parent's fill and scaling, which its first layers' weights were trained on."""
     features: list[Feature] = []
+    vocabularies: dict[str, dict[str, int]] = {}
     for feature in spec.features:
         if feature.kind == "categorical":
             sharers = [s.name for s in spec.of_kind("sequence") if s.shares == feature.name]
-            key_type, keys, missing_token = _vocabulary_keys(feature.name, columns, sharers, feature.min_count)
-            features.append(CategoricalFeature(feature.name, key_type, keys, missing_token, feature.attribute_of))
+            known = parent[feature.name] if parent is not None else None
+            fitted, vocabularies[feature.name] = _categorical(feature, columns, sharers, known)  # type: ignore[arg-type]
+            features.append(fitted)
         elif feature.kind == "numeric":
-            features.append(_numeric_feature(feature.name, np.asarray(columns[feature.name], dtype=np.float64), feature.fill, feature.normalize))
+            features.append(parent[feature.name] if parent is not None else
+                            _numeric_feature(feature.name, np.asarray(columns[feature.name], dtype=np.float64), feature.fill, feature.normalize))
         else:
             features.append(SequenceFeature(feature.name, feature.shares, feature.max_len))
-    return FeatureSchema(tuple(features))
+    return Fitted(FeatureSchema(tuple(features)), vocabularies)
 
 
 def _attribute_table(item_indices: np.ndarray, attribute_indices: np.ndarray, item_size: int, attribute_size: int,
@@ -108,10 +154,12 @@ def _attribute_table(item_indices: np.ndarray, attribute_indices: np.ndarray, it
     return table
 
 
-def with_attribute_tables(schema: FeatureSchema, indices: Indices) -> FeatureSchema:
+def with_attribute_tables(schema: FeatureSchema, indices: Indices, parent: FeatureSchema | None = None) -> FeatureSchema:
     """The schema with an item-to-attribute table for every item attribute, fitted on the training split's encoded
     inputs (`indices`, EncodedSplit.indices): the candidate's item and attribute, and each history of items with the
-    history of the attribute."""
+    history of the attribute. With the `parent` of a warm start, an item seen in this split takes the attribute
+    it was seen with most often here (an item whose category changed follows the newest data); an item not seen
+    here keeps the parent's entry."""
     derived = schema.derivations(include_untabled=True)  # the pairing of histories is the schema's own
     features: list[Feature] = []
     for feature in schema.features:
@@ -122,6 +170,10 @@ def with_attribute_tables(schema: FeatureSchema, indices: Indices) -> FeatureSch
             attributes = np.concatenate([attribute[0] for _, attribute in pairs])
             weights = np.concatenate([np.ones(len(source[0])) if source[1] is None else source[1] for source, _ in pairs])
             table = _attribute_table(items, attributes, item.size, feature.size, weights)
+            if parent is not None and parent[feature.name].attribute_table is not None:
+                inherited = np.asarray(parent[feature.name].attribute_table, dtype=np.int64)
+                unseen = table[:len(inherited)] == OOV_INDEX
+                table[:len(inherited)][unseen] = inherited[unseen]
             feature = replace(feature, attribute_table=table.tolist())
         features.append(feature)
     return FeatureSchema(tuple(features))

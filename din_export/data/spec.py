@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ PREVIOUS_FILL = "previous"  # the user's previous value: only `prepare` can appl
 NORMALIZATIONS = ("zscore", "minmax", "none")
 SOURCES = ("log", "items", "users")
 ALLOWED_KEYS = {
-    "categorical": {"kind", "min_count", "attribute_of"},
+    "categorical": {"kind", "min_count", "attribute_of", "max_vocabulary"},
     "numeric": {"kind", "fill", "normalize"},
     "sequence": {"kind", "shares", "max_len"},
 }
@@ -44,6 +44,7 @@ class FeatureSpec:
     source: str = "log"
     first_token: bool = False
     attribute_of: str | None = None  # a categorical whose value is a fact of another's (an item's category): see schema.py
+    max_vocabulary: int | None = None  # most keys the table may hold (the most frequent kept; a warm start's new keys fill what is left)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class Spec:
         features = {}
         for feature in self.features:
             features[feature.name] = {k: v for k, v in asdict(feature).items() if k != "name" and k in ALLOWED_KEYS[feature.kind]
-                                      and not (k == "min_count" and v == 1) and not (k == "attribute_of" and v is None)}
+                                      and not (k == "min_count" and v == 1) and not (k in ("attribute_of", "max_vocabulary") and v is None)}
         data: dict[str, Any] = {"label": self.label, "features": features}
         if self.user is not None:
             data["user"] = self.user
@@ -110,6 +111,8 @@ def _feature(name: str, table: Any) -> FeatureSpec:
         raise SpecError(f"feature '{name}': unknown key(s) {unknown} for kind '{kind}'")
     feature = FeatureSpec(name=name, **table)
     _check_positive_integer(name, "min_count", feature.min_count)
+    if feature.max_vocabulary is not None:
+        _check_positive_integer(name, "max_vocabulary", feature.max_vocabulary)
     _check_one_of(name, "source", feature.source, SOURCES)
     if kind == "numeric":
         if feature.fill == PREVIOUS_FILL and (feature.column is None or feature.source != "log"):
@@ -158,6 +161,18 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
         if not isinstance(settings[section], dict):
             raise SpecError(f"[{section}] must be a table of settings")
     return Spec(label=label, features=features, user=user, **settings)
+
+
+def with_caps(spec: Spec, caps: dict[str | None, int]) -> Spec:
+    """The spec with max_vocabulary set from `--max-vocabulary`: caps[None] for every categorical, caps[NAME] for
+    one (which wins over the spec's own and over caps[None])."""
+    categorical = {f.name for f in spec.of_kind("categorical")}
+    unknown = sorted(name for name in caps if name is not None and name not in categorical)
+    if unknown:
+        raise SpecError(f"--max-vocabulary: {unknown[0]!r} is not a categorical feature of the spec (those are {sorted(categorical)})")
+    features = tuple(replace(f, max_vocabulary=caps.get(f.name, caps.get(None, f.max_vocabulary))) if f.name in categorical else f
+                     for f in spec.features)
+    return replace(spec, features=features)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

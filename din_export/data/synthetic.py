@@ -83,12 +83,16 @@ LOG_SPEC_PATH = Path(__file__).parent / "synthetic-log.toml"
 
 
 def generate_log(num_events: int = 100_000, seed: int = 0, num_users: int | None = None, num_items: int = 5_000,
-                 num_categories: int = 60, missing_rate: float = 0.05, zipf: float | None = None) -> tuple[pa.Table, pa.Table, pa.Table]:
+                 num_categories: int = 60, missing_rate: float = 0.05, zipf: float | None = None,
+                 drift: float = 0.0) -> tuple[pa.Table, pa.Table, pa.Table]:
     """A behaviour log of positive events (user, item, timestamp, session_depth: a context value recorded with
     the event) with item and user attribute tables, deterministic for a seed. Users act mostly within a few
     interest categories; timestamps repeat (seconds), so ties occur; session_depth and attributes have gaps.
     With `zipf`, items are drawn by popularity instead: the item of rank r with weight r ** -zipf (a few items
-    take most events, as in public logs)."""
+    take most events, as in public logs). With `drift` in (0, 1), the catalogue slides over the 30 days: an event
+    at fraction f of the time range draws its item from the items ranked f * drift .. f * drift + 1 - drift in
+    index order (within its category too), so items appear and fade as in a live catalogue, and a model trained
+    on early days meets new items later."""
     rng = np.random.default_rng(seed)
     num_users = num_users or max(10, num_events // 100)
     item_category = rng.integers(0, num_categories, num_items)
@@ -100,12 +104,22 @@ def generate_log(num_events: int = 100_000, seed: int = 0, num_users: int | None
 
     user = rng.integers(0, num_users, num_events)
     category = interests[user, rng.integers(0, 3, num_events)]
-    in_interest = order[starts[category] + (rng.random(num_events) * sizes[category]).astype(np.int64)]
-    item = np.where(rng.random(num_events) < 0.8, in_interest, rng.integers(0, num_items, num_events))
+    if drift:  # where in its catalogue an event draws: a window sliding with the event's time
+        offset = rng.integers(0, 30 * 86_400, num_events)
+        start, width = (offset / (30 * 86_400)) * drift, 1.0 - drift
+        position = start + width * rng.random(num_events)
+        in_interest = order[starts[category] + np.minimum((position * sizes[category]).astype(np.int64), np.maximum(sizes[category] - 1, 0))]
+        anywhere = np.minimum(((start + width * rng.random(num_events)) * num_items).astype(np.int64), num_items - 1)
+        within = rng.random(num_events) < 0.8
+    else:  # the draws in the order of every release before `drift`, so a seed's log stays what it was
+        in_interest = order[starts[category] + (rng.random(num_events) * sizes[category]).astype(np.int64)]
+        within = rng.random(num_events) < 0.8
+        anywhere = rng.integers(0, num_items, num_events)
+    item = np.where(within, in_interest, anywhere)
     if zipf is not None:
         popularity = np.cumsum(np.arange(1, num_items + 1, dtype=np.float64) ** -zipf)
         item = rng.permutation(num_items)[np.searchsorted(popularity, rng.random(num_events) * popularity[-1], side="right")]
-    timestamp = 1_600_000_000 + rng.integers(0, 30 * 86_400, num_events)
+    timestamp = 1_600_000_000 + (offset if drift else rng.integers(0, 30 * 86_400, num_events))
     session_depth = rng.integers(1, 20, num_events).astype(np.float64)
 
     log = pa.table({

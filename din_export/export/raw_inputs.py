@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from din_runtime.encoding import NORMALIZED_LIMIT, OOV_INDEX, PADDING_INDEX
 from din_runtime.manifest import LENGTH_INPUT
-from din_runtime.schema import FIRST_KEY_INDEX, CategoricalFeature, FeatureSchema, NumericFeature
+from din_runtime.schema import CategoricalFeature, FeatureSchema, NumericFeature
 
 ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 2  # LabelEncoder with int64 keys and values
 BATCH, SEQUENCE = "batch", "seq_len"
@@ -30,11 +30,11 @@ def _constant(name: str, value: np.ndarray) -> onnx.NodeProto:
 
 def _lookup(feature: CategoricalFeature, source: str, target: str) -> onnx.NodeProto:
     """Keys to embedding rows, unknown keys to out-of-vocabulary; for text keys '' is missing."""
-    indices = list(range(FIRST_KEY_INDEX, FIRST_KEY_INDEX + len(feature.keys)))
+    indices = feature.key_rows().tolist()
     if feature.key_type == "int":
         return helper.make_node("LabelEncoder", [source], [target], domain=ML_DOMAIN, keys_int64s=[int(k) for k in feature.keys],
                                 values_int64s=indices, default_int64=OOV_INDEX)
-    missing = FIRST_KEY_INDEX + len(feature.keys) if feature.missing_token else OOV_INDEX
+    missing = OOV_INDEX if feature.missing_row is None else feature.missing_row
     return helper.make_node("LabelEncoder", [source], [target], domain=ML_DOMAIN, keys_strings=[*map(str, feature.keys), ""],
                             values_int64s=[*indices, missing], default_int64=OOV_INDEX)
 

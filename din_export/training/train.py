@@ -146,9 +146,10 @@ def _load(path: Path, run_key: str) -> dict[str, Any]:
 
 def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, config: TrainConfig, world: World | None = None,
           checkpoint: Path | None = None, resume: bool = False, run_key: str = "",
-          on_epoch: Callable[[int, float], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[int, float], None] | None = None, start_counts: bool = False) -> TrainResult:
     """Train in place and leave the model at its best validation AUC. With `checkpoint`, the full training state
-    is written there after every epoch; `resume` continues from it exactly as an uninterrupted run would."""
+    is written there after every epoch; `resume` continues from it exactly as an uninterrupted run would.
+    `start_counts` (a warm start): the model as given is scored first, as epoch 0, and kept if no epoch beats it."""
     world = world or World()
     device = resolve_device(config.device)
     model.to(device)
@@ -176,6 +177,13 @@ def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, conf
         history, best_auc, best_epoch, best_state, stale = (state["history"], state["best_auc"], state["best_epoch"],
                                                             state["best_state"], state["stale"])
         first_epoch = state["epoch"] + 1
+    elif start_counts and world.is_main:
+        start = evaluate(valid_split.labels, predict(model, valid_split), valid_split.groups)
+        history.append({"epoch": 0, "train_loss": None, "valid_auc": start["auc"], "valid_logloss": start["logloss"],
+                        "learning_rate": 0.0})
+        best_auc = start["auc"]
+    if start_counts and world.active:
+        best_auc = world.broadcast(best_auc)
     train_seconds, trained = 0.0, 0
     for epoch in range(first_epoch, config.epochs + 1):
         if stale >= config.patience:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .schema import FIRST_KEY_INDEX, CategoricalFeature, FeatureSchema, NumericFeature, SequenceFeature
+from .schema import CategoricalFeature, FeatureSchema, NumericFeature, SequenceFeature
 
 PADDING_INDEX = 0
 OOV_INDEX = 1
@@ -139,33 +139,39 @@ def _coerce_int(feature: str, array: np.ndarray, missing: np.ndarray, row_of) ->
 
 
 class Vocabulary:
-    """Sorted keys of one categorical feature; index 0 is padding, 1 is out-of-vocabulary, keys from 2. When the
-    training data had missing values (`missing_token`), they get their own index after the keys; otherwise a
-    missing value is out-of-vocabulary."""
+    """The keys of one categorical feature and their embedding rows; row 0 is padding, 1 out-of-vocabulary, keys
+    from 2 in the order given (a fresh fit sorts them; a warm start appends new keys after its parent's). When the
+    training data had missing values (`missing_token`), they get a row of their own (`missing_index`, by default
+    right after the keys); otherwise a missing value is out-of-vocabulary."""
 
-    def __init__(self, keys: Sequence[Any], key_type: str, missing_token: bool = False) -> None:
+    def __init__(self, keys: Sequence[Any], key_type: str, missing_token: bool = False, missing_index: int | None = None) -> None:
         if key_type not in ("int", "str"):
             raise ValueError(f"key_type must be 'int' or 'str', not {key_type!r}")
         self.key_type = key_type
         self.keys = np.asarray(keys, dtype=np.int64 if key_type == "int" else np.str_)
-        if len(self.keys) > 1 and not np.all(self.keys[1:] > self.keys[:-1]):
-            raise ValueError("vocabulary keys must be strictly increasing")
-        self.missing_index = len(self.keys) + FIRST_KEY_INDEX if missing_token else OOV_INDEX
+        rows = CategoricalFeature("", key_type, self.keys, missing_token, missing_index=missing_index)
+        self.rows = rows.key_rows()  # each key's embedding row, in key order
+        self.missing_index = OOV_INDEX if rows.missing_row is None else rows.missing_row
+        order = np.argsort(self.keys, kind="stable")  # searchsorted needs the keys sorted; the rows follow them
+        self._sorted_keys, self._sorted_rows = self.keys[order], self.rows[order]
+        if len(self.keys) > 1 and not np.all(self._sorted_keys[1:] > self._sorted_keys[:-1]):
+            raise ValueError("vocabulary keys must be distinct")
         self._text_index: dict[str, int] | None = None  # built on first use by lookup_plain
-        # The dense table covers keys[0]-1 .. keys[-1]+1: a key minus keys[0] - 1, clipped to its ends, indexes it, and
-        # both ends hold the out-of-vocabulary index, so a lookup is a subtraction, a clip and a gather.
+        # The dense table covers min-1 .. max+1 of the keys: a key minus that low end, clipped to the table's ends,
+        # indexes it, and both ends hold the out-of-vocabulary index, so a lookup is a subtraction, a clip and a gather.
         self.dense: np.ndarray | None = None
         if key_type == "int" and len(self.keys):
-            self.low = int(self.keys[0]) - 1
-            span = int(self.keys[-1]) - self.low + 2
-            fits_int64 = self.low >= -INT64_MAX - 1 and int(self.keys[-1]) < INT64_MAX
+            self.low = int(self._sorted_keys[0]) - 1
+            high = int(self._sorted_keys[-1])
+            span = high - self.low + 2
+            fits_int64 = self.low >= -INT64_MAX - 1 and high < INT64_MAX
             if fits_int64 and span <= max(DENSE_TABLE_MIN_SPAN, DENSE_TABLE_FILL_FACTOR * len(self.keys)):
                 self.dense = np.full(span, OOV_INDEX, dtype=np.int64)
-                self.dense[self.keys - self.low] = np.arange(FIRST_KEY_INDEX, FIRST_KEY_INDEX + len(self.keys))
+                self.dense[self.keys - self.low] = self.rows
 
     @classmethod
     def of(cls, feature: CategoricalFeature) -> Vocabulary:
-        return cls(feature.keys, feature.key_type, feature.missing_token)
+        return cls(feature.keys, feature.key_type, feature.missing_token, feature.missing_index)
 
     def lookup(self, keys: np.ndarray, missing: np.ndarray) -> np.ndarray:
         """Indices of keys in the embedding table; unknown keys go to the out-of-vocabulary index, missing ones to
@@ -184,10 +190,10 @@ class Vocabulary:
             offsets = np.maximum(keys - self.low, 0)  # the ufuncs, not np.clip, whose wrapper costs more than a small batch
             indices = self.dense.take(np.minimum(offsets, len(self.dense) - 1, out=offsets))
         else:
-            position = np.searchsorted(self.keys, keys)
+            position = np.searchsorted(self._sorted_keys, keys)
             clipped = np.minimum(position, len(self.keys) - 1)
-            found = (position < len(self.keys)) & (self.keys[clipped] == keys)
-            indices = np.where(found, position + FIRST_KEY_INDEX, OOV_INDEX).astype(np.int64)
+            found = (position < len(self.keys)) & (self._sorted_keys[clipped] == keys)
+            indices = np.where(found, self._sorted_rows[clipped], OOV_INDEX).astype(np.int64)
         return indices
 
     def encode(self, feature: str, values: Any, row_of=lambda i: i) -> np.ndarray:
@@ -214,7 +220,7 @@ class Vocabulary:
         if set(map(type, values)) - {str} or len(self.keys) > SMALL_STR_VOCABULARY or not all(map(str.strip, values)):
             return None
         if self._text_index is None:
-            self._text_index = {key: i for i, key in enumerate(self.keys.tolist(), FIRST_KEY_INDEX)}
+            self._text_index = dict(zip(self.keys.tolist(), self.rows.tolist(), strict=True))
         index = self._text_index
         return np.array([index.get(v, OOV_INDEX) for v in values], dtype=np.int64)
 

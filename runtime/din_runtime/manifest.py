@@ -10,7 +10,10 @@ from typing import Any
 from .errors import BundleError
 from .schema import FeatureSchema
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what the exporter writes
+# What this runtime reads. 2: vocabulary keys in row order (not necessarily sorted) and each missing token's row
+# explicit, which warm-started bundles need; 1: sorted keys, the missing token after them.
+READABLE_FORMATS = (1, 2)
 # Every file a bundle may hold, named here only.
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
@@ -50,8 +53,8 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     absent = [key for key in REQUIRED_KEYS if key not in manifest]
     if absent:
         raise BundleError(f"{path}: missing keys {absent}")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise BundleError(f"{path}: format version {manifest['format_version']!r}; this runtime reads version {FORMAT_VERSION}")
+    if manifest["format_version"] not in READABLE_FORMATS:
+        raise BundleError(f"{path}: format version {manifest['format_version']!r}; this runtime reads versions {list(READABLE_FORMATS)}")
     for section, file_name in GRAPH_FILES.items():
         entry = manifest.get(section)
         if section == "ranking" and entry is None:

@@ -10,13 +10,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 FIRST_KEY_INDEX = 2  # embedding rows: 0 padding, 1 out-of-vocabulary, then one per key
 KEY_TYPES = ("int", "str")
 
 
 @dataclass(frozen=True)
 class CategoricalFeature:
-    """IDs looked up in a vocabulary of sorted keys; `missing_token`: missing values seen in training get a row.
+    """IDs looked up in a vocabulary; `missing_token`: missing values seen in training get a row.
+
+    `keys` are in row order: the first key has row FIRST_KEY_INDEX, the next the row after, skipping the missing
+    token's row (`missing_index`; None: right after the keys). A fresh fit sorts its keys and puts the missing
+    token last; a warm start appends the keys new since its parent after the parent's, so every row keeps its key.
 
     An item attribute (`attribute_of` names the item's feature, e.g. a category of an item ID) carries the
     item-to-attribute table fitted on the training split: `attribute_table[i]` is this feature's index for the
@@ -29,11 +35,29 @@ class CategoricalFeature:
     missing_token: bool = False
     attribute_of: str | None = None
     attribute_table: Sequence[int] | None = None
+    missing_index: int | None = None
     kind: ClassVar[str] = "categorical"
 
     def __post_init__(self) -> None:
         if self.key_type not in KEY_TYPES:
             raise ValueError(f"feature '{self.name}': key_type must be one of {KEY_TYPES}, not {self.key_type!r}")
+        if self.missing_index is not None and not (self.missing_token and FIRST_KEY_INDEX <= self.missing_index <= len(self.keys) + FIRST_KEY_INDEX):
+            raise ValueError(f"feature '{self.name}': missing_index {self.missing_index} is not a row of its table")
+
+    @property
+    def missing_row(self) -> int | None:
+        """The missing token's embedding row (None without one)."""
+        if not self.missing_token:
+            return None
+        return len(self.keys) + FIRST_KEY_INDEX if self.missing_index is None else self.missing_index
+
+    def key_rows(self) -> np.ndarray:
+        """Each key's embedding row, in key order."""
+        rows = np.arange(FIRST_KEY_INDEX, FIRST_KEY_INDEX + len(self.keys), dtype=np.int64)
+        missing = self.missing_row
+        if missing is not None:
+            rows[rows >= missing] += 1
+        return rows
 
     @property
     def size(self) -> int:
@@ -41,7 +65,8 @@ class CategoricalFeature:
         return len(self.keys) + FIRST_KEY_INDEX + int(self.missing_token)
 
     def to_manifest(self) -> dict[str, Any]:
-        entry = {"name": self.name, "kind": self.kind, "key_type": self.key_type, "keys": list(self.keys), "missing_token": self.missing_token}
+        entry = {"name": self.name, "kind": self.kind, "key_type": self.key_type, "keys": list(self.keys),
+                 "missing_token": self.missing_token, "missing_index": self.missing_row}
         if self.attribute_of is not None:
             entry.update(attribute_of=self.attribute_of, attribute_table=None if self.attribute_table is None else list(self.attribute_table))
         return entry
@@ -157,13 +182,14 @@ class FeatureSchema:
 
     @classmethod
     def from_manifest(cls, encoding: Sequence[Mapping[str, Any]]) -> FeatureSchema:
-        """Read the manifest's `encoding` section (written by every version so far in this form)."""
+        """Read the manifest's `encoding` section (format 1 lacks `missing_index`: its missing token follows the keys)."""
         features: list[Feature] = []
         for entry in encoding:
             name, kind = entry["name"], entry.get("kind")
             if kind == "categorical":
-                features.append(CategoricalFeature(name, entry["key_type"], entry["keys"], bool(entry.get("missing_token", False)),
-                                                   entry.get("attribute_of"), entry.get("attribute_table")))
+                missing_token = bool(entry.get("missing_token", False))
+                features.append(CategoricalFeature(name, entry["key_type"], entry["keys"], missing_token, entry.get("attribute_of"),
+                                                   entry.get("attribute_table"), entry.get("missing_index") if missing_token else None))
             elif kind == "numeric":
                 features.append(NumericFeature(name, float(entry["fill"]), float(entry["shift"]), float(entry["scale"])))
             elif kind == "sequence":
