@@ -30,7 +30,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-
 from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,7 +179,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]], data: str) -> str:
-    """Per day, means over seeds (with the spread), and the summary."""
+    """Per day, means over seeds (± their standard deviation), then the goals' summary; CPU printed beside it by main."""
     lines = ["| day | stale AUC | cold AUC | warm AUC | cold train s | warm train s | keys gained (warm) |", "|---|---|---|---|---|---|---|"]
     for day in sorted({r["day"] for r in rows}):
         of_day = [r for r in rows if r["day"] == day]
@@ -193,9 +192,20 @@ def markdown(rows: list[dict[str, Any]], data: str) -> str:
                      f"{cell('warm_seconds', 1)} | {gained or '-'} |")
     result = summary(rows)
     seeds = sorted({r["seed"] for r in rows})
-    lines += ["", f"{data}, seeds {seeds} (mean ± standard deviation over seeds): cold − warm AUC averaged over days and seeds "
-              f"**{result['cold_minus_warm_auc']:+.4f}**; warm's training time **{result['warm_time_share']:.2f}×** cold's; "
-              f"warm beat stale on **{result['warm_beats_stale']}** days. CPU: {cpu_model()}."]
+    lines += ["", "| data | seeds | cold − warm AUC (mean over days and seeds) | warm training time / cold's | days warm beat stale |",
+              "|---|---|---:|---:|---:|",
+              f"| {data} | {', '.join(map(str, seeds))} | {result['cold_minus_warm_auc']:+.4f} | {result['warm_time_share']:.3f} | "
+              f"{result['warm_beats_stale']} |"]
+    return "\n".join(lines) + "\n"
+
+
+def schedules_markdown(rows: list[dict[str, Any]]) -> str:
+    """One line per continuation schedule: its next-day AUC and training seconds beside the cold model's."""
+    lines = ["| epochs | learning rate | warm-up steps | warm AUC | cold AUC | warm train s | cold train s | best epoch |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['epochs']} | {r['learning_rate']:g} | {r['warmup_steps']} | {r['auc']:.4f} | {r['cold_auc']:.4f} | "
+                     f"{r['seconds']:.1f} | {r['cold_seconds']:.1f} | {r['best_epoch']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -207,7 +217,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000, help="Events of the generated log.")
     parser.add_argument("--schedules", action="store_true", help="Compare the continuation schedules on day 1 instead.")
     parser.add_argument("--json", type=Path, help="Also write the rows here.")
+    parser.add_argument("--render", type=Path, help="Print the tables of rows a run wrote with --json, and stop.")
     args = parser.parse_args()
+    if args.render:
+        rows = json.loads(args.render.read_text())
+        print(schedules_markdown(rows) if args.schedules else markdown(rows, args.data))
+        return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="daily-") as scratch:
         folder = Path(scratch)
@@ -221,8 +236,7 @@ def main() -> None:
         rows = run_schedules(days, args.seeds) if args.schedules else run_days(days, args.seeds, args.days)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    if not args.schedules:
-        print(markdown(rows, args.data))
+    print(schedules_markdown(rows) if args.schedules else markdown(rows, args.data))
     print(f"CPU: {cpu_model()}; {time.perf_counter() - started:.0f} s in all")
 
 

@@ -151,6 +151,17 @@ def server_load(scratch: Path) -> tuple[str, str]:
     return "python -m pytest benchmarks/test_server_load.py --benchmark-json=serve.json", "\n".join(lines)
 
 
+def swap_latency(scratch: Path) -> tuple[str, str]:
+    report = scratch / "swap.json"
+    run([sys.executable, "-m", "pytest", "benchmarks/test_swap_latency.py", f"--benchmark-json={report}", "-q", "-p", "no:cacheprovider"])
+    info = _benchmarks(report)[0]["extra_info"]
+    lines = ["| requests | failed | steady p50 ms | steady p99 ms | swap p50 ms | swap p99 ms | p99 swap / steady | swap seconds (rename -> first response) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|",
+             f"| {info['requests']:,} | {info['failed']} | {info['steady p50 ms']} | {info['steady p99 ms']} | {info['swap p50 ms']} | "
+             f"{info['swap p99 ms']} | {info['p99 swap / steady']:.2f} | {', '.join(map(str, info['swap seconds']))} |"]
+    return "python -m pytest benchmarks/test_swap_latency.py --benchmark-json=swap.json", "\n".join(lines)
+
+
 def training_speed(scratch: Path) -> tuple[str, str]:
     report = scratch / "train.json"
     run([sys.executable, "-m", "pytest", "benchmarks/test_training_speed.py", f"--benchmark-json={report}", "-q", "-p", "no:cacheprovider"])
@@ -181,6 +192,20 @@ def sort_engines(scratch: Path) -> tuple[str, str]:
     return "python benchmarks/sort_engines.py 20000000", tables_in(output)
 
 
+def daily_retraining(scratch: Path) -> tuple[str, str]:
+    parts = []
+    for data, label in (("movielens", "MovieLens-100k, ids + genre"), ("generated", "the generated log, its catalogue drifting")):
+        output = run([sys.executable, "benchmarks/daily_retraining.py", "--data", data, "--events", "60000", "--seeds", "0", "1", "2"])
+        parts.append(f"**{label}**\n\n" + tables_in(output))
+    return ("python benchmarks/daily_retraining.py --data movielens|generated --events 60000 --seeds 0 1 2",
+            "AUC on the next day's events; training seconds from the manifests (the training phase alone).\n\n" + "\n\n".join(parts))
+
+
+def continuation_schedules(scratch: Path) -> tuple[str, str]:
+    output = run([sys.executable, "benchmarks/daily_retraining.py", "--data", "movielens", "--seeds", "0", "--schedules"])
+    return "python benchmarks/daily_retraining.py --data movielens --seeds 0 --schedules", tables_in(output)
+
+
 @dataclass(frozen=True)
 class Measurement:
     measure: Callable[[Path], tuple[str, str]]  # scratch folder -> (the command a reader reruns, the markdown)
@@ -194,9 +219,12 @@ MEASUREMENTS = {
     "latency": Measurement(latency),
     "serving-race": Measurement(serving_race),
     "server-load": Measurement(server_load),
+    "swap-latency": Measurement(swap_latency),
     "prepare-scaling": Measurement(prepare_scaling),
     "sort-engines": Measurement(sort_engines),
     "training-at-scale": Measurement(training_at_scale),
+    "daily-retraining": Measurement(daily_retraining, needs_movielens=True),
+    "continuation-schedules": Measurement(continuation_schedules, needs_movielens=True),
 }
 
 

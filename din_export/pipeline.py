@@ -12,7 +12,7 @@ import torch
 from din_runtime.manifest import PLOT_FILE
 
 from .bundle import save_checkpoint, write_manifest
-from .config import ModelConfig, TrainConfig
+from .config import WARM_START_TRAINING, ModelConfig, TrainConfig
 from .data.dataset import SPLITS, DataSource, load_data
 from .data.spec import Spec, load_spec
 from .data.synthetic import SPEC_PATH
@@ -47,7 +47,7 @@ def train_and_export(source: DataSource, out: Path, spec: Spec | None = None,
     warm_start: a bundle to continue (its vocabularies extended, its weights copied, its architecture kept)."""
     parent = warm_start if isinstance(warm_start, Parent) or warm_start is None else load_parent(Path(warm_start))
     spec = spec or (parent.bundle.spec if parent else load_spec(SPEC_PATH))
-    train_config = train_config or TrainConfig()
+    train_config = train_config or (TrainConfig(**WARM_START_TRAINING) if parent else TrainConfig())
     if parent is not None:
         check_spec(parent.bundle.spec, spec)
         if model_config is not None and model_config != parent.model_config:

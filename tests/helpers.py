@@ -60,10 +60,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(bundle: Path, name: str, *options: str) -> tuple[subprocess.Popen, str]:
-    """`din-runtime serve` in a process of its own on a free port of 127.0.0.1, serving `bundle` as `name`, once ready."""
+def start_server(bundle: Path, name: str | None, *options: str) -> tuple[subprocess.Popen, str]:
+    """`din-runtime serve` in a process of its own on a free port of 127.0.0.1, serving `bundle` as `name` (or a
+    model repository, with name None), once ready."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "din_runtime", "serve", str(bundle), "--port", str(port), "--name", name,
+    named = ["--name", name] if name is not None else []
+    process = subprocess.Popen([sys.executable, "-m", "din_runtime", "serve", str(bundle), "--port", str(port), *named,
                                 "--providers", "cpu", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 60

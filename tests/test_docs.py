@@ -95,7 +95,8 @@ class Reader:
             if serve:  # a server the next lines talk to: started for real, on a free port
                 options = serve.group(2).replace(f"--port {SERVER_PORT}", "").split()
                 bundle = self.root / serve.group(1)
-                process, url = start_server(bundle, bundle.name, *options)
+                name = bundle.name if (bundle / "manifest.json").is_file() else None  # else a model repository
+                process, url = start_server(bundle, name, *options)
                 self.servers.append(process)
                 self.port = url.rsplit(":", 1)[1]
                 continue

@@ -23,6 +23,7 @@ from din_runtime import Predictor
 from din_runtime.manifest import read_manifest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bundle-0.1.0"
+PRICE = '[features."price"]\nkind = "numeric"\nfill = "mean"\nnormalize = "zscore"'  # as spec_to_toml writes it
 SMALL = ModelConfig(embedding_dim=4, attention_hidden=(8,), mlp_hidden=(8,))
 
 
@@ -117,9 +118,8 @@ def test_max_vocabulary_caps_growth_and_a_fresh_fit(days: dict[str, Path]) -> No
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda text: text.replace('[features."price"]\nkind = "numeric"\nfill = "mean"\nnormalize = "zscore"', '[features."price"]\nkind = "categorical"'),
-     "feature 'price': kind is 'categorical' here but 'numeric'"),
-    (lambda text: text.replace('[features."price"]\nkind = "numeric"\nfill = "mean"\nnormalize = "zscore"\n', ""),
+    (lambda text: text.replace(PRICE, '[features."price"]\nkind = "categorical"'), "feature 'price': kind is 'categorical' here but 'numeric'"),
+    (lambda text: text.replace(PRICE + "\n", ""),
      "feature 'price' of the --warm-start bundle's spec is missing from this spec"),
     (lambda text: text + '\n[features.region]\nkind = "categorical"\n', "feature 'region' is not in the --warm-start bundle's spec"),
     (lambda text: text.replace('shares = "cate_id"', 'shares = "item_id"'), "feature 'hist_cate_id': shares is 'item_id' here but 'cate_id'"),
@@ -162,3 +162,23 @@ def test_a_bundle_of_release_0_1_0_can_be_continued(tmp_path: Path) -> None:
     for feature in old.schema.categoricals:
         assert list(new.schema[feature.name].keys[:len(feature.keys)]) == list(feature.keys)
     assert torch.equal(new.din.embeddings["user_id"].weight[0], old.din.embeddings["user_id"].weight[0])  # padding stays zero
+
+
+def test_the_raw_input_graph_of_a_continuation_looks_keys_up_as_predict_does(days: dict[str, Path], tmp_path: Path) -> None:
+    """Its vocabularies are unsorted (new keys after the parent's): the in-graph lookup must give the same rows."""
+    from test_raw_inputs import raw_feed, raw_session
+
+    child = days["folder"] / "trained"
+    if not child.exists():
+        _train(days["today"], child, epochs=1, warm_start=days["parent"])
+    predictor = Predictor.load(child, providers="cpu")
+    rows = generate(80, seed=1).to_pydict()
+    known = len(load_bundle(days["parent"]).schema["item_id"].keys)
+    gained = list(predictor.schema["item_id"].keys[known:known + 3])
+    assert gained
+    rows["item_id"][:len(gained)] = gained  # candidates new today, and behaviours new today
+    rows["hist_item_id"][5] = rows["hist_item_id"][5] + gained
+    rows["hist_cate_id"][5] = rows["hist_cate_id"][5] + [rows["cate_id"][0]] * len(gained)
+    session = raw_session(child, tmp_path)
+    (probabilities,) = session.run(["probability"], raw_feed(predictor, rows, max(map(len, rows["hist_item_id"])) + 2))
+    np.testing.assert_allclose(probabilities, predictor.predict(rows), rtol=0, atol=1e-5)

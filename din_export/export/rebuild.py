@@ -91,5 +91,6 @@ def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str
             shutil.copy2(source / PLOT_FILE, staging / PLOT_FILE)
             plot = PLOT_FILE
         manifest = write_manifest(staging, bundle.spec, bundle.din, graphs, earlier.get("metrics", {}), training=earlier.get("training", {}),
-                                  data=earlier.get("data", {}), plot=plot, exported_from=str(source))
+                                  data=earlier.get("data", {}), plot=plot, exported_from=str(source),
+                                  **({"lineage": earlier["lineage"]} if earlier.get("lineage") else {}))
     return manifest

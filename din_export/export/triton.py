@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from din_runtime.manifest import MODEL_FILE, read_manifest, schema_of, verify_model_file
+from din_runtime.manifest import MANIFEST_FILE, MODEL_FILE, RANKING_FILE, read_manifest, schema_of, verify_model_file
 
 from ..files import staged_bundle
 from .graphs import describe_io
@@ -68,8 +68,9 @@ parameters {{
 
 def write_repository(bundle: Path, repository: Path, name: str | None = None, gpu: bool = False, max_batch_size: int = 4096,
                      instances: int = 1, threads: int = 2, queue_delay_us: int = 100, raw_inputs: bool = False) -> Path:
-    """Write repository/name/{config.pbtxt, 1/model.onnx}; other models in the repository are left alone, and
-    this one is replaced only once complete. raw_inputs: the graph takes raw IDs and numbers (raw_inputs.py)
+    """Write repository/name/{config.pbtxt, 1/model.onnx}, and beside model.onnx the bundle's manifest.json and
+    rank.onnx, so `din-runtime serve repository` serves the same folder; other models in the repository are left
+    alone, and this one is replaced only once complete. raw_inputs: the graph takes raw IDs and numbers (raw_inputs.py)
     instead of the encoded indices din_runtime's encoder produces."""
     manifest = read_manifest(bundle)
     model_path = verify_model_file(bundle, manifest)
@@ -83,8 +84,11 @@ def write_repository(bundle: Path, repository: Path, name: str | None = None, gp
             model = raw_input_model(onnx.load(str(model_path)), schema_of(manifest))
             onnx.save(model, str(staging / "1" / MODEL_FILE))
             io = describe_io(model)
-        else:
+        else:  # with the manifest (and the ranking graph) beside it, the version folder is a bundle din-runtime serves too
             shutil.copy2(model_path, staging / "1" / MODEL_FILE)
+            shutil.copy2(bundle / MANIFEST_FILE, staging / "1" / MANIFEST_FILE)
+            if manifest.get("ranking") is not None:
+                shutil.copy2(verify_model_file(bundle, manifest, "ranking"), staging / "1" / RANKING_FILE)
             io = manifest["onnx"]
         (staging / "config.pbtxt").write_text(config_text(name, io, gpu, max_batch_size, instances, threads, queue_delay_us),
                                               encoding="utf-8")

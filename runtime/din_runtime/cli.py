@@ -21,8 +21,10 @@ from .batching import ServerLimits
 from .commands import OneLineErrors
 from .errors import InputError
 from .files import write_atomic
+from .manifest import MANIFEST_FILE
 from .predictor import Predictor
 from .providers import CHOICES
+from .repository import CONTROL_MODES, Repository, check_name
 
 # Measured on a 161,616-row Parquet file of the built-in data at the default --chunk-rows: the session fed 16,384
 # rows at a time peaked at 2.36 GB resident, 4,096 at 0.84 GB, 1,024 at 0.50 GB, and 1,024 was also the fastest.
@@ -110,10 +112,15 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
 
 
 @main.command("serve")
-@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("source", metavar="BUNDLE_OR_REPOSITORY", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--name", help="Model name in the URLs (default: the bundle folder's name, as `din-export triton` names it).")
+@click.option("--name", help="A bundle's model name in the URLs (default: the bundle folder's name, as `din-export triton` names it).")
+@click.option("--model-control", type=click.Choice(CONTROL_MODES), default=None,
+              help="A repository's model control, as Triton's: none (what is there at start, fixed), poll (rescanned every "
+                   "--poll seconds), explicit (changed by the load and unload endpoints only). Default: poll with --poll, else none.")
+@click.option("--poll", "poll_seconds", type=click.FloatRange(min=0.1), default=None,
+              help="Rescan the repository every this many seconds (poll mode).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=LIMITS.max_batch, show_default=True,
               help="Most rows gathered from concurrent requests into one session call; 1 turns dynamic batching off.")
 @click.option("--max-delay-ms", type=click.FloatRange(min=0), default=LIMITS.max_delay_ms, show_default=True,
@@ -125,15 +132,38 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
               help="Larger request bodies are refused with 413.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads (default: its own choice).")
 @click.option("--providers", type=click.Choice(CHOICES), default="auto", show_default=True)
-def serve_command(bundle: Path, host: str, port: int, name: str | None, max_batch: int, max_delay_ms: float, max_queue: int,
-                  max_body_mb: float, threads: int | None, providers: str) -> None:
-    """Serve BUNDLE over HTTP with the KServe v2 protocol (Triton's): infer, rank, health, metadata, /metrics."""
+def serve_command(source: Path, host: str, port: int, name: str | None, model_control: str | None, poll_seconds: float | None,
+                  max_batch: int, max_delay_ms: float, max_queue: int, max_body_mb: float, threads: int | None, providers: str) -> None:
+    """Serve a bundle, or a model repository in Triton's layout (REPO/NAME/VERSION/, each version a bundle), over HTTP
+    with the KServe v2 protocol (Triton's): infer, rank, health, metadata, the repository extension, /metrics."""
     try:
         from .server import serve
     except ImportError as error:
         raise click.ClickException(f"serve needs the server extra: pip install 'din-runtime[serve]' ({error})") from None
-    predictor = Predictor.load(bundle, providers=providers, threads=threads)
-    name = name or bundle.resolve().name
-    click.echo(f"serving {bundle} as model '{name}' on http://{host}:{port} ({predictor.providers[0]})", err=True)
-    serve(predictor, name, host, port, ServerLimits(max_batch, max_delay_ms, max_queue, max_body_mb))
+    limits = ServerLimits(max_batch, max_delay_ms, max_queue, max_body_mb)
+    control = model_control or ("poll" if poll_seconds is not None else "none")
+    if control == "poll" and poll_seconds is None:
+        raise click.UsageError("--model-control poll needs --poll SECONDS, how often to rescan")
+    if poll_seconds is not None and control != "poll":
+        raise click.UsageError(f"--poll rescans in poll mode; --model-control {control} does not poll")
 
+    def load(folder: Path) -> Predictor:
+        return Predictor.load(folder, providers=providers, threads=threads)
+
+    if (source / MANIFEST_FILE).is_file():  # one bundle: model version 1, checked now so a bad one is one line
+        if model_control is not None or poll_seconds is not None:
+            raise click.UsageError("--model-control and --poll apply to a model repository; this is one bundle")
+        predictor = load(source)
+        name = check_name(name or source.resolve().name)
+        repository = Repository(None, limits, lambda folder: predictor, single=(name, source))
+        click.echo(f"serving {source} as model '{name}' on http://{host}:{port} ({predictor.providers[0]})", err=True)
+    else:
+        if name is not None:
+            raise click.UsageError("--name names a bundle's model; in a repository the folders name the models")
+        repository = Repository(source, limits, load, control)
+        models = repository.model_names()
+        if not models:
+            raise click.UsageError(f"{source} holds neither {MANIFEST_FILE} (a bundle) nor model folders (a repository)")
+        click.echo(f"serving the repository {source} ({len(models)} model(s): {', '.join(models)}; model control {control}) "
+                   f"on http://{host}:{port}", err=True)
+    serve(repository, host, port, limits, poll_seconds)

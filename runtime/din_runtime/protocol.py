@@ -40,8 +40,8 @@ def datatype_of(feature: Any) -> str:
     return "BYTES"
 
 
-def model_metadata(name: str, schema: FeatureSchema) -> dict[str, Any]:
-    return {"name": name, "versions": ["1"], "platform": "din-runtime",
+def model_metadata(name: str, schema: FeatureSchema, versions: list[int] | None = None) -> dict[str, Any]:
+    return {"name": name, "versions": [str(v) for v in versions or [1]], "platform": "din-runtime",
             "inputs": [{"name": f.name, "datatype": datatype_of(f), "shape": [-1]} for f in schema.features],
             "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1]}]}
 
@@ -149,10 +149,11 @@ def wants_binary_output(request: dict[str, Any]) -> bool:
     return any((output.get("parameters") or {}).get("binary_data") for output in request.get("outputs") or [] if isinstance(output, dict))
 
 
-def infer_response(model: str, request: dict[str, Any], probabilities: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    """(body, extra headers) of an infer response, binary when the request asked for it."""
+def infer_response(model: str, request: dict[str, Any], probabilities: np.ndarray, version: int = 1) -> tuple[bytes, dict[str, str]]:
+    """(body, extra headers) of an infer response, binary when the request asked for it; it names the version that
+    answered."""
     output: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [len(probabilities)]}
-    response: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": [output]}
+    response: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": [output]}
     if "id" in request:
         response["id"] = request["id"]
     if not wants_binary_output(request):
