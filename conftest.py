@@ -68,3 +68,11 @@ def ml100k_bundle(ml100k_samples: Path, tmp_path_factory: pytest.TempPathFactory
     train_and_export(source, out, load_spec(ml100k_samples / "spec.toml"), ModelConfig(**SMALL_MODEL),
                      TrainConfig(epochs=1, batch_size=512, progress=False))
     return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every benchmark is `slow`: CI runs them once as tests (--benchmark-disable), the inner loop is tests/ alone."""
+    benchmarks = Path(__file__).parent / "benchmarks"
+    for item in items:
+        if benchmarks in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.slow)

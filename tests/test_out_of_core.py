@@ -194,6 +194,7 @@ def test_the_splits_share_one_encoded_store_in_mapped_pages(tmp_path: Path) -> N
         assert isinstance(stores[0].base, np.memmap) and len(stores[0]) == pq.read_metadata(out / SEQUENCE_STORE).num_rows
 
 
+@pytest.mark.slow
 def test_train_and_export_takes_the_prepared_folder(tmp_path: Path) -> None:
     """--data FOLDER reads the folder's three splits and spec.toml: the same model as naming each file."""
     import json

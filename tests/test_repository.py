@@ -140,6 +140,7 @@ def test_version_policies_read_as_triton_writes_them(tmp_path: Path) -> None:
     assert check_version("12") == 12
 
 
+@pytest.mark.slow
 def test_latest_n_serves_the_newest_and_a_version_can_be_pinned(bundles: dict, rows: dict, tmp_path: Path, serving) -> None:
     model = tmp_path / "repo" / MODEL
     for number in (1, 2, 3):
@@ -170,6 +171,7 @@ def test_latest_n_serves_the_newest_and_a_version_can_be_pinned(bundles: dict, r
     assert 'din_request_seconds_count{endpoint="infer",model="din",version="2"}' in metrics
 
 
+@pytest.mark.slow
 def test_specific_versions_and_several_models_side_by_side(bundles: dict, rows: dict, tmp_path: Path, serving) -> None:
     for number in (1, 2, 3):
         publish(bundles[f"v{number}"], tmp_path / "repo" / MODEL, number)
@@ -183,6 +185,7 @@ def test_specific_versions_and_several_models_side_by_side(bundles: dict, rows: 
                                                                                          ("no-price", "7", "READY")}
 
 
+@pytest.mark.slow
 def test_a_triton_repository_written_by_din_export_serves_unchanged(bundles: dict, rows: dict, tmp_path: Path, serving) -> None:
     from click.testing import CliRunner
 
@@ -255,6 +258,7 @@ def test_versions_swap_under_load_without_one_failed_request(bundles: dict, rows
     assert 'din_model_loads_total{model="din",result="failure"} 1.0' in metrics and 'din_model_version{model="din"} 4.0' in metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["graph", "manifest", "inputs", "half-written"])
 def test_a_bad_version_is_refused_with_its_reason_and_the_current_keeps_serving(bundles: dict, rows: dict, tmp_path: Path, serving,
                                                                                damage: str) -> None:
@@ -281,6 +285,7 @@ def test_a_bad_version_is_refused_with_its_reason_and_the_current_keeps_serving(
         assert infer(client, rows)[0] == "2"
 
 
+@pytest.mark.slow
 def test_names_from_urls_never_reach_outside_the_repository(bundles: dict, rows: dict, tmp_path: Path, serving) -> None:
     publish(bundles["v1"], tmp_path / "repo" / MODEL, 1)
     outside = tmp_path / "outside"
@@ -299,6 +304,7 @@ def test_names_from_urls_never_reach_outside_the_repository(bundles: dict, rows:
     assert infer(httpclient.InferenceServerClient(url), rows)[0] == "1"
 
 
+@pytest.mark.slow
 def test_load_and_unload_only_under_explicit_control(bundles: dict, rows: dict, tmp_path: Path, serving) -> None:
     publish(bundles["v1"], tmp_path / "repo" / MODEL, 1)
     polled = serving("--poll", "5")
@@ -318,6 +324,7 @@ def test_load_and_unload_only_under_explicit_control(bundles: dict, rows: dict, 
     assert client.is_model_ready("second")
 
 
+@pytest.mark.slow
 def test_sighup_rescans_the_repository(bundles: dict, rows: dict, tmp_path: Path, serving) -> None:
     publish(bundles["v1"], tmp_path / "repo" / MODEL, 1)
     url = serving("--model-control", "explicit")

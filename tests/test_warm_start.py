@@ -77,6 +77,7 @@ def test_known_keys_keep_rows_and_embeddings_exactly_and_new_keys_are_learnt(day
     assert feed["item_id"].tolist() == [before["item_id"].size, 1]
 
 
+@pytest.mark.slow
 def test_a_continuation_for_zero_steps_predicts_exactly_as_the_parent(days: dict[str, Path]) -> None:
     out = days["folder"] / "zero"
     manifest = _train(days["yesterday"], out, epochs=0, warm_start=days["parent"])
@@ -164,6 +165,7 @@ def test_a_bundle_of_release_0_1_0_can_be_continued(tmp_path: Path) -> None:
     assert torch.equal(new.din.embeddings["user_id"].weight[0], old.din.embeddings["user_id"].weight[0])  # padding stays zero
 
 
+@pytest.mark.slow
 def test_the_raw_input_graph_of_a_continuation_looks_keys_up_as_predict_does(days: dict[str, Path], tmp_path: Path) -> None:
     """Its vocabularies are unsorted (new keys after the parent's): the in-graph lookup must give the same rows."""
     from test_raw_inputs import raw_feed, raw_session
