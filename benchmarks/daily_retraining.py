@@ -120,8 +120,11 @@ class Days:
         return out
 
 
+EPOCHS: list[str] = []  # --epochs N: every training's most epochs (the smoke test's); default the CLI's own
+
+
 def _train(data: Path, out: Path, seed: int, parent: Path | None = None, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    args = ["train-and-export", "--data", str(data), "--out", str(out), "--seed", str(seed), "--quiet", *extra]
+    args = ["train-and-export", "--data", str(data), "--out", str(out), "--seed", str(seed), "--quiet", *EPOCHS, *extra]
     _cli(*(args + (["--warm-start", str(parent)] if parent else [])))
     return json.loads((out / "manifest.json").read_text())
 
@@ -217,12 +220,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000, help="Events of the generated log.")
     parser.add_argument("--schedules", action="store_true", help="Compare the continuation schedules on day 1 instead.")
     parser.add_argument("--json", type=Path, help="Also write the rows here.")
+    parser.add_argument("--epochs", type=int, help="Most epochs of every training (default: train-and-export's, cold and warm alike).")
     parser.add_argument("--render", type=Path, help="Print the tables of rows a run wrote with --json, and stop.")
     args = parser.parse_args()
     if args.render:
         rows = json.loads(args.render.read_text())
         print(schedules_markdown(rows) if args.schedules else markdown(rows, args.data))
         return
+    if args.epochs is not None:
+        EPOCHS[:] = ["--epochs", str(args.epochs)]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="daily-") as scratch:
         folder = Path(scratch)

@@ -15,7 +15,7 @@ HERE = Path(__file__).parent
 def test_one_day_of_a_small_drifting_log_gives_all_three_models_and_the_tables(tmp_path: Path) -> None:
     rows_file = tmp_path / "rows.json"
     result = subprocess.run([sys.executable, str(HERE / "daily_retraining.py"), "--data", "generated", "--events", "6000", "--seeds", "0",
-                             "--days", "1", "--json", str(rows_file)], capture_output=True, text=True, timeout=900)
+                             "--days", "1", "--epochs", "2", "--json", str(rows_file)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = json.loads(rows_file.read_text())
     assert row["day"] == 1 and all(0.5 < row[k] <= 1 for k in ("stale_auc", "cold_auc", "warm_auc"))

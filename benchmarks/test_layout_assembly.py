@@ -21,14 +21,16 @@ from din_export.data.spec import load_spec
 from din_export.data.synthetic import LOG_SPEC_PATH, generate_log
 
 EVENTS = 1_000_000
+TEST_EVENTS = 100_000  # with --benchmark-disable (CI runs the benchmarks once as tests): the same steps, smaller
 BATCH = 512
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def log(tmp_path_factory: pytest.TempPathFactory) -> Sources:
+def log(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Sources:
     folder = tmp_path_factory.mktemp("layout-log")
-    for name, table in zip(("log", "items", "users"), generate_log(EVENTS, seed=0), strict=True):
+    events = TEST_EVENTS if request.config.getoption("benchmark_disable") else EVENTS
+    for name, table in zip(("log", "items", "users"), generate_log(events, seed=0), strict=True):
         pq.write_table(table, folder / f"{name}.parquet")
     return Sources(folder / "log.parquet", folder / "items.parquet", folder / "users.parquet")
 
