@@ -289,6 +289,18 @@ def test_a_bad_version_is_refused_with_its_reason_and_the_current_keeps_serving(
 
 
 @pytest.mark.slow
+def test_a_broken_config_changes_nothing_served(bundles: dict, rows: dict, tmp_path: Path, serving) -> None:
+    model = tmp_path / "repo" / MODEL
+    publish(bundles["v1"], model, 1)
+    url = serving("--poll", "0.2")
+    (model / "config.pbtxt").write_text("version_policy: { latest: { num_versions: 0 } }\n")
+    publish(bundles["v2"], model, 2)
+    time.sleep(1.5)  # several scans
+    client = httpclient.InferenceServerClient(url)
+    assert infer(client, rows)[0] == "1" and state(url, 1) == ("READY", "")
+
+
+@pytest.mark.slow
 def test_names_from_urls_never_reach_outside_the_repository(bundles: dict, rows: dict, tmp_path: Path, serving) -> None:
     publish(bundles["v1"], tmp_path / "repo" / MODEL, 1)
     outside = tmp_path / "outside"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .batching import DynamicBatcher, ServerLimits
-from .errors import BundleError, InputError
+from .errors import BundleError
 from .manifest import MANIFEST_FILE
 from .predictor import Predictor
 from .protocol import model_metadata
@@ -241,7 +241,7 @@ class Repository:
             return False  # refused before, and nothing changed since
         try:
             predictor = await asyncio.to_thread(self._read_version, model.name, folder, model.current)
-        except (OSError, ValueError, RuntimeError, InputError) as error:
+        except Exception as error:  # noqa: BLE001 - whatever a version does wrong, it is refused, never the server's end
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             model.states[number] = (UNAVAILABLE, reason)
             model.refused[number] = fingerprint
@@ -285,9 +285,9 @@ class Repository:
         try:
             folders = self._version_folders(name)
             policy = VersionPolicy() if self.single is not None else VersionPolicy.read(self._inside(self.root / name))  # type: ignore[operator]
-        except (OSError, RepositoryError) as error:
-            folders, policy = {}, VersionPolicy()
+        except (OSError, RepositoryError) as error:  # a bad config.pbtxt, a folder leaving REPO: nothing changes
             log.warning("model '%s': %s", name, error)
+            return
         for number in list(model.states):
             if number not in folders and number not in model.versions:
                 del model.states[number]  # gone from disk and not serving
