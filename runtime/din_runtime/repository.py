@@ -109,6 +109,11 @@ class Version:
     folder: Path
     in_flight: int = 0
     retired: bool = False
+    integer_histories: list[str] = field(init=False)  # histories of integer IDs, which clients send as BYTES
+
+    def __post_init__(self) -> None:
+        schema = self.predictor.schema
+        self.integer_histories = [s.name for s in schema.sequences if schema[s.shares].key_type == "int"]
 
 
 @dataclass
@@ -217,7 +222,7 @@ class Repository:
         return {int(p.name): p for p in folder.iterdir() if p.is_dir() and _VERSION_FOLDER.fullmatch(p.name)} if folder.is_dir() else {}
 
     # -- loading ----------------------------------------------------------------------------------------------
-    def _read_version(self, name: str, folder: Path, current: Version | None) -> Predictor:
+    def _read_version(self, folder: Path, current: Version | None) -> Predictor:
         """Verify one version folder and warm it up (in a worker thread); any problem raises with the reason."""
         if self.single is None:
             folder = self._inside(folder)
@@ -240,7 +245,7 @@ class Repository:
         if model.refused.get(number) == fingerprint:
             return False  # refused before, and nothing changed since
         try:
-            predictor = await asyncio.to_thread(self._read_version, model.name, folder, model.current)
+            predictor = await asyncio.to_thread(self._read_version, folder, model.current)
         except Exception as error:  # noqa: BLE001 - whatever a version does wrong, it is refused, never the server's end
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             model.states[number] = (UNAVAILABLE, reason)

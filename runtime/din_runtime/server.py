@@ -135,8 +135,7 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
         body = await _read_body(request, max_body)
         columns, header = parse_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
         predictor = version.predictor
-        schema = predictor.schema
-        for history in (s.name for s in schema.sequences if schema[s.shares].key_type == "int"):  # BYTES in, int IDs out
+        for history in version.integer_histories:  # BYTES in, int IDs out
             if isinstance(columns.get(history), list) and all(isinstance(element, str) for element in columns[history]):
                 columns[history] = id_lists(columns[history])
         feed = predictor.encode(columns)
