@@ -28,6 +28,7 @@ from . import __version__
 from .config import ModelConfig
 from .data.spec import Spec, spec_from_dict
 from .files import write_json
+from .model.calibration import Calibration, CalibrationFit
 from .model.din import DIN
 
 
@@ -70,6 +71,7 @@ def load_bundle(source: str | Path) -> LoadedBundle:
         raise ValueError(f"{source}: no {MANIFEST_FILE} beside the checkpoint; export from its bundle folder instead")
     din = DIN(schema, ModelConfig.from_dict(checkpoint["model_config"]))
     din.load_state_dict(checkpoint["state_dict"])
+    din.calibration = Calibration(CalibrationFit.from_dict((manifest or {}).get("calibration")))
     return LoadedBundle(din.eval(), spec, manifest)
 
 
@@ -83,6 +85,7 @@ def write_manifest(folder: Path, spec: Spec, din: DIN, graphs: dict[str, dict[st
         "spec": spec.to_dict(),
         "encoding": din.schema.to_manifest(),
         "model": din.config.to_dict(),
+        "calibration": din.calibration.fit.to_dict(),
         "training": training,
         "data": data,
         **graphs,

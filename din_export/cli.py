@@ -17,6 +17,8 @@ from .config import (
     ACTIVATIONS,
     AUGMENTATIONS,
     BASE_POOLINGS,
+    CALIBRATION_BINS,
+    CALIBRATIONS,
     COMPARE_MAX_AUC_DROP,
     COMPARE_RESAMPLES,
     DEFAULT_MAX_AUC_DROP,
@@ -35,9 +37,11 @@ from .config import (
     TuneConfig,
 )
 
+EXPLANATION_FILE = "explanation.png"  # report --explain's figure, by default in the bundle
 MODEL_DEFAULTS, TRAINING_DEFAULTS, TUNE_DEFAULTS = ModelConfig(), TrainConfig(), TuneConfig()  # the one place defaults live; flags show them
 DEFAULT_MODELS_DIR = Path("models")
-METRICS = ("auc", "gauc", "logloss", "accuracy")  # as printed, in this order
+METRICS = {"auc": "AUC", "gauc": "GAUC", "logloss": "logloss", "accuracy": "accuracy", "ece": "ECE",
+           "calibration_ratio": "ratio"}  # as printed, in this order; ratio: mean predicted / observed click rate
 # CLI parameter -> ModelConfig / TrainConfig field; only flags given on the command line override the spec.
 MODEL_FLAGS = {"variant": "variant", "embedding_dim": "embedding_dim", "attention_hidden": "attention_hidden",
                "attention_activation": "attention_activation", "attention_weighting": "attention_weighting",
@@ -46,7 +50,8 @@ MODEL_FLAGS = {"variant": "variant", "embedding_dim": "embedding_dim", "attentio
 TRAINING_FLAGS = {"epochs": "epochs", "batch_size": "batch_size", "learning_rate": "learning_rate", "patience": "patience",
                   "seed": "seed", "embedding_l2": "embedding_l2", "lr_schedule": "lr_schedule", "warmup_steps": "warmup_steps",
                   "epoch_samples": "epoch_samples",
-                  "augmentation": "augmentation", "augmentation_rate": "augmentation_rate", "device": "device"}
+                  "augmentation": "augmentation", "augmentation_rate": "augmentation_rate", "device": "device",
+                  "calibration": "calibration"}
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -152,6 +157,9 @@ TRAINING_OPTIONS = [
     click.option("--embedding-l2", type=click.FloatRange(min=0), default=TRAINING_DEFAULTS.embedding_l2, show_default=True,
                  help="Mini-batch aware L2 on the embedding rows present in each batch (the DIN paper's regulariser)."),
     click.option("--seed", type=int, default=TRAINING_DEFAULTS.seed, show_default=True, help="Seed for data split, initialisation and shuffling."),
+    click.option("--calibration", type=click.Choice(CALIBRATIONS), default=TRAINING_DEFAULTS.calibration, show_default=True,
+                 help="Post-hoc calibration fitted on validation after training and exported in the graphs (after the exact "
+                      "correction for [sampling] keep_negatives): platt (two parameters), isotonic, or none."),
 ]
 
 
@@ -324,12 +332,27 @@ def _metrics_text(row: dict[str, Any]) -> str:
     return ", ".join(f"{k} {row[k]:.4f}" for k in METRICS if row.get(k) is not None)
 
 
+def _metrics_header(first: str, width: int) -> str:
+    return f"{first:<{width}}" + "".join(f"{label:>10}" for label in METRICS.values())
+
+
+def _metrics_row(first: str, width: int, row: dict[str, Any]) -> str:
+    return f"{first:<{width}}" + "".join(f"{row[k]:>10.4f}" if row.get(k) is not None else f"{'-':>10}" for k in METRICS)
+
+
+def _calibration_text(manifest: dict[str, Any]) -> str:
+    """'calibration platt after the correction for keep_negatives 0.1': how the served probability is made."""
+    fit = manifest.get("calibration") or {"method": "none", "keep_negatives": 1.0}
+    correction = f" after the exact correction for keep_negatives {fit['keep_negatives']:g}" if fit["keep_negatives"] != 1 else ""
+    return f"calibration {fit['method']}{correction}"
+
+
 def _summary(manifest: dict[str, Any]) -> str:
     test = manifest["metrics"]["test"]
     shown = _metrics_text(test)
     note = _gauc_note(test)
     return (f"test: {shown}{f' ({note})' if note else ''} (best epoch {manifest['metrics']['best_epoch']}); "
-            f"ONNX vs PyTorch max |diff| {manifest['onnx']['parity']['max_abs_diff']:.2e}")
+            f"{_calibration_text(manifest)}; ONNX vs PyTorch max |diff| {manifest['onnx']['parity']['max_abs_diff']:.2e}")
 
 
 @main.command("tune")
@@ -360,8 +383,18 @@ def tune_command(ctx: click.Context, out: Path, trials: int, epochs: int, timeou
 
 @main.command("report")
 @BUNDLE
-def report_command(bundle: Path) -> None:
-    """Print a bundle's metrics, its per-epoch history and the path of its training plot."""
+@click.option("--explain", type=FILE, help="Also draw the attention weights of the first row's behaviours for the candidates of "
+                                          "the table's first --rows rows (DIN's explanation; din and din-seq bundles).")
+@click.option("--rows", type=click.IntRange(min=1, max=50), default=5, show_default=True, help="Candidates in the --explain figure.")
+@click.option("--explain-plot", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Where --explain writes its PNG [default: BUNDLE/{EXPLANATION_FILE}].")
+@click.pass_context
+def report_command(ctx: click.Context, bundle: Path, explain: Path | None, rows: int, explain_plot: Path | None) -> None:
+    """Print a bundle's metrics (calibration too), its per-epoch history and the paths of its plots; with --explain,
+    draw the attention weights of a user's behaviours for a few candidates."""
+    for flag in sorted(_given(ctx, ("rows", "explain_plot"))):
+        if explain is None:
+            raise click.UsageError(f"--{flag.replace('_', '-')} applies to --explain TABLE")
     from din_runtime.manifest import read_manifest
 
     manifest = read_manifest(bundle)
@@ -375,19 +408,26 @@ def report_command(bundle: Path) -> None:
         parent = manifest["lineage"]["parent"]
         click.echo(f"warm-started (generation {generation}) from {parent['bundle']} (model sha256 {str(parent['model_sha256'])[:12]}, "
                    f"written {parent['created']})")
-    click.echo(f"{'split':<6}{'rows':>8}{'AUC':>9}{'GAUC':>9}{'logloss':>9}{'accuracy':>10}")
+    click.echo(f"{'split':<6}{'rows':>8}" + _metrics_header("", 0))
     for split in ("valid", "test"):
         row = metrics[split]
-        values = [row.get(k) for k in METRICS]
         note = _gauc_note(row)
-        click.echo(f"{split:<6}{row['rows']:>8}" + "".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in values)
-                   + (f"   {note}" if note else ""))
+        click.echo(f"{split:<6}{row['rows']:>8}" + _metrics_row("", 0, row) + (f"   {note}" if note else ""))
+    click.echo(f"{_calibration_text(manifest)}; ECE over {CALIBRATION_BINS} equal-mass bins; ratio: mean predicted / observed click rate")
     click.echo(f"{'epoch':<6}{'train loss':>12}{'valid AUC':>11}{'valid logloss':>15}")
     for entry in metrics["history"]:
         marker = "  <- best" if entry["epoch"] == metrics["best_epoch"] else ""
         loss = f"{entry['train_loss']:>12.4f}" if entry["train_loss"] is not None else f"{'(parent)':>12}"  # a warm start's epoch 0
         click.echo(f"{entry['epoch']:<6}{loss}{entry['valid_auc']:>11.4f}{entry['valid_logloss']:>15.4f}{marker}")
     click.echo(f"plot: {bundle / manifest['plot']}" if manifest["plot"] else "plot: none in this bundle")
+    click.echo(f"reliability diagram (test): {bundle / manifest['reliability_plot']}" if manifest["reliability_plot"]
+               else "reliability diagram: none in this bundle")
+    if explain is not None:
+        from .explanation import draw_explanation
+
+        out = explain_plot or bundle / EXPLANATION_FILE
+        shown = draw_explanation(bundle, explain, rows, out)
+        click.echo(f"explanation of {shown} candidates for the first row's user: {out}")
 
 
 @main.command("export")
@@ -462,6 +502,7 @@ def inspect_command(bundle: Path) -> None:
         row = manifest["metrics"].get(split)
         if row:
             click.echo(f"{split}: {_metrics_text(row)}")
+    click.echo(_calibration_text(manifest))
     for file in sorted(bundle.iterdir()):
         click.echo(f"  file {file.name:<16}{file.stat().st_size:>12,} bytes")
     actual = sha256_of(model_path) if model_path.is_file() else "missing"
@@ -529,9 +570,9 @@ def compare_command(old: Path, new: Path, data: Path, max_auc_drop: float, resam
         click.echo(json.dumps(result.to_dict(), allow_nan=False))
     else:
         click.echo(f"{result.rows:,} rows of {data}, {result.users:,} users")
-        click.echo(f"{'':<5}{'AUC':>9}{'GAUC':>9}{'logloss':>9}{'accuracy':>10}")
+        click.echo(_metrics_header("", 5))
         for name, row in (("old", result.old), ("new", result.new)):
-            click.echo(f"{name:<5}" + "".join(f"{row[k]:>9.4f}" if row.get(k) is not None else f"{'-':>9}" for k in METRICS))
+            click.echo(_metrics_row(name, 5, row))
         low, high = result.interval
         click.echo(f"AUC new - old: {result.auc_difference:+.4f} (95% interval {low:+.4f} to {high:+.4f}; paired bootstrap over "
                    f"{result.users:,} users, {resamples} resamples)")
@@ -539,3 +580,42 @@ def compare_command(old: Path, new: Path, data: Path, max_auc_drop: float, resam
         click.echo(f"NEW is {verdict} OLD by more than {max_auc_drop:g} AUC: exit {int(result.worse)}")
     if result.worse:
         raise SystemExit(1)
+
+
+@main.command("evaluate")
+@BUNDLE
+@click.option("--data", type=FILE, required=True, help="Table to score (CSV, TSV or Parquet, either layout) with the label column.")
+@click.option("--rank", type=click.IntRange(min=1), default=None,
+              help="Also rank each positive row's item among this many sampled negatives: HR@K, NDCG@K (K 5, 10, 20) and MRR.")
+@click.option("--items", type=FILE, help="Item table to draw --rank negatives from, a column per candidate feature "
+                                         "[default: the bundle's item vocabulary].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --rank negatives.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write the reliability diagram (PNG) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.pass_context
+def evaluate_command(ctx: click.Context, bundle: Path, data: Path, rank: int | None, items: Path | None, seed: int,
+                     plot: Path | None, as_json: bool) -> None:
+    """Score a table with a bundle through din_runtime: AUC, GAUC, logloss, accuracy, ECE and calibration ratio;
+    with --rank N, HR@K, NDCG@K and MRR of each positive among N sampled negatives."""
+    import json
+
+    from .evaluation import evaluate_bundle
+
+    for flag in sorted(_given(ctx, ("items", "seed"))):
+        if rank is None:
+            raise click.UsageError(f"--{flag} applies to --rank N")
+    result = evaluate_bundle(bundle, data, rank, items, seed, plot)
+    if as_json:
+        click.echo(json.dumps(result, allow_nan=False))
+        return
+    click.echo(f"{result['rows']:,} rows of {data}" + (f"; {_gauc_note(result)}" if _gauc_note(result) else ""))
+    click.echo(_metrics_header("", 0))
+    click.echo(_metrics_row("", 0, result))
+    click.echo(f"ECE over {CALIBRATION_BINS} equal-mass bins; ratio: mean predicted / observed click rate"
+               + (f"; reliability diagram: {plot}" if plot else ""))
+    ranking = result.get("ranking")
+    if ranking:
+        click.echo(f"ranking: each of {ranking['positives']:,} positives among {ranking['negatives']} negatives from {ranking['pool']} "
+                   f"(seed {ranking['seed']})")
+        click.echo("".join(f"{name.upper().replace('HR', 'HR').replace('NDCG', 'NDCG'):>10}" for name in ranking if "@" in name or name == "mrr"))
+        click.echo("".join(f"{value:>10.4f}" for name, value in ranking.items() if "@" in name or name == "mrr"))

@@ -18,6 +18,9 @@ SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 AUGMENTATIONS = ("none", "crop", "mask")
 PRECISIONS = ("fp32", "int8", "fp16")
+CALIBRATIONS = ("none", "platt", "isotonic")  # [training] calibration: fitted on validation after training
+CALIBRATION_BINS = 10  # equal-mass bins of the expected calibration error and the reliability diagram
+RANK_CUTOFFS = (5, 10, 20)  # `evaluate --rank`: the K of HR@K and NDCG@K
 DEFAULT_MAX_AUC_DROP = 0.002  # `export --precision`: validation AUC a reduced precision may lose
 COMPARE_MAX_AUC_DROP = 0.0  # `compare`: AUC a new model may lose (beyond its 95% interval) and still pass
 COMPARE_RESAMPLES = 1000  # `compare`: bootstrap resamples of the users
@@ -93,8 +96,11 @@ class TrainConfig:
     augmentation: str = "none"
     augmentation_rate: float = 0.0
     device: str = "auto"
+    calibration: str = "platt"  # chosen by benchmarks/calibration.py (docs: "Calibrated probabilities")
 
     def __post_init__(self) -> None:
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, not {self.calibration!r}")
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {SCHEDULES}, not {self.lr_schedule!r}")
         if self.embedding_l2 < 0:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from din_runtime.manifest import PLOT_FILE
+from din_runtime.manifest import PLOT_FILE, RELIABILITY_FILE
 
 from .bundle import save_checkpoint, write_manifest
 from .config import WARM_START_TRAINING, ModelConfig, TrainConfig
@@ -18,12 +18,13 @@ from .data.spec import Spec, load_spec
 from .data.synthetic import SPEC_PATH
 from .export.graph_files import export_verified
 from .files import staged_bundle
+from .model.calibration import Calibration, CalibrationFit, fit_calibration
 from .model.din import DIN
 from .phases import Phases
 from .training.distributed import World, join, leave
 from .training.metrics import evaluate
-from .training.plots import plot_history
-from .training.train import predict, train
+from .training.plots import plot_history, plot_reliability
+from .training.train import predict, predict_logits, train
 from .warm_start import Parent, check_architecture, check_spec, copy_weights, lineage, load_parent
 
 
@@ -73,6 +74,7 @@ def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: M
     din = DIN(data.schema, model_config)
     if parent is not None:
         copy_weights(parent.bundle.din, din)
+    din.calibration = Calibration(CalibrationFit(keep_negatives=spec.keep_negatives))  # epochs are scored corrected
     checkpoint = checkpoint_path(out)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     with phases.timed("train"):
@@ -80,8 +82,12 @@ def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: M
                        _run_key(spec, data.rows, model_config, train_config, parent), start_counts=parent is not None)
     if not world.is_main:
         return None
+    with phases.timed("calibrate"):
+        fit = fit_calibration(train_config.calibration, predict_logits(din, splits["valid"]), splits["valid"].labels, spec.keep_negatives)
+        din.calibration = Calibration(fit).to(next(din.parameters()).device)
     with phases.timed("evaluate"):
-        metrics: dict[str, Any] = {name: evaluate(splits[name].labels, predict(din, splits[name]), splits[name].groups)
+        probabilities = {name: predict(din, splits[name]) for name in ("valid", "test")}
+        metrics: dict[str, Any] = {name: evaluate(splits[name].labels, probabilities[name], splits[name].groups)
                                    for name in ("valid", "test")}
     metrics.update(best_epoch=result.best_epoch, history=result.history)
 
@@ -90,13 +96,15 @@ def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: M
         with phases.timed("bundle"):
             save_checkpoint(staging, din)
             plot_history(result.history, result.best_epoch, staging / PLOT_FILE, f"{source.name} · {model_config.variant}")
+            plot_reliability(splits["test"].labels, probabilities["test"], staging / RELIABILITY_FILE,
+                             f"{source.name} · {model_config.variant} · test · calibration {fit.method}")
         manifest = write_manifest(
             staging, spec, din, graphs, metrics,
             training={**train_config.to_dict(), "processes": world.size, "device_used": result.device,
                       "samples_per_second": None if math.isnan(speed := result.samples_per_second) else round(speed, 1)},
             data={"source": source.name, **{f"{name}_rows": data.rows[name] for name in SPLITS},
                   **source.to_dict(), "seed": train_config.seed},
-            plot=PLOT_FILE,
+            plot=PLOT_FILE, reliability_plot=RELIABILITY_FILE,
             lineage=lineage(parent, data.vocabularies) if parent else {"generation": 0, "vocabularies": data.vocabularies},
             seconds=phases.seconds)  # bundle writing itself (a few ms) is not in it
     checkpoint.unlink(missing_ok=True)

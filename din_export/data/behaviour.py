@@ -13,6 +13,7 @@ from .recipe import SamplingConfig, SplitConfig
 
 TRAIN, VALID, TEST = 0, 1, 2
 MAX_DRAW_ROUNDS = 200
+DOWNSAMPLE_ROUND = 7919  # the hash round of the non-click downsampling: apart from the negatives' rounds 0..200
 
 
 def event_order(user: np.ndarray, time: np.ndarray) -> np.ndarray:
@@ -67,6 +68,18 @@ def hashed_uniform(keys: np.ndarray, seed: int, round_: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z ^= z >> np.uint64(31)
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def kept_events(user: np.ndarray, label: np.ndarray, split: np.ndarray, keep_negatives: float, seed: int) -> np.ndarray:
+    """Which events (sorted by user and time) stay samples under negative downsampling: every click, every event
+    outside the training split, and each training non-click with probability keep_negatives, drawn by the hash of
+    (user code, the event's place among the user's events), so the same events stay whatever the blocks."""
+    if keep_negatives >= 1.0:
+        return np.ones(len(user), dtype=bool)
+    within = (np.arange(len(user)) - group_starts(user)).astype(np.uint64)
+    keys = (user.astype(np.uint64) << np.uint64(32)) | within
+    dropped = (label == 0) & (split == TRAIN) & (hashed_uniform(keys, seed, DOWNSAMPLE_ROUND) >= keep_negatives)
+    return ~dropped
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from .behaviour import (
     forward_fill,
     gather_recent,
     history_bounds,
+    kept_events,
     sample_negatives,
 )
 from .layout import SEQUENCE_STORE
@@ -222,7 +223,11 @@ class EventBlock:
             self.sample_event = event[sample_order]
             self.sample_item = np.concatenate([self.item[sampled], drawn])[sample_order]
             self.sample_label = np.concatenate([self.label[sampled], np.zeros(len(owners), dtype=np.int8)])[sample_order]
+            self.dropped = 0
         else:
+            kept = kept_events(self.user, self.label, self.split, config.sampling.keep_negatives, config.sampling.seed)
+            self.dropped = int((~kept[sampled]).sum())
+            sampled = sampled[kept[sampled]]
             self.sample_event, self.sample_item, self.sample_label = sampled, self.item[sampled], self.label[sampled]
         self.negatives = int(len(self.sample_event) - len(sampled))
 
@@ -372,7 +377,7 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE
     started = clock.perf_counter()
     spec, config = _read_recipe(recipe)
     check_sources(spec, config, sources)
-    behaviours = positives = negatives = 0
+    behaviours = positives = negatives = dropped = 0
     with staged_bundle(out) as staging, tempfile.TemporaryDirectory(prefix=f".{Path(out).name}.spill-", dir=staging.parent) as spill:
         scan = LogScan(sources.log, config.user, config.item, config.time, log_columns(spec, config), Path(spill), memory_limit)
         writer = _SampleWriter(staging)
@@ -388,6 +393,7 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE
                 behaviours += len(block.behaviours)
                 positives += block.positives
                 negatives += block.negatives
+                dropped += block.dropped
         finally:
             writer.close()
             scan.close()
@@ -398,6 +404,7 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE
         summary = {
             "events": context.events, "users": int(len(context.users.keys)), "items": int(len(context.items.keys)),
             "positives": positives, "negatives_drawn": negatives, "since": context.since,
+            "keep_negatives": config.sampling.keep_negatives, "negatives_dropped": dropped,
             "rows": writer.rows, "layout": layout, "seconds": round(clock.perf_counter() - started, 3),
             "sort_spilled_bytes": scan.spilled_bytes or 0,
             "sources": {k: str(v) for k, v in vars(sources).items() if v is not None}, "recipe": str(recipe),

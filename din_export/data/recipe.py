@@ -7,13 +7,14 @@ from typing import Any
 
 from ..config import HOLDOUT, SPLIT_MODES, STRATEGIES
 from ..errors import SpecError
+from .spec import keep_negatives_of
 
 # The keys each section of a recipe may hold (docs/guides/spec.md documents each; a test holds the two together).
 SECTION_KEYS = {
     "log": {"user", "item", "time", "label", "label_min"},
     "items": {"key"},
     "users": {"key"},
-    "sampling": {"negatives", "strategy", "seed"},
+    "sampling": {"negatives", "strategy", "seed", "keep_negatives"},
     "split": {"mode", "valid", "test", "valid_from", "test_from"},
 }
 
@@ -36,6 +37,7 @@ class SamplingConfig:
     negatives: int = 1  # per positive, for a log without labels (a labelled log draws none)
     strategy: str = STRATEGIES[0]
     seed: int = 0
+    keep_negatives: float = 1.0  # a labelled log: each non-click of the training split kept with this probability
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ def log_config_from_dict(data: dict[str, Any]) -> LogConfig:
         raise SpecError("[sampling] negatives: the log has labels ([log] label), so no negatives are drawn; set negatives = 0")
     if "label" not in log and not negatives:
         raise SpecError("[sampling] negatives: a log without labels holds only positives and needs negatives >= 1")
+    keep_negatives = keep_negatives_of(data)
+    if "label" not in log and keep_negatives != 1.0:
+        raise SpecError("[sampling] keep_negatives applies to a labelled log ([log] label); a log without labels draws "
+                        "its negatives ([sampling] negatives)")
     strategy = sampling.get("strategy", SamplingConfig.strategy)
     if strategy not in STRATEGIES:
         raise SpecError(f"[sampling] strategy must be one of {STRATEGIES}, not {strategy!r}")
@@ -97,7 +103,8 @@ def log_config_from_dict(data: dict[str, Any]) -> LogConfig:
     return LogConfig(
         user=log["user"], item=log["item"], time=log["time"], label=log.get("label"), label_min=log.get("label_min"),
         item_key=items.get("key"), user_key=users.get("key"),
-        sampling=SamplingConfig(negatives=negatives, strategy=strategy, seed=int(sampling.get("seed", SamplingConfig.seed))),
+        sampling=SamplingConfig(negatives=negatives, strategy=strategy, seed=int(sampling.get("seed", SamplingConfig.seed)),
+                                keep_negatives=keep_negatives),
         split=SplitConfig(mode=mode, valid=_amount("split", "valid", split.get("valid", HOLDOUT[mode])),
                           test=_amount("split", "test", split.get("test", HOLDOUT[mode])),
                           valid_from=split.get("valid_from"), test_from=split.get("test_from")),

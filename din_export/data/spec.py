@@ -56,6 +56,7 @@ class Spec:
     user: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    keep_negatives: float = 1.0  # [sampling] keep_negatives: the fraction of non-clicks the training split holds
 
     def of_kind(self, kind: str) -> list[FeatureSpec]:
         return [f for f in self.features if f.kind == kind]
@@ -75,6 +76,8 @@ class Spec:
         for section in SETTINGS_SECTIONS:
             if getattr(self, section):
                 data[section] = dict(getattr(self, section))
+        if self.keep_negatives != 1.0:
+            data["sampling"] = {"keep_negatives": self.keep_negatives}
         return data
 
 
@@ -155,12 +158,26 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
     user = data.get("user", "user_id" if by_name.get("user_id", FeatureSpec("", "")).kind == "categorical" else None)
     if user is not None and (user not in by_name or by_name[user].kind != "categorical"):
         raise SpecError(f"'user' must name a categorical feature, not {user!r}")
+    return Spec(label=label, features=features, user=user, keep_negatives=keep_negatives_of(data), **_settings(data))
+
+
+def keep_negatives_of(data: dict[str, Any]) -> float:
+    """[sampling] keep_negatives: each non-click of the training split was kept with this probability (the
+    served probability is corrected for it); 1 where the section or key is absent."""
+    sampling = data.get("sampling", {})
+    value = sampling.get("keep_negatives", 1.0) if isinstance(sampling, dict) else 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise SpecError(f"[sampling] keep_negatives must be a fraction in (0, 1], not {value!r}")
+    return float(value)
+
+
+def _settings(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     settings = {}
     for section in SETTINGS_SECTIONS:
         settings[section] = data.get(section, {})
         if not isinstance(settings[section], dict):
             raise SpecError(f"[{section}] must be a table of settings")
-    return Spec(label=label, features=features, user=user, **settings)
+    return settings
 
 
 def with_caps(spec: Spec, caps: dict[str | None, int]) -> Spec:
@@ -209,7 +226,7 @@ def spec_to_toml(spec: Spec) -> str:
     lines = [f"label = {_toml_value(data['label'])}"]
     if "user" in data:
         lines.append(f"user = {_toml_value(data['user'])}")
-    for section in SETTINGS_SECTIONS:
+    for section in (*SETTINGS_SECTIONS, "sampling"):
         if section in data:
             lines += ["", f"[{section}]"] + [f"{key} = {_toml_value(value)}" for key, value in data[section].items()]
     for name, entry in data["features"].items():

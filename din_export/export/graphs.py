@@ -5,6 +5,9 @@ dimensions per feature kind, the output, an example feed and the module that com
 `verify` all read these two contracts; parity.py checks a file against PyTorch through them.
 
 - BATCH (model.onnx): every input per row, histories (batch, seq_len).
+- EXPLAIN (explain.onnx, din and din-seq): the batch graph's inputs; outputs the probability and each
+  behaviour's attention weight (batch, seq_len). A graph of its own rather than a second output of model.onnx, so
+  the graph every client and Triton config already knows keeps its one output.
 - RANKING (rank.onnx): many candidates against one user's history. Histories arrive once, shape (1, seq_len),
   every other input per candidate, (candidates,). The behaviours are embedded (and encoded, for din-seq) once, and
   the attention unit's first layer becomes one large product with a table built from the history
@@ -32,11 +35,12 @@ import torch
 from torch import nn
 
 from din_runtime.encoding import OOV_INDEX
-from din_runtime.manifest import MODEL_FILE, OUTPUT_NAME, RANKING_FILE, sha256_of
+from din_runtime.manifest import EXPLAIN_FILE, MODEL_FILE, OUTPUT_NAME, RANKING_FILE, WEIGHTS_NAME, sha256_of
 from din_runtime.schema import FeatureSchema, SequenceFeature
 
 from ..config import FORMS
-from ..model.din import DIN, ProbabilityModel, in_form
+from ..model.din import DIN, ExplainedModel, ProbabilityModel, in_form
+from ..model.layers import AttentionPooling
 from .errors import CheckerError, DimensionError, ExportError, OutputNameError
 
 BATCH_DIM = "batch"
@@ -60,7 +64,7 @@ class RankingModel(nn.Module):
         query = din.candidate(x)
         keys, mask = din.behaviours(x)
         interest = din.pooling.one_history(query, keys[0], mask[0])
-        return torch.sigmoid(din.head(x, query, interest))
+        return din.probability(din.head(x, query, interest))
 
 
 def random_feed(schema: FeatureSchema, batch: int, sequence: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -102,15 +106,18 @@ class GraphContract:
     rows: str  # the symbolic name of the per-row dimension
     history_rows: str | int  # the histories' first dimension: per row, or 1 (one history)
     module: Callable[[DIN], nn.Module]
-    # (graph feed, the batch feed PyTorch must give the same probabilities on) for each parity case of a random feed
+    # (graph feed, the batch feed PyTorch must give the same outputs on) for each parity case of a random feed
     cases: Callable[[dict[str, np.ndarray], FeatureSchema], list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]]
+    reference: Callable[[DIN], nn.Module] = ProbabilityModel  # what PyTorch computes on the batch feed of a case
+    outputs: tuple[str, ...] = (OUTPUT_NAME,)
+    applies: Callable[[DIN], bool] = lambda din: True  # whether a model has this graph
 
     def input_dims(self, schema: FeatureSchema) -> dict[str, list[str | int]]:
         return {f.name: [self.history_rows, SEQUENCE_DIM] if isinstance(f, SequenceFeature) else [self.rows] for f in schema.features}
 
     @property
-    def output_dims(self) -> list[str | int]:
-        return [self.rows]
+    def output_dims(self) -> dict[str, list[str | int]]:
+        return {name: [self.rows] if name == OUTPUT_NAME else [self.rows, SEQUENCE_DIM] for name in self.outputs}
 
     def example(self, schema: FeatureSchema) -> dict[str, np.ndarray]:
         """The export example: batch and sequence sizes of at least 2 and unequal (torch.export specialises 0 and 1)."""
@@ -128,7 +135,10 @@ RANKING = GraphContract(
     # an empty history (random_feed's first row) and a full one (its last), PyTorch on the replicated rows
     lambda feed, schema: [(one_history(feed, schema, row), replicated(one_history(feed, schema, row), schema))
                           for row in sorted({0, len(feed[schema.names[0]]) - 1})])
-CONTRACTS = (BATCH, RANKING)
+EXPLAIN = GraphContract("explain", EXPLAIN_FILE, BATCH_DIM, BATCH_DIM, ExplainedModel, lambda feed, schema: [(feed, feed)],
+                        reference=ExplainedModel, outputs=(OUTPUT_NAME, WEIGHTS_NAME),
+                        applies=lambda din: isinstance(din.pooling, AttentionPooling))
+CONTRACTS = (BATCH, RANKING, EXPLAIN)
 
 
 def export_graph(din: DIN, contract: GraphContract, path: Path, form: str = "folded") -> None:
@@ -136,12 +146,25 @@ def export_graph(din: DIN, contract: GraphContract, path: Path, form: str = "fol
     structure. form: the attention unit's "folded" (for inference) or "plain" first layer; rank.onnx is always folded."""
     if form not in FORMS:
         raise ValueError(f"graph must be one of {FORMS}, not {form!r}")
-    write_onnx(contract.module(in_form(din, form)), contract.example(din.schema), contract.dynamic_shapes(din.schema), path)
+    write_onnx(contract.module(in_form(din, form)), contract.example(din.schema), contract.dynamic_shapes(din.schema), path,
+               contract.outputs)
     clean_graph(path, din.schema.names)
     check_structure(path, contract.input_dims(din.schema), contract.output_dims)
 
 
-def write_onnx(module: torch.nn.Module, example: dict[str, np.ndarray], dynamic_shapes: dict[str, dict[int, Any]], path: Path) -> None:
+def derive_batch_graph(explain_path: Path, path: Path, schema: FeatureSchema) -> None:
+    """model.onnx from explain.onnx: the same graph with only its probability output (the weights feed the
+    probability, so no node goes dead). One export instead of two, and the two files compute alike by construction."""
+    model = onnx.load(str(explain_path))
+    kept = [output for output in model.graph.output if output.name == OUTPUT_NAME]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    onnx.save(model, str(path))
+    check_structure(path, BATCH.input_dims(schema), BATCH.output_dims)
+
+
+def write_onnx(module: torch.nn.Module, example: dict[str, np.ndarray], dynamic_shapes: dict[str, dict[int, Any]], path: Path,
+               outputs: tuple[str, ...] = (OUTPUT_NAME,)) -> None:
     """torch.onnx.export (dynamo) of `module` called with the example arrays as positional inputs in their order,
     into one file, with the exporter's chatter silenced and its many error types turned into ExportError. The
     inputs are exported under placeholder names (`input.0`, ...), which clean_graph then gives the features'
@@ -156,7 +179,7 @@ def write_onnx(module: torch.nn.Module, example: dict[str, np.ndarray], dynamic_
             warnings.simplefilter("ignore")
             torch.onnx.export(module.eval(), tuple(torch.from_numpy(example[n]) for n in names), str(path),
                               dynamo=True, external_data=False, input_names=[placeholder(i) for i in range(len(names))],
-                              output_names=[OUTPUT_NAME],
+                              output_names=list(outputs),
                               dynamic_shapes=(tuple(dynamic_shapes[n] for n in names),), verbose=False)
     except Exception as error:  # the exporter raises many types; all mean the same to the caller
         raise ExportError(f"torch.onnx.export failed: {error}") from error
@@ -251,30 +274,33 @@ def check_checker(model: onnx.ModelProto) -> None:
         raise CheckerError(f"onnx.checker rejected the model: {failure}") from None
 
 
-def check_interface(io_description: dict[str, Any], expected_inputs: dict[str, list[str | int]], expected_output: list[str | int]) -> None:
+def check_interface(io_description: dict[str, Any], expected_inputs: dict[str, list[str | int]],
+                    expected_outputs: dict[str, list[str | int]]) -> None:
     """The one check of a graph's interface (export and `verify` both run it): the inputs named and ordered as the
-    features, each with its contract's dimensions, and the one output `probability` of the dimensions expected."""
+    features, each with its contract's dimensions, and the outputs (`probability`, and explain's `weights`) named,
+    ordered and of the dimensions expected."""
     outputs = [o["name"] for o in io_description["outputs"]]
-    if outputs != [OUTPUT_NAME]:
-        raise OutputNameError(f"outputs are {outputs}, expected ['{OUTPUT_NAME}']")
+    if outputs != list(expected_outputs):
+        raise OutputNameError(f"outputs are {outputs}, expected {list(expected_outputs)}")
     names = [i["name"] for i in io_description["inputs"]]
     if names != list(expected_inputs):
         raise DimensionError(f"ONNX inputs {names} differ from the features {list(expected_inputs)}")
     for entry in io_description["inputs"]:
         if entry["dims"] != expected_inputs[entry["name"]]:
             raise DimensionError(f"input '{entry['name']}' has dimensions {entry['dims']}, expected symbolic {expected_inputs[entry['name']]}")
-    if io_description["outputs"][0]["dims"] != expected_output:
-        raise DimensionError(f"output dimensions {io_description['outputs'][0]['dims']} are not {expected_output}")
+    for entry in io_description["outputs"]:
+        if entry["dims"] != expected_outputs[entry["name"]]:
+            raise DimensionError(f"output '{entry['name']}' has dimensions {entry['dims']}, expected {expected_outputs[entry['name']]}")
 
 
-def check_structure(path: Path, expected_inputs: dict[str, list[str | int]], expected_output: list[str | int]) -> None:
+def check_structure(path: Path, expected_inputs: dict[str, list[str | int]], expected_outputs: dict[str, list[str | int]]) -> None:
     """One self-contained file that onnx.checker accepts, with the inputs in order and the dimensions expected."""
     strays = [p.name for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path]
     if strays:
         raise ExportError(f"the export wrote external data {strays}; one self-contained file must ship")
     model = onnx.load(str(path))
     check_checker(model)
-    check_interface(describe_io(model), expected_inputs, expected_output)
+    check_interface(describe_io(model), expected_inputs, expected_outputs)
 
 
 def graph_section(path: Path, parity: dict[str, Any], **settings: Any) -> dict[str, Any]:

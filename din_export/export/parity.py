@@ -11,10 +11,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from din_runtime.manifest import OUTPUT_NAME
 from din_runtime.providers import cpu_session
 
-from ..model.din import DIN, ProbabilityModel, in_form
+from ..model.din import DIN, in_form
 from .errors import ExportError
 from .graphs import GraphContract, random_feed
 
@@ -30,23 +29,26 @@ def shape_grid(max_len: int, batches: tuple[int, ...] = EXPORT_BATCHES) -> list[
 def check_parity(din: DIN, session: ort.InferenceSession, contract: GraphContract, grid: list[tuple[int, int]], atol: float,
                  error: type[ExportError] = ExportError) -> dict[str, Any]:
     """ONNX Runtime against PyTorch on every case of the contract over `grid`, each random feed with an all-padding
-    first row and an out-of-vocabulary last row; raises `error` on a wrong shape, a non-finite value or a difference
-    past `atol`, else returns the manifest's parity record."""
-    reference = ProbabilityModel(in_form(din, "plain")).eval()
+    first row and an out-of-vocabulary last row, every output of the graph; raises `error` on a wrong shape, a
+    non-finite value or a difference past `atol`, else returns the manifest's parity record."""
+    reference = contract.reference(in_form(din, "plain")).eval()
     rng = np.random.default_rng(1)
     worst = 0.0
     for rows, length in grid:
         for graph_feed, torch_feed in contract.cases(random_feed(din.schema, rows, length, rng), din.schema):
-            (onnx_out,) = session.run([OUTPUT_NAME], graph_feed)
+            onnx_outputs = session.run(list(contract.outputs), graph_feed)
             with torch.inference_mode():
-                torch_out = reference(*(torch.from_numpy(torch_feed[n]) for n in din.schema.names)).numpy()
-            case = f"{contract.file}: {rows} rows, history length {length}"
-            if onnx_out.shape != torch_out.shape or not np.all(np.isfinite(onnx_out)):
-                raise error(f"{case}: ONNX Runtime gave shape {onnx_out.shape} or non-finite values")
-            difference = float(np.max(np.abs(onnx_out.astype(np.float64) - torch_out)))
-            if difference > atol:
-                raise error(f"{case}: ONNX Runtime and PyTorch differ by {difference:.3g} > {atol}")
-            worst = max(worst, difference)
+                torch_outputs = reference(*(torch.from_numpy(torch_feed[n]) for n in din.schema.names))
+            torch_outputs = torch_outputs if isinstance(torch_outputs, tuple) else (torch_outputs,)
+            for name, onnx_out, torch_out in zip(contract.outputs, onnx_outputs, torch_outputs, strict=True):
+                case = f"{contract.file} {name}: {rows} rows, history length {length}"
+                torch_out = torch_out.numpy()
+                if onnx_out.shape != torch_out.shape or not np.all(np.isfinite(onnx_out)):
+                    raise error(f"{case}: ONNX Runtime gave shape {onnx_out.shape} or non-finite values")
+                difference = float(np.max(np.abs(onnx_out.astype(np.float64) - torch_out), initial=0.0))
+                if difference > atol:
+                    raise error(f"{case}: ONNX Runtime and PyTorch differ by {difference:.3g} > {atol}")
+                worst = max(worst, difference)
     return {"atol": atol, "max_abs_diff": worst, "cases": [list(c) for c in grid], "all_padding_row": True, "oov_row": True}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import onnxruntime as ort
 
 from din_runtime.encoding import FeatureEncoder
-from din_runtime.manifest import PLOT_FILE
+from din_runtime.manifest import PLOT_FILE, RELIABILITY_FILE
 from din_runtime.providers import cpu_session
 
 from ..bundle import LoadedBundle, load_bundle, save_checkpoint, write_manifest
@@ -86,11 +86,13 @@ def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str
         graphs["onnx"]["precisions"] = precisions
         save_checkpoint(staging, bundle.din)
         earlier = bundle.manifest or {}
-        plot = None
-        if earlier.get("plot") and (source / PLOT_FILE).is_file():
-            shutil.copy2(source / PLOT_FILE, staging / PLOT_FILE)
-            plot = PLOT_FILE
+        plots = {}
+        for key, file in (("plot", PLOT_FILE), ("reliability_plot", RELIABILITY_FILE)):
+            plots[key] = file if earlier.get(key) and (source / file).is_file() else None
+            if plots[key]:
+                shutil.copy2(source / file, staging / file)
         manifest = write_manifest(staging, bundle.spec, bundle.din, graphs, earlier.get("metrics", {}), training=earlier.get("training", {}),
-                                  data=earlier.get("data", {}), plot=plot, exported_from=str(source),
+                                  data=earlier.get("data", {}), plot=plots["plot"], reliability_plot=plots["reliability_plot"],
+                                  exported_from=str(source),
                                   **({"lineage": earlier["lineage"]} if earlier.get("lineage") else {}))
     return manifest

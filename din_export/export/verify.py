@@ -3,7 +3,8 @@
 Order: output names; symbolic input dimensions; output shapes; values against PyTorch over a grid of shapes
 (batch 1, 2, 1000; length 1, 2, half and all of max_len; all-padding and out-of-vocabulary rows); onnx.checker's full check;
 ONNX's reference evaluator, an independent consumer of the file, agreeing with ONNX Runtime; and the ranking
-graph, where the bundle has one, against PyTorch on the replicated rows over the same grid.
+graph, where the bundle has one, against PyTorch on the replicated rows over the same grid; and the explain graph,
+where there is one, both outputs against PyTorch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from din_runtime.providers import cpu_session
 
 from ..bundle import load_bundle
 from .errors import OutputShapeError, ParityError, ReferenceEvaluatorError
-from .graphs import BATCH, RANKING, TOLERANCE, check_checker, check_interface, describe_io, random_feed
+from .graphs import BATCH, EXPLAIN, RANKING, TOLERANCE, check_checker, check_interface, describe_io, random_feed
 from .parity import VERIFY_BATCHES, check_parity, shape_grid
 
 REFERENCE_SHAPES = ((2, 3), (1, 1))  # the reference evaluator is pure Python: small shapes only
@@ -62,7 +63,11 @@ def verify_bundle(bundle: Path) -> dict[str, Any]:
     ranking = None
     if manifest.get("ranking") is not None:  # rank.onnx: its file, then its scores against PyTorch on replicated rows
         ranking = check_parity(din, cpu_session(verify_model_file(bundle, manifest, "ranking")), RANKING, grid, tolerance, ParityError)
+    explain = None
+    if manifest.get("explain") is not None:  # explain.onnx: probabilities and attention weights against PyTorch
+        explain = check_parity(din, cpu_session(verify_model_file(bundle, manifest, "explain")), EXPLAIN, grid, tolerance, ParityError)
     return {"outputs": [o["name"] for o in io["outputs"]], "inputs": io["inputs"], "parity": parity, "ranking_parity": ranking,
+            "explain_parity": explain,
             "checker": "full check passed",
             "reference_evaluator": {"shapes": [list(s) for s in REFERENCE_SHAPES], "max_abs_diff": worst_reference,
                                     "atol": reference_tolerance}}

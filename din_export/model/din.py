@@ -17,7 +17,8 @@ from torch import nn
 from din_runtime.schema import FeatureSchema
 
 from ..config import FORMS, ModelConfig
-from .layers import AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp
+from .calibration import Calibration
+from .layers import AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp, pooled
 
 ESCAPED = "feature_x"
 _MODULE_ATTRIBUTES = frozenset(dir(nn.ModuleDict()))  # a table's key may not shadow one of these (`training`, `forward`)
@@ -67,6 +68,9 @@ class DIN(nn.Module):
             self.pooling = AttentionPooling(behaviour_dim, config.attention_hidden, config.attention_activation, config.attention_weighting)
         mlp_in = dim * len(self.context) + 2 * behaviour_dim + len(self.numerics)
         self.mlp = mlp(mlp_in, config.mlp_hidden, config.mlp_activation, config.dropout, config.batch_norm)
+        # logit -> served probability (downsampling correction, post-hoc calibration): fitted after training,
+        # held in the manifest, never in the state dict (calibration.py)
+        self.calibration = Calibration()
 
     def tables(self) -> list[tuple[str, nn.Embedding]]:
         """(categorical feature, its embedding table) in schema order."""
@@ -77,6 +81,20 @@ class DIN(nn.Module):
         query = self.candidate(x)
         keys, mask = self.behaviours(x)
         return self.head(x, query, self.pooling(query, keys, mask))
+
+    def explained(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logit and each behaviour's attention weight (batch, seq_len): DIN's own explanation of a score."""
+        if not isinstance(self.pooling, AttentionPooling):
+            raise ValueError(f"the {self.config.variant} model pools its behaviours without attention: it has no weights to explain")
+        x = dict(zip(self.schema.names, tensors, strict=True))
+        query = self.candidate(x)
+        keys, mask = self.behaviours(x)
+        weights = self.pooling.weights(query, keys, mask)
+        return self.head(x, query, pooled(weights, keys)), weights
+
+    def probability(self, logit: torch.Tensor) -> torch.Tensor:
+        """The click probability served for a logit: through the fitted calibration (a plain sigmoid before it)."""
+        return self.calibration(logit)
 
     def candidate(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         """The query of attention: the candidate's embeddings of the features the behaviours share, (batch, E)."""
@@ -111,11 +129,23 @@ def in_form(din: DIN, form: str) -> DIN:
 
 
 class ProbabilityModel(nn.Module):
-    """The exported form: DIN's logit through a sigmoid."""
+    """The exported form: DIN's logit through its calibration, the served probability."""
 
     def __init__(self, din: DIN) -> None:
         super().__init__()
         self.din = din
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.din(*tensors))
+        return self.din.probability(self.din(*tensors))
+
+
+class ExplainedModel(nn.Module):
+    """explain.onnx: the served probability and each behaviour's attention weight."""
+
+    def __init__(self, din: DIN) -> None:
+        super().__init__()
+        self.din = din
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logit, weights = self.din.explained(*tensors)
+        return self.din.probability(logit), weights

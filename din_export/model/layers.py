@@ -70,6 +70,11 @@ def mlp(in_features: int, hidden: Sequence[int], activation_name: str, dropout: 
 
 
 
+def pooled(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The behaviours (batch, seq_len, E) summed by their weights (batch, seq_len): the user's interest (batch, E)."""
+    return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)
+
+
 class AttentionPooling(nn.Module):
     """DIN's local activation unit: score each behaviour against the candidate from [q, k, q-k, q*k], then sum
     the behaviours weighted by their scores. Raw weights (the paper's choice) keep the intensity of interest;
@@ -96,11 +101,14 @@ class AttentionPooling(nn.Module):
         self.score = mlp(4 * dim, hidden, activation_name)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return pooled(self.weights(query, keys, mask), keys)
+
+    def weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each behaviour's weight in the pooled interest, (batch, seq_len), zero at padding: what `explain` serves."""
         scores = self._folded_scores(query, keys, mask) if self.form == "folded" else self._plain_scores(query, keys)
         if self.weighting == "softmax":
             scores = torch.softmax(scores.masked_fill(~mask, MASKED_SCORE), dim=1)
-        weights = scores * mask.to(scores.dtype)
-        return torch.bmm(weights.unsqueeze(1), keys).squeeze(1)
+        return scores * mask.to(scores.dtype)
 
     def _plain_scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         query = query.unsqueeze(1).expand_as(keys)

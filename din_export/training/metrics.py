@@ -1,8 +1,11 @@
-"""Evaluation metrics: AUC (tie-aware), GAUC (per-user AUC weighted by the user's rows), accuracy, logloss."""
+"""Evaluation metrics: AUC (tie-aware), GAUC (per-user AUC weighted by the user's rows), accuracy, logloss, and
+calibration (expected calibration error over equal-mass bins, mean predicted over observed click rate)."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from ..config import CALIBRATION_BINS
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -48,11 +51,35 @@ def accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
     return float(np.mean((probabilities >= 0.5) == (labels > 0.5)))
 
 
+def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
+    """Rows sorted by probability and cut into `bins` bins of equal size (equal mass: each bin's observed rate is
+    as well measured as the next, where equal-width bins leave most bins of a 5% click rate empty): per bin its
+    mean predicted probability, observed click rate and rows."""
+    order = np.argsort(np.asarray(probabilities), kind="stable")
+    return [{"predicted": float(np.mean(probabilities[rows])), "observed": float(np.mean(labels[rows] > 0.5)), "rows": int(len(rows))}
+            for rows in np.array_split(order, min(bins, len(order))) if len(rows)]
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """The rows-weighted mean |predicted - observed| over the equal-mass bins of `reliability`."""
+    table = reliability(labels, probabilities, bins)
+    total = sum(b["rows"] for b in table)
+    return float(sum(b["rows"] * abs(b["predicted"] - b["observed"]) for b in table) / total) if total else float("nan")
+
+
+def calibration_ratio(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean predicted probability over the observed click rate: 1 for a model right in level."""
+    observed = float(np.mean(np.asarray(labels) > 0.5)) if len(labels) else 0.0
+    return float(np.mean(probabilities)) / observed if observed > 0 else float("nan")
+
+
 def evaluate(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray | None) -> dict[str, float | None]:
     metrics = {
         "auc": auc(labels, probabilities),
         "accuracy": accuracy(labels, probabilities),
         "logloss": logloss(labels, probabilities),
+        "ece": expected_calibration_error(labels, probabilities),
+        "calibration_ratio": calibration_ratio(labels, probabilities),
         "rows": int(len(labels)),
     }
     if groups is not None:

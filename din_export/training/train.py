@@ -66,16 +66,23 @@ def batch_tensors(split: EncodedSplit, rows: np.ndarray, device: torch.device | 
     return tensors if device is None else [t.to(device, non_blocking=True) for t in tensors]
 
 
-def predict(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> np.ndarray:
-    """Probabilities for every row of the split, on whatever device the model is."""
+def predict_logits(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> np.ndarray:
+    """The logit of every row of the split (what a calibration is fitted on), on whatever device the model is."""
     model.eval()
     device = next(model.parameters()).device
     out = np.empty(len(split), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(split), batch_size):
             rows = np.arange(start, min(start + batch_size, len(split)))
-            out[rows] = torch.sigmoid(model(*batch_tensors(split, rows, device))).cpu().numpy()
+            out[rows] = model(*batch_tensors(split, rows, device)).cpu().numpy()
     return out
+
+
+def predict(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> np.ndarray:
+    """The probabilities the model serves for every row of the split: its logits through its calibration."""
+    logits = torch.from_numpy(predict_logits(model, split, batch_size)).to(next(model.parameters()).device)
+    with torch.inference_mode():
+        return model.probability(logits).cpu().numpy()
 
 
 def embedding_frequencies(model: DIN, split: EncodedSplit) -> dict[str, torch.Tensor]:

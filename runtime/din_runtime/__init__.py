@@ -6,14 +6,14 @@ from .encoding import FeatureEncoder, Ragged
 from .errors import BundleError, InputError, ProviderError
 from .schema import FeatureSchema
 
-__all__ = ["BundleError", "FeatureEncoder", "FeatureSchema", "InputError", "Predictor", "ProviderError", "Ragged", "Ranking"]
+__all__ = ["BundleError", "Explanation", "FeatureEncoder", "FeatureSchema", "InputError", "Predictor", "ProviderError", "Ragged", "Ranking"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
     """Predictor and Ranking (and with them ONNX Runtime) is imported on first use: the encoder alone, which training and
     `prepare` use, does not need ONNX Runtime loaded."""
-    if name in ("Predictor", "Ranking"):
+    if name in ("Explanation", "Predictor", "Ranking"):
         from . import predictor
 
         return getattr(predictor, name)

@@ -20,15 +20,20 @@ MODEL_FILE = "model.onnx"
 RANKING_FILE = "rank.onnx"
 CHECKPOINT_FILE = "weights.pt"
 PLOT_FILE = "training.png"
-GRAPH_FILES = {"onnx": MODEL_FILE, "ranking": RANKING_FILE}
-OUTPUT_NAME = "probability"  # every graph's one output: each row's click probability
+RELIABILITY_FILE = "reliability.png"  # the test split's reliability diagram
+EXPLAIN_FILE = "explain.onnx"  # probability and attention weights per behaviour (din and din-seq)
+GRAPH_FILES = {"onnx": MODEL_FILE, "ranking": RANKING_FILE, "explain": EXPLAIN_FILE}
+OPTIONAL_GRAPHS = ("ranking", "explain")  # sections a bundle may lack (null or absent)
+OUTPUT_NAME = "probability"  # every graph's output: each row's click probability
+WEIGHTS_NAME = "weights"  # explain.onnx's second output: each behaviour's attention weight (batch, seq_len)
 # The raw-input graph's (`din-export triton --raw-inputs`) input that counts each row's real history entries.
 LENGTH_INPUT = "history_length"  # manifest section -> the one file name it may name
 REQUIRED_KEYS = ("format_version", "spec", "encoding", "onnx", "metrics", "versions")
 # Keys that bundles of earlier releases may lack, with the value they meant; read_manifest fills them in, so no
 # reader needs a default of its own.
 ONNX_DEFAULTS = {"graph": "plain", "precision": "fp32", "optimization": None, "precisions": {}}
-TOP_LEVEL_DEFAULTS = {"ranking": None, "training": {}, "data": {}, "plot": None, "checkpoint": CHECKPOINT_FILE}
+TOP_LEVEL_DEFAULTS = {"ranking": None, "explain": None, "training": {}, "data": {}, "plot": None, "reliability_plot": None,
+                      "calibration": None, "checkpoint": CHECKPOINT_FILE}
 
 
 def sha256_of(path: Path) -> str:
@@ -57,8 +62,8 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: format version {manifest['format_version']!r}; this runtime reads versions {list(READABLE_FORMATS)}")
     for section, file_name in GRAPH_FILES.items():
         entry = manifest.get(section)
-        if section == "ranking" and entry is None:
-            continue  # bundles may lack the ranking graph; Predictor.rank then replicates the history
+        if section in OPTIONAL_GRAPHS and entry is None:
+            continue  # bundles may lack these: Predictor.rank then replicates the history; explain is refused
         if not isinstance(entry, dict) or entry.get("file") != file_name:
             raise BundleError(f"{path}: {section}.file must be '{file_name}'")
     for key, value in TOP_LEVEL_DEFAULTS.items():

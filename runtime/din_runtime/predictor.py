@@ -10,9 +10,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from .encoding import FeatureEncoder
+import threading
+
+from .encoding import FeatureEncoder, to_ragged
 from .errors import BundleError, InputError, ProviderError, first_line
-from .manifest import read_manifest, schema_of, verify_model_file
+from .manifest import OUTPUT_NAME, WEIGHTS_NAME, read_manifest, schema_of, verify_model_file
 from .providers import ProviderChoice, create_session, resolve
 
 DEFAULT_CHUNK_ROWS = 16_384
@@ -50,13 +52,27 @@ def session_options_for(threads: int | None = None, optimization: str | None = N
 
 
 @dataclass(frozen=True)
+class Explanation:
+    """Per row its click probability and, in `weights`, one attention weight per behaviour the model used (the
+    most recent max_len of the history, in the order given): how much each behaviour counted toward the score."""
+
+    probabilities: np.ndarray
+    weights: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+
+@dataclass(frozen=True)
 class Ranking:
     """Candidates best first: `order` holds their positions in the candidates given, `probabilities` their click
-    probabilities, and `candidates` their columns in the same order."""
+    probabilities, and `candidates` their columns in the same order; with explain=True, `weights` holds each
+    ranked candidate's attention weights over the history (as Explanation.weights)."""
 
     order: np.ndarray
     probabilities: np.ndarray
     candidates: dict[str, Any]
+    weights: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.order)
@@ -86,6 +102,9 @@ class Predictor:
         self.output_name = manifest["onnx"]["outputs"][0]["name"]
         self.sequences = self.schema.sequence_names
         self.shared = sorted(set(self.schema.shared))
+        self._explain_session: ort.InferenceSession | None = None
+        self._options = ort.SessionOptions()  # the explain graph's session options: load() sets the batch graph's
+        self._explain_lock = threading.Lock()
         for graph in (g for g in (session, ranking_session) if g is not None):
             graph_inputs = sorted(i.name for i in graph.get_inputs())
             if graph_inputs != sorted(self.encoder.names):
@@ -116,7 +135,9 @@ class Predictor:
             fell_back = session.get_providers()[0] != resolve(providers)[0][0]
             sessions.append(_open_session(verify_model_file(bundle, manifest, "ranking"), session.get_providers() if fell_back else providers,
                                           options, fallback, None if fell_back else provider_options))
-        return cls(bundle, manifest, sessions[0], chunk_rows, sessions[1] if len(sessions) > 1 else None, rank_block)
+        predictor = cls(bundle, manifest, sessions[0], chunk_rows, sessions[1] if len(sessions) > 1 else None, rank_block)
+        predictor._options = options
+        return predictor
 
     @property
     def providers(self) -> list[str]:
@@ -140,7 +161,48 @@ class Predictor:
         many into one call uses)."""
         return self._run(self.session, dict(feed), len(next(iter(feed.values()))), self.chunk_rows)
 
-    def rank(self, user_row: Mapping[str, Any], candidates: Mapping[str, Any], top_k: int | None = None) -> Ranking:
+    def explain(self, features: Mapping[str, Any]) -> Explanation:
+        """Probabilities and each row's attention weights over its behaviours (explain.onnx: din and din-seq bundles)."""
+        feed = self.encode(features)
+        rows = len(next(iter(feed.values())))
+        probabilities, weights = self._explained(feed, rows)
+        kept = self._kept_lengths(features, rows)
+        return Explanation(probabilities, [weights[i, :kept[i]].copy() for i in range(rows)])
+
+    def _explainer(self) -> ort.InferenceSession:
+        """explain.onnx's session, opened on first use (most servers never explain) where the batch graph runs."""
+        with self._explain_lock:
+            if self._explain_session is None:
+                if self.manifest.get("explain") is None:
+                    raise BundleError(f"{self.bundle}: no explain graph: the {self.manifest['model']['variant']} model pools its "
+                                      "behaviours without attention (or the bundle predates explain.onnx); explain needs din or din-seq")
+                path = verify_model_file(self.bundle, self.manifest, "explain")
+                self._explain_session = _open_session(path, self.session.get_providers(), self._options, False, None)
+            return self._explain_session
+
+    def _explained(self, feed: dict[str, np.ndarray], rows: int) -> tuple[np.ndarray, np.ndarray]:
+        session = self._explainer()
+        if rows == 0:
+            return np.zeros(0, dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
+        parts = [session.run([OUTPUT_NAME, WEIGHTS_NAME], {n: a[s:s + self.chunk_rows] for n, a in feed.items()})
+                 for s in range(0, rows, self.chunk_rows)]
+        width = max(p[1].shape[1] for p in parts)
+        weights = np.zeros((rows, width), dtype=np.float32)
+        start = 0
+        for probability, weight in parts:
+            weights[start:start + len(weight), :weight.shape[1]] = weight
+            start += len(weight)
+        return np.concatenate([p[0].reshape(-1) for p in parts]).astype(np.float32, copy=False), weights
+
+    def _kept_lengths(self, columns: Mapping[str, Any], rows: int) -> np.ndarray:
+        """How many behaviours of each row the model saw: its history's length, at most max_len."""
+        given = next((s for s in self.schema.sequences if s.name in columns), None)
+        if given is None:  # every history derived from another input: none given is impossible (encode checked)
+            return np.zeros(rows, dtype=np.int64)
+        return np.minimum(to_ragged(given.name, columns[given.name]).lengths, given.max_len)
+
+    def rank(self, user_row: Mapping[str, Any], candidates: Mapping[str, Any], top_k: int | None = None,
+             explain: bool = False) -> Ranking:
         """Score many candidates for one user and return them best first (the top_k best, if given).
 
         user_row: one value per user-side feature, the behaviour histories as lists, as in one row of the table.
@@ -148,6 +210,7 @@ class Predictor:
         (the candidate item itself) and may hold any other non-sequence feature (a price, a context).
         The history is encoded and sent once; with the bundle's ranking graph it is also embedded once and the
         attention unit's first layer becomes one large product. Probabilities equal predict's on the replicated rows.
+        explain: also each ranked candidate's attention weights over the history (explain.onnx on the ranked rows).
         """
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None, not {top_k!r}")
@@ -170,7 +233,12 @@ class Predictor:
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         reordered = {name: column[order] if isinstance(column, np.ndarray) else [column[i] for i in order]
                      for name, column in candidates.items()}
-        return Ranking(order, probabilities[order], reordered)
+        weights = None
+        if explain:
+            ranked = {name: np.repeat(array, len(order), axis=0) if name in self.sequences else array[order] for name, array in feed.items()}
+            kept = int(self._kept_lengths({n: [user_row[n]] for n in self.sequences if n in user_row}, 1)[0])
+            weights = [row[:kept].copy() for row in self._explained(ranked, len(order))[1]]
+        return Ranking(order, probabilities[order], reordered, weights)
 
     def _split_features(self, user_row: Mapping[str, Any], candidates: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         """Which features come per candidate and which once from the user row; every feature from exactly one. An

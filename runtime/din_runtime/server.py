@@ -7,7 +7,8 @@ thread. It serves one bundle (model version 1) or a model repository in Triton's
 Triton's repository extension. Endpoints: /v2/health/live, /v2/health/ready, /v2 (server metadata),
 /v2/models/NAME[/versions/V] (model metadata), /v2/models/NAME[/versions/V]/ready, POST
 /v2/models/NAME[/versions/V]/infer, POST /v2/models/NAME[/versions/V]/rank (JSON {"user": {...}, "candidates":
-{...}, "top_k": k}), POST /v2/repository/index, POST /v2/repository/models/NAME/load and .../unload, and /metrics
+{...}, "top_k": k, "explain": false}), POST /v2/models/NAME[/versions/V]/explain (an infer request's body; JSON
+probabilities and each row's attention weights), POST /v2/repository/index, POST /v2/repository/models/NAME/load and .../unload, and /metrics
 (Prometheus).
 """
 
@@ -131,13 +132,18 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
             return response
         return handle
 
-    async def infer(request: Request, version: Version) -> Response:
+    async def request_columns(request: Request, version: Version) -> tuple[dict, dict]:
+        """An infer request's columns for the encoder (histories of integer IDs sent as BYTES made ID lists) and header."""
         body = await _read_body(request, max_body)
         columns, header = parse_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
-        predictor = version.predictor
         for history in version.integer_histories:  # BYTES in, int IDs out
             if isinstance(columns.get(history), list) and all(isinstance(element, str) for element in columns[history]):
                 columns[history] = id_lists(columns[history])
+        return columns, header
+
+    async def infer(request: Request, version: Version) -> Response:
+        columns, header = await request_columns(request, version)
+        predictor = version.predictor
         feed = predictor.encode(columns)
         rows = len(next(iter(feed.values())))
         probabilities = await version.batcher.submit(feed, rows) if rows else np.zeros(0, dtype=np.float32)
@@ -151,9 +157,23 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
             raise ProtocolError(f"the request is not valid JSON ({error})") from None
         if not isinstance(body, dict) or not isinstance(body.get("user"), dict) or not isinstance(body.get("candidates"), dict):
             raise ProtocolError('expected {"user": {...}, "candidates": {...}, "top_k": k}')
-        ranking = await asyncio.to_thread(version.predictor.rank, body["user"], body["candidates"], body.get("top_k"))
-        return JSONResponse({"model_name": version.model, "model_version": str(version.number), "order": ranking.order.tolist(),
-                             "probabilities": ranking.probabilities.astype(np.float64).tolist()})
+        explained = body.get("explain", False)
+        if not isinstance(explained, bool):
+            raise ProtocolError(f"'explain' must be true or false, not {explained!r}")
+        ranking = await asyncio.to_thread(version.predictor.rank, body["user"], body["candidates"], body.get("top_k"), explained)
+        answer = {"model_name": version.model, "model_version": str(version.number), "order": ranking.order.tolist(),
+                  "probabilities": ranking.probabilities.astype(np.float64).tolist()}
+        if ranking.weights is not None:
+            answer["weights"] = [row.astype(np.float64).tolist() for row in ranking.weights]
+        return JSONResponse(answer)
+
+    async def explain(request: Request, version: Version) -> Response:
+        columns, header = await request_columns(request, version)
+        explanation = await asyncio.to_thread(version.predictor.explain, columns)
+        body = {"model_name": version.model, "model_version": str(version.number),
+                "probabilities": explanation.probabilities.astype(np.float64).tolist(),
+                "weights": [row.astype(np.float64).tolist() for row in explanation.weights]}
+        return JSONResponse({**({"id": header["id"]} if "id" in header else {}), **body})
 
     async def model(request: Request, version: Version) -> Response:
         versions = sorted(repository.models[version.model].versions)
@@ -210,7 +230,8 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [Route(prefix, endpoint("metadata", model)), Route(f"{prefix}/ready", endpoint("ready", model_ready)),
                    Route(f"{prefix}/infer", endpoint("infer", infer), methods=["POST"]),
-                   Route(f"{prefix}/rank", endpoint("rank", rank), methods=["POST"])]
+                   Route(f"{prefix}/rank", endpoint("rank", rank), methods=["POST"]),
+                   Route(f"{prefix}/explain", endpoint("explain", explain), methods=["POST"])]
     return Starlette(routes=routes, lifespan=lifespan)
 
 

@@ -1,0 +1,62 @@
+"""`din-export report --explain`: the DIN paper's picture of a score, a user's behaviours with the activation
+unit's weight on each, for a few candidates: which past behaviours drove each candidate's probability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from din_runtime.manifest import read_manifest
+
+from .data.spec import spec_from_dict
+from .data.tables import raw_columns, read_table
+from .evaluation import candidate_features, item_feature, row_value
+from .files import write_atomic
+
+
+def draw_explanation(bundle: Path, table_path: Path, rows: int, out: Path) -> int:
+    """The first row's user (history and user-side values) against the candidates of the table's first `rows`
+    distinct items, ranked; one heat-map line per candidate over the behaviours the model used. Returns how many
+    candidates it drew."""
+    from din_runtime import Predictor
+
+    from .training.plots import plt
+
+    spec = spec_from_dict(read_manifest(bundle)["spec"])
+    table = read_table(table_path, spec)
+    if table.num_rows == 0:
+        raise ValueError(f"{table_path}: no rows to explain")
+    columns = raw_columns(table, spec)
+    predictor = Predictor.load(bundle, providers="cpu")
+    item, per_candidate = item_feature(predictor), candidate_features(predictor)
+    given = [name for name in per_candidate if name in columns]
+    chosen, seen = [], set()
+    for row in range(table.num_rows):
+        key = str(row_value(columns[item], row))
+        if key not in seen:
+            seen.add(key)
+            chosen.append(row)
+        if len(chosen) == rows:
+            break
+    candidates = {name: [row_value(columns[name], r) for r in chosen] for name in given}
+    user_row = {name: row_value(columns[name], 0) for name in predictor.feature_names if name not in per_candidate and name in columns}
+    ranking = predictor.rank(user_row, candidates, explain=True)
+    history = next(s for s in predictor.schema.sequences if s.shares == item)
+    behaviours = user_row[history.name][-history.max_len:]
+    weights = np.array(ranking.weights) if behaviours else np.zeros((len(chosen), 1))
+    labels = [f"{item} {candidate}  p={probability:.3f}" for candidate, probability in zip(ranking.candidates[item], ranking.probabilities, strict=True)]
+
+    width = max(4.0, 0.28 * max(1, len(behaviours)) + 3.0)
+    figure, axis = plt.subplots(figsize=(min(width, 18.0), 1.0 + 0.45 * len(chosen)))
+    limit = float(np.max(np.abs(weights))) or 1.0
+    image = axis.imshow(weights, aspect="auto", cmap="coolwarm", vmin=-limit, vmax=limit)
+    axis.set_yticks(range(len(labels)), labels, fontsize=8)
+    axis.set_xticks(range(len(behaviours)), [str(b) for b in behaviours], rotation=90, fontsize=6)
+    axis.set_xlabel(f"the user's behaviours ({history.name}, oldest to newest, the {len(behaviours)} the model used)")
+    axis.set_title(f"{Path(bundle).name}: attention weight per behaviour, candidates ranked", fontsize=9)
+    figure.colorbar(image, ax=axis, fraction=0.03, pad=0.02)
+    figure.tight_layout()
+    write_atomic(Path(out), lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
+    plt.close(figure)
+    return len(chosen)
