@@ -45,7 +45,8 @@ def draw_explanation(bundle: Path, table_path: Path, rows: int, out: Path) -> in
     history = next(s for s in predictor.schema.sequences if s.shares == item)
     behaviours = user_row[history.name][-history.max_len:]
     weights = np.array(ranking.weights) if behaviours else np.zeros((len(chosen), 1))
-    labels = [f"{item} {candidate}  p={probability:.3f}" for candidate, probability in zip(ranking.candidates[item], ranking.probabilities, strict=True)]
+    labels = [f"{item} {candidate}  p={probability:.3f}"
+              for candidate, probability in zip(ranking.candidates[item], ranking.probabilities, strict=True)]
 
     width = max(4.0, 0.28 * max(1, len(behaviours)) + 3.0)
     figure, axis = plt.subplots(figsize=(min(width, 18.0), 1.0 + 0.45 * len(chosen)))

@@ -16,8 +16,9 @@ from .parity import verify_file
 def export_verified(din: DIN, folder: Path, form: str = "folded", phases: Phases | None = None, precision: str = "fp32",
                     optimization: str | None = None,
                     finish: Callable[[Path, GraphContract], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Write model.onnx, rank.onnx and (for a model with attention) explain.onnx into `folder`; `finish` (precision conversion, offline optimisation) runs
-    on each file before its parity check, at the precision's tolerance. Returns the manifest's graph sections."""
+    """Write model.onnx, rank.onnx and (for a model with attention) explain.onnx into `folder`; `finish` (precision
+    conversion, offline optimisation) runs on each file before its parity check, at the precision's tolerance.
+    Returns the manifest's graph sections."""
     phases = phases or Phases()
     sections: dict[str, dict[str, Any]] = {}
     explained = EXPLAIN.applies(din)

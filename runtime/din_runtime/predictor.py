@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,8 +10,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-
-import threading
 
 from .encoding import FeatureEncoder, to_ragged
 from .errors import BundleError, InputError, ProviderError, first_line
@@ -189,7 +188,7 @@ class Predictor:
         width = max(p[1].shape[1] for p in parts)
         weights = np.zeros((rows, width), dtype=np.float32)
         start = 0
-        for probability, weight in parts:
+        for _, weight in parts:
             weights[start:start + len(weight), :weight.shape[1]] = weight
             start += len(weight)
         return np.concatenate([p[0].reshape(-1) for p in parts]).astype(np.float32, copy=False), weights
