@@ -106,6 +106,16 @@ def ranking_metrics(ranks: np.ndarray, cutoffs: tuple[int, ...] = RANK_CUTOFFS) 
     return metrics
 
 
+def draw_negatives(rng: np.random.Generator, keys: np.ndarray, excluded: set[str], count: int) -> np.ndarray:
+    """`count` distinct positions of `keys` (as text) whose key is not in `excluded`, uniformly at random: a draw of
+    count + |excluded in the pool| without replacement, the excluded dropped, the first `count` kept."""
+    excluded_in_pool = int(np.isin(keys, list(excluded)).sum())
+    if len(keys) - excluded_in_pool < count:
+        raise ValueError(f"only {len(keys) - excluded_in_pool} items are left to draw {count} negatives from")
+    drawn = rng.choice(len(keys), size=min(len(keys), count + excluded_in_pool), replace=False)
+    return drawn[~np.isin(keys[drawn], list(excluded))][:count]
+
+
 def rank_positives(predictor: Any, spec: Spec, columns: dict[str, Any], truth: np.ndarray, negatives: int, pool: ItemPool,
                    seed: int) -> np.ndarray:
     """The 1-based rank of each positive row's item among `negatives` sampled items, all scored by Predictor.rank."""
@@ -120,12 +130,10 @@ def rank_positives(predictor: Any, spec: Spec, columns: dict[str, Any], truth: n
     for row in np.flatnonzero(truth > 0.5):
         positive = row_value(columns[pool.item], row)
         excluded = {str(positive), *map(str, row_value(columns[history], row))}
-        excluded_in_pool = int(np.isin(key_text, list(excluded)).sum())
-        if len(keys) - excluded_in_pool < negatives:
-            raise ValueError(f"--rank {negatives}: row {row} leaves only {len(keys) - excluded_in_pool} items to draw from "
-                             f"({pool.source}, less the positive and the history)")
-        drawn = rng.choice(len(keys), size=min(len(keys), negatives + excluded_in_pool), replace=False)
-        drawn = drawn[~np.isin(key_text[drawn], list(excluded))][:negatives]
+        try:
+            drawn = draw_negatives(rng, key_text, excluded, negatives)
+        except ValueError as error:
+            raise ValueError(f"--rank {negatives}: row {row}: {error} ({pool.source}, less the positive and the history)") from None
         candidates = {name: [row_value(columns[name], row), *pool.columns[name][drawn].tolist()] for name in per_candidate
                       if name in pool.columns}
         user_row = {name: row_value(columns[name], row) for name in user_side}

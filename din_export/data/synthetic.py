@@ -139,3 +139,44 @@ def generate_log(num_events: int = 100_000, seed: int = 0, num_users: int | None
         "gender": pa.array(rng.choice(["F", "M"], num_users)),
     })
     return log, items, users
+
+
+IMPRESSIONS_SPEC_PATH = Path(__file__).parent / "synthetic-impressions.toml"
+
+
+def generate_impressions(num_events: int = 500_000, seed: int = 0, num_users: int | None = None, num_items: int = 5_000,
+                         num_categories: int = 60, click_rate: float = 0.05) -> tuple[pa.Table, pa.Table]:
+    """An impression log as an ad or feed server records it (user, item, timestamp, click 0/1) and its item table,
+    deterministic for a seed, with a click rate near `click_rate`. A third of the impressions show an item of one
+    of the user's three interest categories, and those are clicked far more often; every item has a quality that
+    moves its rate too. A user's clicks are the behaviours, so the history says which categories to expect."""
+    rng = np.random.default_rng(seed)
+    num_users = num_users or max(10, num_events // 200)
+    item_category = rng.integers(0, num_categories, num_items)
+    quality = rng.normal(0.0, 0.6, num_items)
+    by_category = [np.flatnonzero(item_category == c) for c in range(num_categories)]
+    by_category = [items if len(items) else np.arange(num_items) for items in by_category]
+    interests = rng.integers(0, num_categories, (num_users, 3))
+
+    user = rng.integers(0, num_users, num_events)
+    shown_interest = rng.random(num_events) < 1 / 3
+    category = interests[user, rng.integers(0, 3, num_events)]
+    pick = rng.random(num_events)
+    in_interest = np.array([by_category[c][int(p * len(by_category[c]))] for c, p in zip(category, pick, strict=True)])
+    item = np.where(shown_interest, in_interest, rng.integers(0, num_items, num_events))
+    interested = (item_category[item][:, None] == interests[user]).any(axis=1)
+    logit = 2.4 * interested + quality[item]
+    # the base rate found by bisection so that the expected click rate is `click_rate`
+    low, high = -12.0, 4.0
+    for _ in range(60):
+        base = (low + high) / 2
+        low, high = (base, high) if np.mean(1 / (1 + np.exp(-(base + logit)))) < click_rate else (low, base)
+    click = (rng.random(num_events) < 1 / (1 + np.exp(-(base + logit)))).astype(np.int8)
+    log = pa.table({
+        "user_id": pa.array(user + 1),
+        "item_id": pa.array(item + 1),
+        "timestamp": pa.array(1_600_000_000 + rng.integers(0, 30 * 86_400, num_events)),
+        "click": pa.array(click),
+    })
+    items = pa.table({"item_id": pa.array(np.arange(1, num_items + 1)), "category": pa.array([f"c{c}" for c in item_category])})
+    return log, items

@@ -15,14 +15,17 @@ from .parity import verify_file
 
 def export_verified(din: DIN, folder: Path, form: str = "folded", phases: Phases | None = None, precision: str = "fp32",
                     optimization: str | None = None,
-                    finish: Callable[[Path, GraphContract], None] | None = None) -> dict[str, dict[str, Any]]:
+                    finish: Callable[[Path, GraphContract], None] | None = None) -> dict[str, dict[str, Any] | None]:
     """Write model.onnx, rank.onnx and (for a model with attention) explain.onnx into `folder`; `finish` (precision
     conversion, offline optimisation) runs on each file before its parity check, at the precision's tolerance.
     Returns the manifest's graph sections."""
     phases = phases or Phases()
-    sections: dict[str, dict[str, Any]] = {}
+    sections: dict[str, dict[str, Any] | None] = {}
     explained = EXPLAIN.applies(din)
-    for contract in (c for c in CONTRACTS if c.applies(din)):
+    for contract in CONTRACTS:
+        if not contract.applies(din):
+            sections[contract.section] = None  # said in the manifest: this model has no such graph
+            continue
         path = folder / contract.file
         with phases.timed(f"export {contract.section}"):
             if contract is BATCH and explained:  # exported once, with the weights; model.onnx drops that output
