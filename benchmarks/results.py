@@ -207,6 +207,21 @@ def continuation_schedules(scratch: Path) -> tuple[str, str]:
     return "python benchmarks/daily_retraining.py --data movielens --seeds 0 --schedules", tables_in(output)
 
 
+def calibration(scratch: Path) -> tuple[str, str]:
+    parts = []
+    for data, label in (("impressions", "The generated impression log: 500,000 impressions, about 5% clicked, a tenth of the "
+                                         "non-clicks kept for training"),
+                        ("movielens", "MovieLens-100k ids + genre: one sampled negative per rating, nothing downsampled")):
+        output = run([sys.executable, "benchmarks/calibration.py", "--data", data, "--seeds", "0", "1", "2"])
+        parts.append(f"**{label}**\n\n" + tables_in(output))
+    return "python benchmarks/calibration.py --data impressions|movielens --seeds 0 1 2", "\n\n".join(parts)
+
+
+def evaluation_movielens(scratch: Path) -> tuple[str, str]:
+    output = run([sys.executable, "benchmarks/evaluate_variants.py", "--seed", "0"])
+    return "python benchmarks/evaluate_variants.py --seed 0", tables_in(output)
+
+
 @dataclass(frozen=True)
 class Measurement:
     measure: Callable[[Path], tuple[str, str]]  # scratch folder -> (the command a reader reruns, the markdown)
@@ -226,6 +241,8 @@ MEASUREMENTS = {
     "training-at-scale": Measurement(training_at_scale),
     "daily-retraining": Measurement(daily_retraining, needs_movielens=True),
     "continuation-schedules": Measurement(continuation_schedules, needs_movielens=True),
+    "calibration": Measurement(calibration, needs_movielens=True),
+    "evaluation-movielens": Measurement(evaluation_movielens, needs_movielens=True),
 }
 
 

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 from din_export.bundle import load_bundle
 from din_export.export.rebuild import export_bundle
-from din_export.model.din import in_form
+from din_export.model.din import ProbabilityModel, in_form
 from din_runtime import Predictor
 
 BATCHES = (1, 32, 256, 1024, 4096)
@@ -80,7 +80,7 @@ def graph_predictors(reference_bundle: Path, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="module")
 def torch_model(reference_bundle: Path):
     torch.set_num_threads(THREADS)
-    return in_form(load_bundle(reference_bundle).din, "plain")
+    return ProbabilityModel(in_form(load_bundle(reference_bundle).din, "plain"))  # what model.onnx computes, calibration too
 
 
 @pytest.mark.parametrize("length", LENGTHS)
@@ -124,7 +124,7 @@ def test_pytorch_eager(benchmark, predictor: Predictor, torch_model, batch: int,
 
     def forward() -> torch.Tensor:
         with torch.inference_mode():
-            return torch.sigmoid(torch_model(*tensors))
+            return torch_model(*tensors)
 
     probabilities = benchmark(forward)
     assert probabilities.shape == (batch,)

@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from din_export.bundle import load_bundle
-from din_export.model.din import in_form
+from din_export.model.din import ProbabilityModel, in_form
 from din_runtime import Predictor
 from test_latency import THREADS, ranking_request, raw_batch
 
@@ -72,7 +72,7 @@ def engines(reference_bundle: Path) -> dict:
     """Every engine loaded once: the predictor, the folded PyTorch model eager and compiled, OpenVINO's compiled model."""
     torch.set_num_threads(THREADS)
     predictor = Predictor.load(reference_bundle, providers="cpu", threads=THREADS)
-    eager = in_form(load_bundle(reference_bundle).din, "folded")
+    eager = ProbabilityModel(in_form(load_bundle(reference_bundle).din, "folded"))  # what model.onnx computes, calibration too
     compiled = torch.compile(eager, backend="inductor", dynamic=True)
     core = ov.Core()
     openvino = core.compile_model(core.read_model(str(reference_bundle / "model.onnx")), "CPU",
@@ -91,7 +91,7 @@ def columns(engines: dict, batch: int, length: int) -> dict[str, Callable[[], np
     def torch_call(model) -> Callable[[], np.ndarray]:
         def call() -> np.ndarray:
             with torch.inference_mode():
-                return torch.sigmoid(model(*tensors)).numpy()
+                return model(*tensors).numpy()
         return call
 
     ids_only = {name: column for name, column in rows.items() if name not in ITEM_ATTRIBUTES}

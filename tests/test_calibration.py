@@ -175,6 +175,15 @@ def test_downsampled_training_serves_calibrated_probabilities_with_the_defaults(
     test = encode_split(read_table(samples / "test.parquet", loaded.spec), loaded.spec, FeatureEncoder(loaded.schema))
     uncorrected = 1 / (1 + np.exp(-predict_logits(loaded.din, test)))
     assert calibration_ratio(test.labels, uncorrected) > 4
+    # the raw-input graph Triton serves holds the same calibrated output
+    from test_raw_inputs import raw_feed, raw_session
+
+    from din_runtime import Predictor
+
+    rows = pq.read_table(samples / "test.parquet").slice(0, 300).to_pydict()
+    predictor = Predictor.load(bundle, providers="cpu")
+    (raw,) = raw_session(bundle, tmp_path).run(["probability"], raw_feed(predictor, rows, 60))
+    assert np.allclose(raw, predictor.predict(rows), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -196,6 +196,7 @@ def test_the_spec_reference_lists_every_key_with_the_codes_default() -> None:
         assert rows["features.NAME", key] == default_of(getattr(feature, key)), key
     assert rows["sampling", "strategy"] == default_of(SamplingConfig.strategy)
     assert rows["sampling", "seed"] == default_of(SamplingConfig.seed)
+    assert rows["sampling", "keep_negatives"] == default_of(SamplingConfig.keep_negatives)
     assert rows["sampling", "negatives"].startswith(default_of(SamplingConfig.negatives))
     assert rows["split", "mode"] == default_of(SplitConfig.mode)
     for key in ("valid", "test"):

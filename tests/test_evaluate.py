@@ -87,3 +87,13 @@ def test_evaluate_flags_and_tables_fail_in_one_line(ml100k_bundle: Path, tmp_pat
     table.write_text("user_id,item_id\n1,2\n")
     result = evaluate(ml100k_bundle, "--data", table)
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1 and "label" in result.stderr
+
+
+@pytest.mark.slow
+def test_rank_draws_from_the_item_table_prepare_writes(ml100k_bundle: Path, ml100k_samples: Path, test_rows: Path) -> None:
+    items = pq.read_table(ml100k_samples / "items.parquet")
+    assert items.column_names == ["item_id", "genre", "release_year"] and items.num_rows == 1682
+    result = evaluate(ml100k_bundle, "--data", test_rows, "--rank", "50", "--items", ml100k_samples / "items.parquet", "--json")
+    assert result.returncode == 0, result.stderr
+    ranking = json.loads(result.stdout)["ranking"]
+    assert ranking["pool"] == f"1,682 items of {ml100k_samples / 'items.parquet'}" and 0 < ranking["ndcg@10"] <= ranking["hr@10"]

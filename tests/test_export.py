@@ -24,12 +24,16 @@ def test_inputs_have_named_batch_and_sequence_dimensions(bundle: Path) -> None:
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     assert dims == {"user_id": ["batch"], "item_id": ["batch"], "cate_id": ["batch"], "price": ["batch"],
                     "hist_item_id": ["batch", "seq_len"], "hist_cate_id": ["batch", "seq_len"]}
-    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "model.onnx", "rank.onnx", "training.png", "weights.pt"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["explain.onnx", "manifest.json", "model.onnx", "rank.onnx", "reliability.png",
+                                                        "training.png", "weights.pt"]
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     ranking = onnx.load(str(bundle / "rank.onnx"))
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in ranking.graph.input}
     assert dims == {"user_id": ["candidates"], "item_id": ["candidates"], "cate_id": ["candidates"], "price": ["candidates"],
                     "hist_item_id": [1, "seq_len"], "hist_cate_id": [1, "seq_len"]}
+    explain = onnx.load(str(bundle / "explain.onnx"))
+    outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in explain.graph.output}
+    assert outputs == {"probability": ["batch"], "weights": ["batch", "seq_len"]}
 
 
 def test_manifest_records_what_serving_needs(bundle: Path) -> None:
@@ -48,7 +52,7 @@ def test_onnx_runtime_agrees_with_pytorch_on_unseen_shapes(bundle: Path, batch: 
     feed = random_feed(din.schema, batch, sequence, np.random.default_rng(batch * 1000 + sequence))
     (onnx_out,) = session.run(None, feed)
     with torch.inference_mode():
-        torch_out = torch.sigmoid(din(*(torch.from_numpy(feed[n]) for n in din.schema.names))).numpy()
+        torch_out = din.probability(din(*(torch.from_numpy(feed[n]) for n in din.schema.names))).numpy()
     assert onnx_out.shape == (batch,)
     assert np.all(np.isfinite(onnx_out))
     assert np.max(np.abs(onnx_out - torch_out)) <= 1e-5

@@ -31,7 +31,7 @@ def test_predict_equals_pytorch_on_the_same_raw_rows(bundle: Path) -> None:
     feed = predictor.encode(rows)
     din = load_bundle(bundle).din
     with torch.inference_mode():
-        expected = torch.sigmoid(din(*(torch.from_numpy(feed[n]) for n in predictor.feature_names))).numpy()
+        expected = din.probability(din(*(torch.from_numpy(feed[n]) for n in predictor.feature_names))).numpy()
     assert probabilities.dtype == np.float32 and probabilities.shape == (300,)
     assert np.all(np.isfinite(probabilities)) and np.all((probabilities >= 0) & (probabilities <= 1))
     assert np.max(np.abs(probabilities - expected)) <= ATOL

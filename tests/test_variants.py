@@ -38,7 +38,7 @@ def test_variant_exports_with_parity(tmp_path: Path, name: str) -> None:
             feed[sequence][0] = 0  # an all-padding row
         (probabilities,) = session.run(None, feed)
         with torch.inference_mode():
-            expected = torch.sigmoid(din(*(torch.from_numpy(feed[n]) for n in din.schema.names))).numpy()
+            expected = din.probability(din(*(torch.from_numpy(feed[n]) for n in din.schema.names))).numpy()
         assert np.all(np.isfinite(probabilities))
         assert np.max(np.abs(probabilities - expected)) <= 1e-5
     table = generate(30, seed=4, max_history=60)

@@ -51,6 +51,7 @@ SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
 TIME_COLUMN = "event_time"
 SPEC_FILE = "spec.toml"
 SUMMARY_FILE = "prepare.json"
+ITEMS_FILE = "items.parquet"  # every item with its candidate-side features (evaluate --rank --items)
 NUMBER_PATTERN = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 
 
@@ -168,6 +169,17 @@ class LogContext:
         if feature.source == "users" or feature.column == self.config.user:
             return "user"
         return "event"
+
+    def item_table(self) -> pa.Table | None:
+        """Every item of the log and the item table with its candidate-side features, as the samples hold them: what
+        `din-export evaluate --rank --items` draws negatives from (numeric item facts included). None without an
+        item feature."""
+        features = [f for f in self.spec.features if f.kind != "sequence" and self.side(f) == "item"]
+        if not any(f.source == "log" for f in features):
+            return None
+        codes = np.arange(len(self.items.keys))
+        return pa.table({f.name: pa.array(self.items.keys) if f.source == "log" else self.items.attribute(self.attribute_values[f.name], codes)
+                         for f in features})
 
     def _split_cuts(self, scan: LogScan) -> SplitConfig:
         """The split with a global time split's quantile cuts computed over the whole log (over the window of
@@ -401,6 +413,9 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE
         if empty:
             raise ValueError(f"the split leaves {empty} without samples; adjust [split] (valid/test) for this log")
         (staging / SPEC_FILE).write_text(spec_to_toml(_training_spec(spec, config)), encoding="utf-8")
+        item_table = context.item_table()
+        if item_table is not None:
+            pq.write_table(item_table, staging / ITEMS_FILE)
         summary = {
             "events": context.events, "users": int(len(context.users.keys)), "items": int(len(context.items.keys)),
             "positives": positives, "negatives_drawn": negatives, "since": context.since,

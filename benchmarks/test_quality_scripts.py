@@ -1,0 +1,44 @@
+"""The calibration, explain-cost and variant-evaluation scripts behind the quality results run at a small size on
+every CI run, so they cannot rot between the runs that measure them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import need_ml100k
+
+HERE = Path(__file__).parent
+pytestmark = pytest.mark.slow
+
+
+def run(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(HERE / script), *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def rows(output: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in output.splitlines()
+            if line.startswith("| ") and not line.startswith("| served") and not line.startswith("| model") and not line.startswith("| rows")]
+
+
+def test_the_calibration_script_compares_every_map() -> None:
+    table = rows(run("calibration.py", "--data", "impressions", "--events", "30000", "--epochs", "1", "--seeds", "0"))
+    assert [row[0] for row in table] == ["uncorrected", "correction", "platt", "isotonic"]
+    ratios = {row[0]: float(row[2]) for row in table}
+    assert ratios["uncorrected"] > 2 * ratios["correction"]  # a tenth of the non-clicks kept: several times too high
+    assert table[0][4] == table[1][4] == table[2][4]  # a shift and Platt keep every score's order: the same AUC
+
+
+def test_explain_cost_times_both_graphs(bundle: Path) -> None:
+    table = rows(run("explain_cost.py", bundle, "--rows", "1", "8", "--repeats", "3"))
+    assert [row[0] for row in table] == ["1", "8"] and all(float(row[1]) > 0 and float(row[2]) > 0 for row in table)
+
+
+def test_the_variants_are_evaluated_alike() -> None:
+    need_ml100k()
+    table = rows(run("evaluate_variants.py", "--epoch-samples", "3000", "--test-rows", "400", "--negatives", "20"))
+    assert [row[0] for row in table] == ["din", "base", "din-seq"]
+    assert all(0 < float(row[6]) <= float(row[5]) <= 1 for row in table)  # NDCG@10 <= HR@10
