@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=100)
     parser.add_argument("--epoch-samples", type=int, default=0, help="train-and-export --epoch-samples (CI runs it small)")
     parser.add_argument("--test-rows", type=int, default=0, help="score only the first N test rows (0: all)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -45,7 +46,7 @@ def main() -> None:
             test = Path(scratch) / "test.parquet"
             pq.write_table(pq.read_table(data / "test.parquet").slice(0, args.test_rows), test)
         small = ["--epoch-samples", args.epoch_samples, "--epochs", 1] if args.epoch_samples else []
-        for variant in VARIANTS:
+        for variant in args.variants:
             bundle = Path(scratch) / variant
             din_export("train-and-export", "--data", data, "--spec", data / "spec.toml", "--model", variant, "--seed", args.seed,
                        *small, "--out", bundle, "--quiet")

@@ -23,6 +23,7 @@ from .config import (
     COMPARE_RESAMPLES,
     DEFAULT_MAX_AUC_DROP,
     DEVICES,
+    ENGINES,
     FORMS,
     LAYOUTS,
     PRECISIONS,
@@ -64,6 +65,17 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
     if not sizes or min(sizes) < 1:
         raise click.BadParameter(f"expected positive layer sizes, not {value!r}")
     return sizes
+
+
+def _pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """KEY=VALUE options as a dict; anything else is a usage error naming the flag."""
+    pairs = {}
+    for value in values:
+        key, separator, setting = value.partition("=")
+        if not separator or not key.strip():
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", ctx=ctx, param=param)
+        pairs[key.strip()] = setting
+    return pairs
 
 
 def _caps(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str | None, int]:
@@ -187,13 +199,28 @@ def main(debug: bool) -> None:
               help="Working memory for sorting the log (DuckDB's, e.g. 500MB, 4GB); past it the sort spills to disk beside --out.")
 @click.option("--since", help="Only events at or after this time become samples (a number in the time column's units, or an "
                               "ISO date for a timestamp column); histories still reach back into every earlier event.")
-def prepare_command(spec: Path, log: str, items: str | None, users: str | None, out: Path, chunk_rows: int, layout: str,
-                    memory_limit: str, since: str | None) -> None:
+@click.option("--engine", type=click.Choice(ENGINES), default=ENGINES[0], show_default=True,
+              help="duckdb: this machine, out of core; spark: the same recipe as a Spark job (the `spark` extra and a Java "
+                   "runtime), identical output, for logs past one machine.")
+@click.option("--spark-master", default="local[*]", show_default=True, help="--engine spark: the Spark master URL (local[N], "
+                                                                             "spark://HOST:7077, yarn, k8s://...).")
+@click.option("--spark-conf", multiple=True, metavar="KEY=VALUE", callback=_pairs, help="--engine spark: a Spark setting (repeatable), "
+                                                                                        "e.g. spark.executor.memory=8g.")
+@click.pass_context
+def prepare_command(ctx: click.Context, spec: Path, log: str, items: str | None, users: str | None, out: Path, chunk_rows: int,
+                    layout: str, memory_limit: str, since: str | None, engine: str, spark_master: str, spark_conf: dict[str, str]) -> None:
     """Turn a behaviour log (and item and user tables) into train, valid and test sample tables for train-and-export."""
     from .data.prepare import Sources, prepare
 
-    summary = prepare(spec, Sources(Path(log), items and Path(items), users and Path(users)), out, chunk_rows, layout, memory_limit,
-                      since=since)
+    sources = Sources(Path(log), items and Path(items), users and Path(users))
+    if engine == "spark":
+        for flag in sorted(_given(ctx, ("chunk_rows", "memory_limit"))):
+            raise click.UsageError(f"--{flag.replace('_', '-')} applies to --engine duckdb; Spark takes --spark-conf")
+        summary = _prepare_on_spark(spec, sources, out, layout, since, spark_master, spark_conf)
+    else:
+        for flag in sorted(_given(ctx, ("spark_master", "spark_conf"))):
+            raise click.UsageError(f"--{flag.replace('_', '-')} applies to --engine spark")
+        summary = prepare(spec, sources, out, chunk_rows, layout, memory_limit, since=since)
     rows = summary["rows"]
     click.echo(f"prepared {summary['events']} events of {summary['users']} users into {out}: "
                f"{rows['train']} train, {rows['valid']} valid, {rows['test']} test samples "
@@ -201,6 +228,20 @@ def prepare_command(spec: Path, log: str, items: str | None, users: str | None, 
 
 
 DATA_KEYS = ("data", "log", "items", "users", "valid", "test", "spec", "samples")
+
+
+def _prepare_on_spark(recipe: Path, sources: Any, out: Path, layout: str, since: str | None, master: str,
+                      conf: dict[str, str]) -> dict[str, Any]:
+    try:
+        from .data import spark
+    except ImportError:  # pragma: no cover - the extra's absence
+        raise click.UsageError("--engine spark needs the spark extra: pip install 'din-export[spark]' (and a Java 17 runtime)") from None
+    spark.check_supported(recipe, sources, layout, since)
+    session = spark.session(master, conf)
+    try:
+        return spark.prepare(session, recipe, sources, out, layout)
+    finally:
+        session.stop()
 
 
 def check_data_flags(given: set[str]) -> None:
@@ -232,7 +273,7 @@ def _data_source(scratch: Path, data: Path | None, log: str | None, items: str |
     from .data.prepare import SPEC_FILE, Sources, prepare
 
     if data is not None and data.is_dir():  # a prepared folder: its splits and the spec prepare wrote
-        if not (data / "train.parquet").is_file():
+        if not (data / "train.parquet").exists():  # a file, or a folder of Parquet parts (prepare --engine spark)
             raise click.UsageError(f"--data {data}: a folder must be one `din-export prepare` wrote (train.parquet, valid.parquet, "
                                    "test.parquet, spec.toml)")
         folder = data

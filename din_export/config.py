@@ -24,6 +24,7 @@ RANK_CUTOFFS = (5, 10, 20)  # `evaluate --rank`: the K of HR@K and NDCG@K
 DEFAULT_MAX_AUC_DROP = 0.002  # `export --precision`: validation AUC a reduced precision may lose
 COMPARE_MAX_AUC_DROP = 0.0  # `compare`: AUC a new model may lose (beyond its 95% interval) and still pass
 COMPARE_RESAMPLES = 1000  # `compare`: bootstrap resamples of the users
+ENGINES = ("duckdb", "spark")  # `prepare --engine`: this machine out of core, or a Spark job
 LAYOUTS = ("inline", "reference")  # how `prepare` writes histories: list columns, or references into a store
 PREPARE_CHUNK_ROWS = 200_000  # samples `prepare` builds and writes at once
 PREPARE_BLOCK_EVENTS = 1_000_000  # events (whole users) `prepare` handles at once: its memory besides DuckDB's

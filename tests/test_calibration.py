@@ -203,15 +203,11 @@ def test_the_correction_matches_a_model_trained_on_the_whole_log(tmp_path: Path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["isotonic", "none"])
-def test_every_calibration_exports_verifies_and_serves_what_pytorch_computes(tmp_path: Path, method: str) -> None:
-    bundle = tmp_path / method
-    result = cli("train-and-export", "--samples", "3000", "--epochs", "1", "--calibration", method, "--out", str(bundle), "--quiet")
+def test_isotonic_calibration_exports_and_verifies(tmp_path: Path) -> None:
+    """Platt is every default bundle's (a re-export keeps it: test_deploy); `none` is the correction test's."""
+    bundle = tmp_path / "isotonic"
+    result = cli("train-and-export", "--samples", "3000", "--epochs", "1", "--calibration", "isotonic", "--out", str(bundle), "--quiet")
     assert result.returncode == 0, result.stderr
     assert cli("verify", str(bundle)).returncode == 0
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["calibration"]["method"] == method
-    exported = cli("export", str(bundle), "--out", str(tmp_path / "again"))
-    assert exported.returncode == 0, exported.stderr
-    again = json.loads((tmp_path / "again" / "manifest.json").read_text())
-    assert again["calibration"] == manifest["calibration"] and again["reliability_plot"] == "reliability.png"
+    assert manifest["calibration"]["method"] == "isotonic" and manifest["calibration"]["knots"][0]

@@ -80,6 +80,10 @@ def test_precision_variants_verify_and_record_validation_metrics(source_bundle: 
 def test_export_from_a_checkpoint_file(bundle: Path, tmp_path: Path) -> None:
     invoke("export", bundle / "weights.pt", "--out", tmp_path / "from-checkpoint")
     verify_bundle(tmp_path / "from-checkpoint")
+    # the calibration is the manifest's, so a re-export serves what the bundle served
+    again, before = (json.loads((folder / "manifest.json").read_text()) for folder in (tmp_path / "from-checkpoint", bundle))
+    assert again["calibration"] == before["calibration"] and before["calibration"]["method"] == "platt"
+    assert again["reliability_plot"] == "reliability.png" and (tmp_path / "from-checkpoint" / "reliability.png").is_file()
 
 
 def test_the_checkpoint_refers_to_the_manifest_for_spec_and_schema(bundle: Path, tmp_path: Path) -> None:

@@ -42,9 +42,9 @@ def test_ranking_metrics_of_known_ranks() -> None:
 
 @pytest.fixture(scope="module")
 def test_rows(ml100k_samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first 2,000 rows of MovieLens-100k's test split (about 1,000 positives)."""
+    """The first 1,000 rows of MovieLens-100k's test split (about 500 positives)."""
     path = tmp_path_factory.mktemp("evaluate") / "test.parquet"
-    pq.write_table(pq.read_table(ml100k_samples / "test.parquet").slice(0, 2000), path)
+    pq.write_table(pq.read_table(ml100k_samples / "test.parquet").slice(0, 1000), path)
     return path
 
 

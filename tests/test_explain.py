@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from din_runtime import BundleError, Predictor
-from helpers import build_bundle, start_server
+from din_runtime import Predictor
+from helpers import start_server
 
 BIN = Path(sys.executable).parent
 
@@ -67,26 +67,6 @@ def test_rank_explains_its_ranked_candidates_as_explain_does_on_the_replicated_r
     assert predictor.rank(user, candidates, top_k=5).weights is None
 
 
-@pytest.fixture(scope="module")
-def base_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_bundle(tmp_path_factory.mktemp("base") / "base", samples=1500, epochs=1, variant="base")
-
-
-def test_a_base_bundle_has_no_explain_graph_and_says_so(base_bundle: Path, rows: dict) -> None:
-    manifest = json.loads((base_bundle / "manifest.json").read_text())
-    assert manifest["explain"] is None and not (base_bundle / "explain.onnx").exists()
-    with pytest.raises(BundleError, match="the base model pools its behaviours without attention"):
-        Predictor.load(base_bundle, providers="cpu").explain(rows)
-
-
-def test_din_seq_explains_too(tmp_path: Path, rows: dict) -> None:
-    bundle = build_bundle(tmp_path / "seq", samples=1500, epochs=1, variant="din-seq")
-    predictor = Predictor.load(bundle, providers="cpu")
-    explanation = predictor.explain(rows)
-    assert np.array_equal(explanation.probabilities, predictor.predict(rows))
-    assert [len(w) for w in explanation.weights] == [min(len(h), 50) for h in rows["hist_item_id"]]
-
-
 def _post(url: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
@@ -110,7 +90,7 @@ def _infer_body(rows: dict, count: int) -> dict:
 
 
 @pytest.mark.slow
-def test_the_server_explains_rows_and_ranked_candidates(bundle: Path, base_bundle: Path, predictor: Predictor, rows: dict) -> None:
+def test_the_server_explains_rows_and_ranked_candidates(bundle: Path, predictor: Predictor, rows: dict) -> None:
     rows = {name: values for name, values in rows.items() if name != "price"} | {"price": [1.5] * len(rows["item_id"])}
     process, url = start_server(bundle, "din")
     try:
@@ -129,17 +109,10 @@ def test_the_server_explains_rows_and_ranked_candidates(bundle: Path, base_bundl
     finally:
         process.terminate()
         process.wait(timeout=30)
-    process, url = start_server(base_bundle, "base")
-    try:
-        status, refused = _post(f"http://{url}/v2/models/base/explain", _infer_body(rows, 2))
-        assert status == 400 and "without attention" in refused["error"] and "\n" not in refused["error"]
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.slow
-def test_report_draws_the_explanation_figure(bundle: Path, base_bundle: Path, rows: dict, tmp_path: Path) -> None:
+def test_report_draws_the_explanation_figure(bundle: Path, rows: dict, tmp_path: Path) -> None:
     import pyarrow as pa
 
     table = tmp_path / "rows.parquet"
@@ -150,8 +123,6 @@ def test_report_draws_the_explanation_figure(bundle: Path, base_bundle: Path, ro
     assert result.returncode == 0, result.stderr
     assert f"explanation of 4 candidates for the first row's user: {figure}" in result.stdout
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    refused = subprocess.run([str(BIN / "din-export"), "report", str(base_bundle), "--explain", str(table)], capture_output=True, text=True)
-    assert refused.returncode != 0 and "without attention" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     misuse = subprocess.run([str(BIN / "din-export"), "report", str(bundle), "--rows", "3"], capture_output=True, text=True)
     assert misuse.returncode == 2 and "--rows applies to --explain TABLE" in misuse.stderr
 

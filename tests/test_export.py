@@ -33,7 +33,7 @@ def test_inputs_have_named_batch_and_sequence_dimensions(bundle: Path) -> None:
                     "hist_item_id": [1, "seq_len"], "hist_cate_id": [1, "seq_len"]}
     explain = onnx.load(str(bundle / "explain.onnx"))
     outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in explain.graph.output}
-    assert outputs == {"probability": ["batch"], "weights": ["batch", "seq_len"]}
+    assert outputs == {"probability": ["batch"], "attention_weights": ["batch", "seq_len"]}
 
 
 def test_manifest_records_what_serving_needs(bundle: Path) -> None:

@@ -1,16 +1,19 @@
 """Every model variant trains, exports with a dynamic sequence length and passes parity, all-padding rows included."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from din_export.bundle import load_bundle
 from din_export.data.synthetic import generate
 from din_export.export.graphs import random_feed
-from din_runtime import Predictor
+from din_runtime import BundleError, Predictor
 from din_runtime.manifest import read_manifest
 from helpers import build_bundle, rank_against_predict
 
@@ -44,8 +47,24 @@ def test_variant_exports_with_parity(tmp_path: Path, name: str) -> None:
     table = generate(30, seed=4, max_history=60)
     rows = {name: table.column(name).to_pylist() for name in table.column_names}
     longest = int(np.argmax([len(h) for h in rows["hist_item_id"]]))
-    ranking, replicated = rank_against_predict(Predictor.load(bundle, providers="cpu"), rows, user=longest)
+    predictor = Predictor.load(bundle, providers="cpu")
+    ranking, replicated = rank_against_predict(predictor, rows, user=longest)
     assert np.max(np.abs(ranking.probabilities - replicated[ranking.order])) <= 1e-5
+    rows.pop("label")
+    if VARIANTS[name]["variant"] == "base":  # no attention, no explanation: said in one line, by the predictor and report
+        assert manifest["explain"] is None and not (bundle / "explain.onnx").exists()
+        with pytest.raises(BundleError, match="the base model pools its behaviours without attention"):
+            predictor.explain(rows)
+        if name == "base-mean":
+            table = tmp_path / "rows.parquet"
+            pq.write_table(generate(10, seed=1), table)
+            refused = subprocess.run([str(Path(sys.executable).parent / "din-export"), "report", str(bundle), "--explain", str(table)],
+                                     capture_output=True, text=True)
+            assert refused.returncode != 0 and "without attention" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    else:  # explain.onnx: predict's probabilities, one weight per behaviour used (its parity checked at export)
+        explanation = predictor.explain(rows)
+        assert np.array_equal(explanation.probabilities, predictor.predict(rows))
+        assert [len(w) for w in explanation.weights] == [min(len(h), 50) for h in rows["hist_item_id"]]
 
 
 @pytest.mark.slow

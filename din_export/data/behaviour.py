@@ -5,6 +5,7 @@ Every function works on whole numpy arrays (integer user and item codes, float t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +124,18 @@ def sample_negatives(user: np.ndarray, item: np.ndarray, positives: np.ndarray, 
         drawn[clash] = draw.items(keys[clash], round_)
     stuck = np.unique(owner_users[clash])
     raise ValueError(f"cannot draw negatives for {len(stuck)} user(s) who touched (almost) every item, e.g. user code {stuck[0]}")
+
+
+def numpy_quantile(sorted_pair: tuple[float, float], count: int, q: float) -> float:
+    """numpy's default (linear) quantile of `count` values from the two order statistics it interpolates (the
+    floor((count - 1) q)-th and the next), computed as numpy computes it (equal to np.quantile bit for bit, tested):
+    so an engine that finds the two out of core cuts the time range exactly where numpy would."""
+    position = (count - 1) * q
+    below = math.floor(position)
+    gamma = position - below
+    a, b = sorted_pair
+    difference = b - a
+    return float(b - difference * (1 - gamma)) if gamma >= 0.5 else float(a + difference * gamma)
 
 
 def assign_splits(user: np.ndarray, time: np.ndarray, config: SplitConfig) -> np.ndarray:

@@ -106,6 +106,15 @@ class _Catalogue:
         return np.searchsorted(self.keys, raw)
 
 
+def feature_side(feature: FeatureSpec, config: LogConfig) -> str:
+    """Whose fact a feature is: the item's (the item column, or the item table), the user's, or the event's."""
+    if feature.source == "items" or (feature.source == "log" and feature.column == config.item):
+        return "item"
+    if feature.source == "users" or feature.column == config.user:
+        return "user"
+    return "event"
+
+
 def event_features(spec: Spec, config: LogConfig) -> list[FeatureSpec]:
     """Non-sequence features read from the log itself, other than the user and item columns."""
     identity = (config.user, config.item)
@@ -164,11 +173,7 @@ class LogContext:
                                  for f in spec.features if f.kind != "sequence" and f.source != "log"}
 
     def side(self, feature: FeatureSpec) -> str:
-        if feature.source == "items" or (feature.source == "log" and feature.column == self.config.item):
-            return "item"
-        if feature.source == "users" or feature.column == self.config.user:
-            return "user"
-        return "event"
+        return feature_side(feature, self.config)
 
     def item_table(self) -> pa.Table | None:
         """Every item of the log and the item table with its candidate-side features, as the samples hold them: what

@@ -9,6 +9,7 @@ Why DuckDB: on a 20M-event log it sorts and streams the events in about 2 s with
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from din_runtime.arrow import to_numpy
 from din_runtime.errors import first_line
 
 from ..errors import TableError
+from .behaviour import numpy_quantile
 from .sources import checked_files, csv_options, reading
 
 STREAM_BATCH_ROWS = 262_144
@@ -117,15 +119,20 @@ class LogScan:
         return LogOverview(int(found[0]), np.sort(users), item_keys[order], to_numpy(items.column("n"))[order].astype(np.int64))
 
     def time_quantiles(self, quantiles: list[float], since: float | None = None) -> list[float]:
-        """numpy's default (linear) quantiles of the event times (those at or after `since`, where given),
-        computed out of core."""
+        """numpy's default (linear) quantiles of the event times (those at or after `since`, where given), computed
+        out of core: DuckDB finds the two order statistics each quantile interpolates (quantile_disc at the middle
+        of their index, which no rounding moves off it), numpy's formula interpolates them (behaviour.numpy_quantile)."""
         number = _time_number(self.time, self.schema.field(self.time).type)
-        listed = ", ".join(repr(float(q)) for q in quantiles)
         where = "" if since is None else f" WHERE {number} >= {float(since)!r}"
-        found = self.connection.sql(f"SELECT quantile_cont({number}, [{listed}]) FROM events{where}").fetchall()[0][0]
-        if found is None:
+        count = self.connection.sql(f"SELECT count(*) FROM events{where}").fetchall()[0][0]
+        if count == 0:
             raise ValueError(f"no event of the log is at or after --since {since:g}")
-        return list(found)
+        below = [math.floor((count - 1) * q) for q in quantiles]
+        wanted = sorted({min(index, count - 1) for k in below for index in (k, k + 1)})
+        listed = ", ".join(repr((index + 0.5) / count) for index in wanted)
+        found = dict(zip(wanted, self.connection.sql(f"SELECT quantile_disc({number}, [{listed}]) FROM events{where}").fetchall()[0][0],
+                         strict=True))
+        return [numpy_quantile((found[k], found[min(k + 1, count - 1)]), count, q) for k, q in zip(below, quantiles, strict=True)]
 
     def time_number(self, value: float | str) -> float:
         """A time as the number `prepare` orders by: a number as it is; for a timestamp column, an ISO-8601 date or

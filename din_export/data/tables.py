@@ -25,7 +25,7 @@ def read_table(path: str | Path, spec: Spec, keep_references: bool = False) -> p
     keep_references, keeps its references (and the store's path in its schema metadata) for raw_columns to read as
     Windows."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a file, or a folder of Parquet parts (what Spark writes)
         raise TableError(f"{path}: no such file")
     table = read_source(path, column_types={f.name: pa.string() for f in spec.of_kind("sequence")})
     sequences = {f.name for f in spec.of_kind("sequence")}

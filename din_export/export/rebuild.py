@@ -86,11 +86,11 @@ def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str
         graphs["onnx"]["precisions"] = precisions
         save_checkpoint(staging, bundle.din)
         earlier = bundle.manifest or {}
-        plots = {}
+        plots, folder = {}, source if source.is_dir() else source.parent  # a bundle, or the folder of its weights.pt
         for key, file in (("plot", PLOT_FILE), ("reliability_plot", RELIABILITY_FILE)):
-            plots[key] = file if earlier.get(key) and (source / file).is_file() else None
+            plots[key] = file if earlier.get(key) and (folder / file).is_file() else None
             if plots[key]:
-                shutil.copy2(source / file, staging / file)
+                shutil.copy2(folder / file, staging / file)
         manifest = write_manifest(staging, bundle.spec, bundle.din, graphs, earlier.get("metrics", {}), training=earlier.get("training", {}),
                                   data=earlier.get("data", {}), plot=plots["plot"], reliability_plot=plots["reliability_plot"],
                                   exported_from=str(source),

@@ -25,7 +25,7 @@ EXPLAIN_FILE = "explain.onnx"  # probability and attention weights per behaviour
 GRAPH_FILES = {"onnx": MODEL_FILE, "ranking": RANKING_FILE, "explain": EXPLAIN_FILE}
 OPTIONAL_GRAPHS = ("ranking", "explain")  # sections a bundle may lack (null or absent)
 OUTPUT_NAME = "probability"  # every graph's output: each row's click probability
-WEIGHTS_NAME = "weights"  # explain.onnx's second output: each behaviour's attention weight (batch, seq_len)
+WEIGHTS_NAME = "attention_weights"  # explain.onnx's second output: each behaviour's attention weight (batch, seq_len)
 # The raw-input graph's (`din-export triton --raw-inputs`) input that counts each row's real history entries.
 LENGTH_INPUT = "history_length"  # manifest section -> the one file name it may name
 REQUIRED_KEYS = ("format_version", "spec", "encoding", "onnx", "metrics", "versions")
