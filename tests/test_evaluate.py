@@ -80,12 +80,12 @@ def test_rank_100_is_reproducible_and_consistent(ml100k_bundle: Path, test_rows:
     assert other_seed != first and other_seed["hr@20"] == pytest.approx(first["hr@20"], abs=0.06)
 
 
-def test_evaluate_flags_and_tables_fail_in_one_line(ml100k_bundle: Path, tmp_path: Path) -> None:
-    misuse = evaluate(ml100k_bundle, "--data", ml100k_bundle / "manifest.json", "--items", ml100k_bundle / "manifest.json")
+def test_evaluate_flags_and_tables_fail_in_one_line(bundle: Path, tmp_path: Path) -> None:
+    misuse = evaluate(bundle, "--data", bundle / "manifest.json", "--items", bundle / "manifest.json")
     assert misuse.returncode == 2 and "--items applies to --rank N" in misuse.stderr
     table = tmp_path / "unlabelled.csv"
     table.write_text("user_id,item_id\n1,2\n")
-    result = evaluate(ml100k_bundle, "--data", table)
+    result = evaluate(bundle, "--data", table)
     assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1 and "label" in result.stderr
 
 
