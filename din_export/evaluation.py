@@ -116,7 +116,7 @@ def draw_negatives(rng: np.random.Generator, keys: np.ndarray, excluded: set[str
     return drawn[~np.isin(keys[drawn], list(excluded))][:count]
 
 
-def rank_positives(predictor: Any, spec: Spec, columns: dict[str, Any], truth: np.ndarray, negatives: int, pool: ItemPool,
+def rank_positives(predictor: Any, columns: dict[str, Any], truth: np.ndarray, negatives: int, pool: ItemPool,
                    seed: int) -> np.ndarray:
     """The 1-based rank of each positive row's item among `negatives` sampled items, all scored by Predictor.rank."""
     rng = np.random.default_rng(seed)
@@ -165,7 +165,7 @@ def evaluate_bundle(bundle: Path, data: Path, rank: int | None = None, items: Pa
             raise ValueError(f"--rank must be at least 1, not {rank}")
         predictor = Predictor.load(bundle, providers=providers)
         pool = item_pool(predictor, spec, items)
-        ranks = rank_positives(predictor, spec, raw_columns(table, spec), truth, rank, pool, seed)
+        ranks = rank_positives(predictor, raw_columns(table, spec), truth, rank, pool, seed)
         if len(ranks) == 0:
             raise ValueError(f"{data}: no positive rows to rank")
         result["ranking"] = {"negatives": rank, "pool": pool.source, "seed": seed, "positives": int(len(ranks)),

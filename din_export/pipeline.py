@@ -24,7 +24,7 @@ from .phases import Phases
 from .training.distributed import World, join, leave
 from .training.metrics import evaluate
 from .training.plots import plot_history, plot_reliability
-from .training.train import predict, predict_logits, train
+from .training.train import predict_logits, train
 from .warm_start import Parent, check_architecture, check_spec, copy_weights, lineage, load_parent
 
 
@@ -83,10 +83,12 @@ def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: M
     if not world.is_main:
         return None
     with phases.timed("calibrate"):
-        fit = fit_calibration(train_config.calibration, predict_logits(din, splits["valid"]), splits["valid"].labels, spec.keep_negatives)
-        din.calibration = Calibration(fit).to(next(din.parameters()).device)
+        logits = {name: predict_logits(din, splits[name]) for name in ("valid", "test")}
+        fit = fit_calibration(train_config.calibration, logits["valid"], splits["valid"].labels, spec.keep_negatives)
+        din.calibration = Calibration(fit)
     with phases.timed("evaluate"):
-        probabilities = {name: predict(din, splits[name]) for name in ("valid", "test")}
+        with torch.inference_mode():  # the served probabilities of the logits already computed, not a second pass
+            probabilities = {name: din.calibration(torch.from_numpy(values)).numpy() for name, values in logits.items()}
         metrics: dict[str, Any] = {name: evaluate(splits[name].labels, probabilities[name], splits[name].groups)
                                    for name in ("valid", "test")}
     metrics.update(best_epoch=result.best_epoch, history=result.history)

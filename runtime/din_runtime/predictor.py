@@ -86,7 +86,7 @@ class Predictor:
 
     def __init__(self, bundle: Path, manifest: dict[str, Any], session: ort.InferenceSession,
                  chunk_rows: int = DEFAULT_CHUNK_ROWS, ranking_session: ort.InferenceSession | None = None,
-                 rank_block: int = DEFAULT_RANK_BLOCK) -> None:
+                 rank_block: int = DEFAULT_RANK_BLOCK, session_options: ort.SessionOptions | None = None) -> None:
         for name, value in (("chunk_rows", chunk_rows), ("rank_block", rank_block)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, not {value}")
@@ -102,7 +102,7 @@ class Predictor:
         self.sequences = self.schema.sequence_names
         self.shared = sorted(set(self.schema.shared))
         self._explain_session: ort.InferenceSession | None = None
-        self._options = ort.SessionOptions()  # the explain graph's session options: load() sets the batch graph's
+        self._options = session_options or ort.SessionOptions()  # the explain graph's: the batch graph's, from load()
         self._explain_lock = threading.Lock()
         for graph in (g for g in (session, ranking_session) if g is not None):
             graph_inputs = sorted(i.name for i in graph.get_inputs())
@@ -134,9 +134,7 @@ class Predictor:
             fell_back = session.get_providers()[0] != resolve(providers)[0][0]
             sessions.append(_open_session(verify_model_file(bundle, manifest, "ranking"), session.get_providers() if fell_back else providers,
                                           options, fallback, None if fell_back else provider_options))
-        predictor = cls(bundle, manifest, sessions[0], chunk_rows, sessions[1] if len(sessions) > 1 else None, rank_block)
-        predictor._options = options
-        return predictor
+        return cls(bundle, manifest, sessions[0], chunk_rows, sessions[1] if len(sessions) > 1 else None, rank_block, options)
 
     @property
     def providers(self) -> list[str]:
