@@ -236,10 +236,10 @@ def _prepare_on_spark(recipe: Path, sources: Any, out: Path, layout: str, since:
         from .data import spark
     except ImportError:  # pragma: no cover - the extra's absence
         raise click.UsageError("--engine spark needs the spark extra: pip install 'din-export[spark]' (and a Java 17 runtime)") from None
-    spark.check_supported(recipe, sources, layout, since)
+    spark.check_supported(recipe, sources, layout)
     session = spark.session(master, conf)
     try:
-        return spark.prepare(session, recipe, sources, out, layout)
+        return spark.prepare(session, recipe, sources, out, layout, since)
     finally:
         session.stop()
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from din_runtime.arrow import to_numpy
@@ -40,10 +41,10 @@ def is_reference(table: pa.Table) -> bool:
 
 def _references(table: pa.Table, store_path: Path) -> tuple[int, np.ndarray, np.ndarray]:
     """(the store's rows, each sample's history_first, history_end), checked against each other."""
-    if not store_path.is_file():
+    if not store_path.exists():  # a file, or a folder of Parquet parts (prepare --engine spark)
         raise LayoutError(f"{store_path}: the sequence store of this reference-layout table is missing")
     first, end = table.column(HISTORY_FIRST).to_numpy(), table.column(HISTORY_END).to_numpy()
-    rows = pq.read_metadata(store_path).num_rows
+    rows = pads.dataset(str(store_path), format="parquet").count_rows()
     if len(end) and (end.max() > rows or (first > end).any() or first.min() < 0):
         raise LayoutError(f"{store_path}: the table's history references run outside the store's {rows} rows")
     return rows, first, end

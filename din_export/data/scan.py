@@ -67,6 +67,20 @@ def _time_number(column: str, kind: pa.DataType) -> str:
     return f"CAST({_name(column)} AS DOUBLE)"
 
 
+def time_number(value: float | str, kind: pa.DataType, column: str) -> float:
+    """A time (--since) as the number `prepare` orders by: a number as it is; for a timestamp column, an ISO-8601
+    date or time too, in the column's own unit (both engines)."""
+    if isinstance(value, str) and pa.types.is_timestamp(kind):
+        try:
+            return float(np.datetime64(value).astype(f"datetime64[{kind.unit}]").astype(np.int64))
+        except ValueError:
+            raise ValueError(f"--since {value!r} is neither a number nor an ISO-8601 date or time") from None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"--since {value!r} is not a number in the units of the log's time column '{column}'") from None
+
+
 @dataclass(frozen=True)
 class LogOverview:
     """What must be known of the whole log before any block is processed."""
@@ -135,18 +149,7 @@ class LogScan:
         return [numpy_quantile((found[k], found[min(k + 1, count - 1)]), count, q) for k, q in zip(below, quantiles, strict=True)]
 
     def time_number(self, value: float | str) -> float:
-        """A time as the number `prepare` orders by: a number as it is; for a timestamp column, an ISO-8601 date or
-        time too, in the column's own unit."""
-        kind = self.schema.field(self.time).type
-        if isinstance(value, str) and pa.types.is_timestamp(kind):
-            try:
-                return float(np.datetime64(value).astype(f"datetime64[{kind.unit}]").astype(np.int64))
-            except ValueError:
-                raise ValueError(f"--since {value!r} is neither a number nor an ISO-8601 date or time") from None
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"--since {value!r} is not a number in the units of the log's time column '{self.time}'") from None
+        return time_number(value, self.schema.field(self.time).type, self.time)
 
     def blocks(self, min_events: int) -> Iterator[pa.Table]:
         """The events sorted by user, time and log row, in tables of at least `min_events` rows (the last may be
