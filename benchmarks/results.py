@@ -35,7 +35,7 @@ OUT = ROOT / "docs" / "results" / "generated"
 BIN = Path(sys.executable).parent
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": "17179869184"}  # PyTorch at its best
-VERSIONS = ("torch", "onnxruntime-gpu", "onnxruntime", "numpy", "onnx", "duckdb", "pyarrow", "openvino")
+VERSIONS = ("torch", "onnxruntime-gpu", "onnxruntime", "numpy", "onnx", "duckdb", "pyarrow", "openvino", "pyspark")
 
 
 def versions() -> str:
@@ -180,6 +180,12 @@ def prepare_scaling(scratch: Path) -> tuple[str, str]:
     return "python benchmarks/prepare_scaling.py " + " ".join(arguments), tables_in(output)
 
 
+def prepare_engines(scratch: Path) -> tuple[str, str]:
+    arguments = ["1000000", "10000000"]
+    output = run([sys.executable, "benchmarks/prepare_engines.py", *arguments])
+    return "python benchmarks/prepare_engines.py " + " ".join(arguments), tables_in(output)
+
+
 def training_at_scale(scratch: Path) -> tuple[str, str]:
     arguments = ["4000000", "--inline-up-to", "0", "--epoch-samples", "200000"]
     output = run([sys.executable, "benchmarks/training_at_scale.py", *arguments])
@@ -238,6 +244,7 @@ MEASUREMENTS = {
     "swap-latency": Measurement(swap_latency),
     "prepare-scaling": Measurement(prepare_scaling),
     "sort-engines": Measurement(sort_engines),
+    "prepare-engines": Measurement(prepare_engines),
     "training-at-scale": Measurement(training_at_scale),
     "daily-retraining": Measurement(daily_retraining, needs_movielens=True),
     "continuation-schedules": Measurement(continuation_schedules, needs_movielens=True),

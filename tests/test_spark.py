@@ -210,3 +210,22 @@ def test_flags_of_the_other_engine_are_refused_in_one_line(generated: Sources, t
                              str(tmp_path / "out"), "--engine", "spark", *flags], capture_output=True, text=True)
     assert result.returncode != 0 and problem in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_spark_submit_runs_the_example_application(generated: Sources, tmp_path: Path) -> None:
+    """examples/spark_prepare.py, submitted as the guide submits it to a cluster (here a local master), writes what
+    the DuckDB engine writes."""
+    import os
+    import subprocess
+    import sys
+
+    submit = Path(sys.executable).parent / "spark-submit"
+    example = Path(__file__).resolve().parent.parent / "examples" / "spark_prepare.py"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    result = subprocess.run([str(submit), "--master", "local[2]", "--conf", "spark.sql.shuffle.partitions=2", str(example),
+                             str(LOG_SPEC_PATH), str(generated.log), str(tmp_path / "spark"), "--items", str(generated.items),
+                             "--users", str(generated.users), "--layout", "reference"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"engine": "spark"' in result.stdout.splitlines()[-1]
+    prepare(LOG_SPEC_PATH, generated, tmp_path / "duckdb", layout="reference")
+    assert_same_samples(tmp_path / "duckdb", tmp_path / "spark")

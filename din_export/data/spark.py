@@ -51,6 +51,7 @@ from .spec import FeatureSpec, Spec, spec_to_toml
 
 ROW, ORDINAL = "_din_row", "_din_ordinal"
 BUCKET_BITS = 4  # the popularity draw's range join: buckets of 16 weight units, so a draw meets at most 16 items
+LOCAL_PARTITIONS_PER_CORE = 4  # a local session's shuffle partitions (Spark's 200 cost 45% more at 1M events on 2 cores)
 ROUNDS_AT_ONCE = 8  # negatives' draw rounds tried in one pass (a key clashes in all 8 with chance p**8)
 
 
@@ -220,6 +221,14 @@ class SparkPrepare:
         return feature_side(feature, self.config)
 
 
+def _local_cores(master: str) -> int:
+    """The worker threads of a local master: local, local[N], local[*] (all cores), local[N,F]."""
+    import os
+
+    inside = master[len("local["):-1].split(",")[0] if master.startswith("local[") else "1"
+    return (os.cpu_count() or 1) if inside == "*" else int(inside)
+
+
 def session(master: str = "local[*]", conf: dict[str, str] | None = None) -> Any:
     """A SparkSession for `prepare --engine spark` (a job submitted with spark-submit brings its own)."""
     import os
@@ -227,13 +236,16 @@ def session(master: str = "local[*]", conf: dict[str, str] | None = None) -> Any
 
     from pyspark.sql import SparkSession
 
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    # executors run the draws' numpy code of din_export: locally, in this very interpreter (a cluster's nodes need
-    # din-export installed, or --py-files)
     builder = (SparkSession.builder.master(master).appName("din-export prepare").config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.pyspark.python", sys.executable))
-    for key, value in (conf or {}).items():
+               .config("spark.ui.showConsoleProgress", "false"))
+    conf = dict(conf or {})
+    if master.startswith("local"):
+        # executors run din-export's numpy code (the draws): locally, in this very interpreter; a cluster's
+        # executors use the Python their own settings name (PYSPARK_PYTHON or spark.pyspark.python: see the guide)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        conf.setdefault("spark.pyspark.python", sys.executable)
+        conf.setdefault("spark.sql.shuffle.partitions", str(LOCAL_PARTITIONS_PER_CORE * _local_cores(master)))
+    for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
@@ -362,12 +374,14 @@ def run(spark: Any, recipe: Path, sources: Sources, out: Path, layout: str, sinc
         store = behaviours.orderBy(user, "_b").select(*[F.col(f"_h_{s.shares}").alias(s.name) for s in sequences])
         samples = samples.join(bases, user).withColumn(HISTORY_FIRST, F.col("_base")).withColumn(HISTORY_END, F.col("_base") + F.col("_end"))
     else:
+        # behaviour b's list of the most recent max_len behaviours up to b (a sliding frame of fixed size, so each
+        # list costs max_len, whatever the user's history); a sample whose history ends before behaviour e takes
+        # behaviour e - 1's list, by one equi-join
         max_len = max(s.max_len for s in sequences)
-        wanted = samples.select("_owner", user, "_end").distinct().filter(F.col("_end") > 0)
-        wanted = wanted.withColumn("_b", F.explode(F.sequence(F.greatest(F.col("_end") - max_len, F.lit(0)), F.col("_end") - 1)))
-        histories = wanted.join(behaviours, [user, "_b"]).groupBy("_owner").agg(
-            F.array_sort(F.collect_list(F.struct("_b", *[f"_h_{n}" for n in shared]))).alias("_hist"))
-        samples = samples.join(histories, "_owner", "left")
+        recent = _window(user).orderBy("_b").rowsBetween(-(max_len - 1), Window.currentRow)
+        lists = behaviours.select(user, F.col("_b").alias("_last"),
+                                  F.array_sort(F.collect_list(F.struct("_b", *[f"_h_{n}" for n in shared])).over(recent)).alias("_hist"))
+        samples = samples.withColumn("_last", F.col("_end") - 1).join(lists, [user, "_last"], "left")
     non_sequences = [f.name for f in spec.features if f.kind != "sequence"]
     samples = with_values(samples, "_item", non_sequences, "_s_")
     columns = []
@@ -473,8 +487,9 @@ class _Draw:
 def _with_negatives(job: SparkPrepare, log: Any, samples: Any, item_universe: Any) -> tuple[Any, int]:
     """behaviour.sample_negatives: `negatives` items per sampled positive that its user never touches anywhere in
     the log; negative j of the i-th positive (in user, time, log-row order) has key i * negatives + j, redrawn in
-    rounds 1, 2, ... while it names an item its user touched. ROUNDS_AT_ONCE rounds are drawn and anti-joined in one
-    pass and each key keeps its first clean round: the rounds numpy's loop would reach, in a job or two."""
+    rounds 1, 2, ... while it names an item its user touched. After round 0, ROUNDS_AT_ONCE rounds are drawn and
+    anti-joined in one pass and each key keeps its first clean round: the rounds numpy's loop would reach, in a
+    pass or two."""
     F, config = job.F, job.config
     user, item = config.user, config.item
     draws = config.sampling.negatives
@@ -489,8 +504,11 @@ def _with_negatives(job: SparkPrepare, log: Any, samples: Any, item_universe: An
     owners = owners.withColumn("_k", F.col(ORDINAL) * draws + F.col("_j")).drop(ORDINAL)
     touched = log.select(user, item).distinct().join(codes.withColumnRenamed("_key", item), item).select(user, F.col("_code").alias("_drawn"))
     settled, pending = None, owners
-    for first_round in range(0, MAX_DRAW_ROUNDS, ROUNDS_AT_ONCE):  # numpy's loop checks the draws of rounds 0..199
-        rounds = F.sequence(F.lit(first_round), F.lit(min(first_round + ROUNDS_AT_ONCE, MAX_DRAW_ROUNDS) - 1))
+    # round 0 for every key, then ROUNDS_AT_ONCE rounds at a time for the few that clashed (numpy's loop checks the
+    # draws of rounds 0..199)
+    passes = [(0, 1)] + [(first, min(first + ROUNDS_AT_ONCE, MAX_DRAW_ROUNDS)) for first in range(1, MAX_DRAW_ROUNDS, ROUNDS_AT_ONCE)]
+    for first_round, end_round in passes:
+        rounds = F.sequence(F.lit(first_round), F.lit(end_round - 1))
         candidates = draw.drawn(pending.withColumn("_r", F.explode(rounds)))
         clean = candidates.join(touched, [user, "_drawn"], "left_anti")
         chosen = clean.groupBy("_k").agg(F.min_by("_drawn", "_r").alias("_drawn"))
