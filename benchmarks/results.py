@@ -107,11 +107,11 @@ def quality_movielens(scratch: Path) -> tuple[str, str]:
 
 def latency(scratch: Path) -> tuple[str, str]:
     report = scratch / "bench.json"
-    run([sys.executable, "-m", "pytest", "benchmarks/test_latency.py", "benchmarks/test_load_time.py", f"--benchmark-json={report}",
+    run([sys.executable, "-m", "pytest", "-n", "0", "benchmarks/test_latency.py", "benchmarks/test_load_time.py", f"--benchmark-json={report}",
          "--benchmark-min-rounds=20", "-q", "-p", "no:cacheprovider"], env=MALLOC)
     output = run([sys.executable, "benchmarks/report.py", str(report), "--plot", "docs/results/latency.png"])
     rate = next(line for line in output.splitlines() if line.startswith("GEMM rate"))
-    return ("MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python -m pytest benchmarks/test_latency.py "
+    return ("MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python -m pytest -n 0 benchmarks/test_latency.py "
             "benchmarks/test_load_time.py --benchmark-json=bench.json --benchmark-min-rounds=20 && python benchmarks/report.py bench.json"), \
         f"{rate}. Times in ms, medians.\n\n" + tables_in(output)
 
@@ -122,7 +122,7 @@ def _benchmarks(report: Path) -> list[dict[str, Any]]:
 
 def serving_race(scratch: Path) -> tuple[str, str]:
     report = scratch / "race.json"
-    run([sys.executable, "-m", "pytest", "benchmarks/test_serving_race.py", f"--benchmark-json={report}", "-q", "-p", "no:cacheprovider"],
+    run([sys.executable, "-m", "pytest", "-n", "0", "benchmarks/test_serving_race.py", f"--benchmark-json={report}", "-q", "-p", "no:cacheprovider"],
         env=MALLOC)
     found = {b["name"]: b["extra_info"] for b in _benchmarks(report)}
     columns = ["predict", "predict, item IDs only", "encode", "predict, arrays", "session", "torch.compile", "OpenVINO", "eager"]
@@ -134,13 +134,13 @@ def serving_race(scratch: Path) -> tuple[str, str]:
     rank = found["test_rank_against_replicated_predict"]
     lines += ["", "| rank, 1,000 candidates x 50 | predict on the replicated rows | predict / rank |", "|---:|---:|---:|",
               f"| {rank['rank ms']:.3f} | {rank['predict replicated ms']:.3f} | {rank['speed-up']:.2f}x |"]
-    return ("MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python -m pytest benchmarks/test_serving_race.py "
+    return ("MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python -m pytest -n 0 benchmarks/test_serving_race.py "
             "--benchmark-json=race.json"), "Milliseconds per call, medians over interleaved rounds.\n\n" + "\n".join(lines)
 
 
 def server_load(scratch: Path) -> tuple[str, str]:
     report = scratch / "serve.json"
-    run([sys.executable, "-m", "pytest", "benchmarks/test_server_load.py", f"--benchmark-json={report}", "-q", "-p", "no:cacheprovider"])
+    run([sys.executable, "-m", "pytest", "-n", "0", "benchmarks/test_server_load.py", f"--benchmark-json={report}", "-q", "-p", "no:cacheprovider"])
     lines = ["| clients x rows per request | batching: rows/s | p50 ms | p99 ms | no batching: rows/s | p50 ms | p99 ms | throughput ratio |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for bench in sorted(_benchmarks(report), key=lambda b: (b["params"]["clients"], b["params"]["rows"])):
@@ -148,30 +148,31 @@ def server_load(scratch: Path) -> tuple[str, str]:
         on, off = info["batching"], info["no batching"]
         lines.append(f"| {params['clients']} x {params['rows']} | {on['rows/s']:,} | {on['p50 ms']} | {on['p99 ms']} | {off['rows/s']:,} | "
                      f"{off['p50 ms']} | {off['p99 ms']} | {info['throughput, batching / none']:.2f} |")
-    return "python -m pytest benchmarks/test_server_load.py --benchmark-json=serve.json", "\n".join(lines)
+    return "python -m pytest -n 0 benchmarks/test_server_load.py --benchmark-json=serve.json", "\n".join(lines)
 
 
 def swap_latency(scratch: Path) -> tuple[str, str]:
     report = scratch / "swap.json"
-    run([sys.executable, "-m", "pytest", "benchmarks/test_swap_latency.py", f"--benchmark-json={report}", "-q", "-p", "no:cacheprovider"])
+    run([sys.executable, "-m", "pytest", "-n", "0", "benchmarks/test_swap_latency.py", f"--benchmark-json={report}", "-q", "-p", "no:cacheprovider"])
     info = _benchmarks(report)[0]["extra_info"]
     lines = ["| requests | failed | steady p50 ms | steady p99 ms | swap p50 ms | swap p99 ms | p99 swap / steady "
              "| swap seconds (rename -> first response) |",
              "|---:|---:|---:|---:|---:|---:|---:|---|",
              f"| {info['requests']:,} | {info['failed']} | {info['steady p50 ms']} | {info['steady p99 ms']} | {info['swap p50 ms']} | "
              f"{info['swap p99 ms']} | {info['p99 swap / steady']:.2f} | {', '.join(map(str, info['swap seconds']))} |"]
-    return "python -m pytest benchmarks/test_swap_latency.py --benchmark-json=swap.json", "\n".join(lines)
+    return "python -m pytest -n 0 benchmarks/test_swap_latency.py --benchmark-json=swap.json", "\n".join(lines)
 
 
 def training_speed(scratch: Path) -> tuple[str, str]:
     report = scratch / "train.json"
-    run([sys.executable, "-m", "pytest", "benchmarks/test_training_speed.py", f"--benchmark-json={report}", "-q", "-p", "no:cacheprovider"])
+    run([sys.executable, "-m", "pytest", "-n", "0", "benchmarks/test_training_speed.py", f"--benchmark-json={report}", "-q",
+         "-p", "no:cacheprovider"])
     lines = ["| batch | folded (how din-export trains): samples/s | plain [q, k, q-k, q*k]: samples/s | folded / plain |", "|---:|---:|---:|---:|"]
     for bench in sorted(_benchmarks(report), key=lambda b: b["params"]["batch_size"]):
         info = bench["extra_info"]
         lines.append(f"| {bench['params']['batch_size']} | {info['folded samples/s']:,} | {info['plain samples/s']:,} | "
                      f"{info['folded / plain']:.2f}x |")
-    return "python -m pytest benchmarks/test_training_speed.py --benchmark-json=train.json", "\n".join(lines)
+    return "python -m pytest -n 0 benchmarks/test_training_speed.py --benchmark-json=train.json", "\n".join(lines)
 
 
 def prepare_scaling(scratch: Path) -> tuple[str, str]:

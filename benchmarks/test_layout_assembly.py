@@ -3,7 +3,7 @@ model's input arrays, 512 at a time in shuffled order) and the memory of the tra
 generated 1M-event log prepared both ways. Inline: every sample's padded history copied in the split; reference:
 the encoded sequence store once and each batch's windows gathered from it.
 
-    .venv/bin/python -m pytest benchmarks/test_layout_assembly.py -s
+    .venv/bin/python -m pytest -n 0 benchmarks/test_layout_assembly.py -s
 """
 
 from __future__ import annotations

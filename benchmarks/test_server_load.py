@@ -5,7 +5,7 @@ measured alternately (on, off, on, off, ...) so that the machine's drift hits bo
 rows per second and the p50 / p99 request latency (median over rounds). The reference bundle, 2 ONNX Runtime
 threads per server; client and servers share the machine's cores.
 
-    .venv/bin/python -m pytest benchmarks/test_server_load.py -s --benchmark-json=serve.json
+    .venv/bin/python -m pytest -n 0 benchmarks/test_server_load.py -s --benchmark-json=serve.json
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Also rank of 1,000 candidates against predict on the replicated rows (2-D histor
 Every engine gets 2 threads. Run (PyTorch at its best: glibc malloc kept from returning memory between calls):
 
     MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 \\
-      .venv/bin/python -m pytest benchmarks/test_serving_race.py -s --benchmark-min-rounds=1
+      .venv/bin/python -m pytest -n 0 benchmarks/test_serving_race.py -s --benchmark-min-rounds=1
 """
 
 from __future__ import annotations

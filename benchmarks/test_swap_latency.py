@@ -5,7 +5,7 @@ p50 / p99 request latency in the steady windows and in the swap windows (from th
 after the first response of the new version), their ratio, and each swap's time (rename -> first response from
 the new version). Steady and swap windows alternate in one run, so drift hits both alike.
 
-    .venv/bin/python -m pytest benchmarks/test_swap_latency.py -s --benchmark-json=swap.json
+    .venv/bin/python -m pytest -n 0 benchmarks/test_swap_latency.py -s --benchmark-json=swap.json
 """
 
 from __future__ import annotations

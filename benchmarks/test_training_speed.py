@@ -5,7 +5,7 @@ interleaved (folded, plain, folded, plain, ...) in one process so that the machi
 round is one epoch over the first 80 batches of the training split (histories as the data has them, up to 50),
 after a warm-up round; at the default batch size and at 256.
 
-    .venv/bin/python -m pytest benchmarks/test_training_speed.py -s
+    .venv/bin/python -m pytest -n 0 benchmarks/test_training_speed.py -s
 
 The benchmark times one interleaved round (both forms); extra_info holds each form's samples/s (median over the
 rounds, as train() reports it: the batch loop only, not the validation pass) and their ratio."""

@@ -51,7 +51,7 @@ from .spec import FeatureSpec, Spec, spec_to_toml
 
 ROW, ORDINAL = "_din_row", "_din_ordinal"
 BUCKET_BITS = 4  # the popularity draw's range join: buckets of 16 weight units, so a draw meets at most 16 items
-LOCAL_PARTITIONS_PER_CORE = 4  # a local session's shuffle partitions (Spark's 200 cost 45% more at 1M events on 2 cores)
+LOCAL_PARTITIONS_PER_CORE = 4  # a local session's shuffle partitions per core (Spark's 200 are sized for clusters)
 ROUNDS_AT_ONCE = 8  # negatives' draw rounds tried in one pass (a key clashes in all 8 with chance p**8)
 
 
