@@ -34,8 +34,10 @@ def source_bundle(request, bundle: Path, ml100k_bundle: Path) -> Path:
     return bundle if request.param == "synthetic" else ml100k_bundle
 
 
-@pytest.mark.parametrize("graph", ["folded", "plain"])
-def test_export_graphs_then_verify_and_inspect(source_bundle: Path, tmp_path: Path, graph: str) -> None:
+@pytest.mark.parametrize(("data", "graph"), [("synthetic", "plain"), ("movielens", "folded")])
+def test_export_graphs_then_verify_and_inspect(request, data: str, tmp_path: Path, graph: str) -> None:
+    """Each graph on one of the two bundles (training itself exports and verifies the folded graph of both)."""
+    source_bundle = request.getfixturevalue("bundle" if data == "synthetic" else "ml100k_bundle")
     out = tmp_path / graph
     invoke("export", source_bundle, "--out", out, "--graph", graph)
     result = invoke("verify", out)
