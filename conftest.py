@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,19 @@ def ml100k_bundle(ml100k_samples: Path, tmp_path_factory: pytest.TempPathFactory
     train_and_export(source, out, load_spec(ml100k_samples / "spec.toml"), ModelConfig(**SMALL_MODEL),
                      TrainConfig(epochs=1, batch_size=512, progress=False))
     return out
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest-xdist worker gets its share of the cores for PyTorch's threads (and so do the commands its tests
+    start): two workers of two threads each on two cores spend a third of their CPU time spinning."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -43,3 +43,12 @@ def test_the_variants_are_evaluated_alike() -> None:
                      "--variants", "din", "base"))
     assert [row[0] for row in table] == ["din", "base"]
     assert all(0 < float(row[6]) <= float(row[5]) <= 1 for row in table)  # NDCG@10 <= HR@10
+
+
+def test_the_epoch_benchmark_times_train_and_the_cli_side_by_side() -> None:
+    need_ml100k()
+    table = [row for row in rows(run("training_epoch.py", "--batch-sizes", "256", "--rounds", "1", "--rows", "3000"))
+             if row[0].isdigit()]
+    assert len(table) == 1 and table[0][:2] == ["256", "3,000"]
+    assert float(table[0][2].replace(",", "")) > 0 and float(table[0][3].replace(",", "")) > 0
+    assert table[0][4] == "not installed" or float(table[0][5].rstrip("x")) > 0  # DeepCTR-Torch: a benchmark-only install
