@@ -181,6 +181,13 @@ def prepare_scaling(scratch: Path) -> tuple[str, str]:
     return "python benchmarks/prepare_scaling.py " + " ".join(arguments), tables_in(output)
 
 
+def training_epoch(scratch: Path) -> tuple[str, str]:
+    arguments = ["--rounds", "3"]  # batch 256 and the default
+    output = run([sys.executable, "benchmarks/training_epoch.py", *arguments], env=MALLOC)
+    return ("MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python benchmarks/training_epoch.py "
+            + " ".join(arguments)), output[output.index("CPU:"):].split("\n", 1)[0] + "\n\n" + tables_in(output)
+
+
 def prepare_engines(scratch: Path) -> tuple[str, str]:
     arguments = ["1000000", "10000000"]
     output = run([sys.executable, "benchmarks/prepare_engines.py", *arguments])
@@ -239,6 +246,7 @@ MEASUREMENTS = {
     "quality-synthetic": Measurement(quality_synthetic),
     "quality-movielens": Measurement(quality_movielens, needs_movielens=True),
     "training-speed": Measurement(training_speed, needs_movielens=True),
+    "training-epoch": Measurement(training_epoch, needs_movielens=True),
     "latency": Measurement(latency),
     "serving-race": Measurement(serving_race),
     "server-load": Measurement(server_load),

@@ -5,7 +5,7 @@ fitting, training, calibration and the verified export: what a user waits for), 
 in one process (ours, CLI, peer, ours, CLI, peer, ...) so that drift hits all alike; the median of the rounds.
 
     MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 \
-        python benchmarks/training_epoch.py --batch-sizes 256 1024 --rounds 3
+        python benchmarks/training_epoch.py --rounds 3   # batch 256 and the default batch
 
 Samples per second: rows of the training split over the seconds of the whole call (train(): its batch loop and the
 validation pass on 2,000 rows; the CLI: the whole command; DeepCTR: `fit`).
@@ -14,6 +14,8 @@ validation pass on 2,000 rows; the CLI: the whole command; DeepCTR: `fit`).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import statistics
 import tempfile
 import time
@@ -54,7 +56,10 @@ def peer_epoch(data, split: EncodedSplit, batch_size: int):  # noqa: ANN001, ANN
     model = PeerDIN(features, histories, att_hidden_size=ATTENTION, dnn_hidden_units=DNN, device="cpu", seed=0)
     model.compile("adam", "binary_crossentropy")
     x = {name: array[:len(split.labels)] for name, array in inputs(data, "train").items()}
-    return lambda: model.fit(x, split.labels, batch_size=batch_size, epochs=1, verbose=0)
+    def epoch() -> None:
+        with contextlib.redirect_stdout(io.StringIO()):  # DeepCTR prints its device and sizes on every fit
+            model.fit(x, split.labels, batch_size=batch_size, epochs=1, verbose=0)
+    return epoch
 
 
 def measure(samples: Path, batch_size: int, rounds: int, rows: int | None, scratch: Path) -> tuple[int, dict[str, float]]:
