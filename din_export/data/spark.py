@@ -484,7 +484,7 @@ class _Draw:
         return found.withColumnRenamed("_code", "_drawn").drop("_bucket", "_point", "_start", "_stop")
 
 
-def _with_negatives(job: SparkPrepare, log: Any, samples: Any, item_universe: Any) -> tuple[Any, int]:
+def _with_negatives(job: SparkPrepare, log: Any, samples: Any, item_universe: Any) -> Any:
     """behaviour.sample_negatives: `negatives` items per sampled positive that its user never touches anywhere in
     the log; negative j of the i-th positive (in user, time, log-row order) has key i * negatives + j, redrawn in
     rounds 1, 2, ... while it names an item its user touched. After round 0, ROUNDS_AT_ONCE rounds are drawn and
