@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time as clock
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +158,9 @@ class SparkPrepare:
         frame = frame.join(F.broadcast(offset_frame), "_f").withColumn(ROW, F.col("_r") + F.col("_o")).drop("_f", "_r", "_o")
         return frame.withColumn("_t", self.time_number_column(frame))
 
+    @cached_property
     def time_kind(self) -> Any:
-        """The time column's Arrow type, from the first file's footer (the driver reads no data)."""
+        """The time column's Arrow type, from the first file's footer (the driver reads no data); read once."""
         import pyarrow.dataset as pads
 
         files, _ = checked_files(self.sources.log, log_columns(self.spec, self.config))
@@ -168,7 +170,7 @@ class SparkPrepare:
         """The time as the number both engines order by: a timestamp as an integer in its own unit (scan._time_number)."""
         import pyarrow as pa
 
-        F, kind = self.F, self.time_kind()
+        F, kind = self.F, self.time_kind
         column = F.col(self.config.time)
         if not pa.types.is_timestamp(kind) or kind.unit == "ns":  # nanoseconds arrive as the integers they are
             return column.cast("double")
@@ -275,7 +277,7 @@ def run(spark: Any, recipe: Path, sources: Sources, out: Path, layout: str, sinc
     spec, config = check_supported(recipe, sources, layout)
     job = SparkPrepare(spark, spec, config, sources, None)
     if since is not None:
-        job.since = time_number(since, job.time_kind(), config.time)
+        job.since = time_number(since, job.time_kind, config.time)
     since = job.since
     from pyspark.sql import Window
 
