@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,18 @@ def predictor(bundle: Path):
     from din_runtime import Predictor
 
     return Predictor.load(bundle, providers="cpu")
+
+
+@pytest.fixture(scope="module")
+def torch_threads() -> Iterator[Callable[[int], None]]:
+    """Set PyTorch's threads for one module's measurements and put them back after it: a module that runs next on
+    the same xdist worker keeps the worker's share, as the commands it starts do (a resumed run compared bitwise with
+    an uninterrupted one differed where a benchmark module had left the worker at 2 threads and the subprocess ran 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -78,8 +78,8 @@ def graph_predictors(reference_bundle: Path, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="module")
-def torch_model(reference_bundle: Path):
-    torch.set_num_threads(THREADS)
+def torch_model(reference_bundle: Path, torch_threads):
+    torch_threads(THREADS)
     return ProbabilityModel(in_form(load_bundle(reference_bundle).din, "plain"))  # what model.onnx computes, calibration too
 
 

@@ -68,9 +68,9 @@ def per_call_ms(function: Callable[[], object], calls: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def engines(reference_bundle: Path) -> dict:
+def engines(reference_bundle: Path, torch_threads) -> dict:
     """Every engine loaded once: the predictor, the folded PyTorch model eager and compiled, OpenVINO's compiled model."""
-    torch.set_num_threads(THREADS)
+    torch_threads(THREADS)
     predictor = Predictor.load(reference_bundle, providers="cpu", threads=THREADS)
     eager = ProbabilityModel(in_form(load_bundle(reference_bundle).din, "folded"))  # what model.onnx computes, calibration too
     compiled = torch.compile(eager, backend="inductor", dynamic=True)

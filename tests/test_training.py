@@ -47,8 +47,10 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     reference = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "reference")])
     assert reference.exit_code == 0, reference.output
     out = tmp_path / "interrupted"
+    # the killed epochs run at this process's thread count, as the reference and the resumed epochs do
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     process = subprocess.Popen([sys.executable, "-m", "din_export", *args, "--out", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     checkpoint = checkpoint_path(out)
     deadline = time.monotonic() + 240
     while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
