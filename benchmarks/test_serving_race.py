@@ -10,9 +10,12 @@ Histories are 50 long and, for `predict`, given as Python lists, as JSON decodes
 - encode: predict's encoding step alone, from the lists;
 - predict, arrays / encode, arrays: the same rows as numpy arrays (histories 2-D), predict and its encoding alone;
 - session: the ONNX Runtime session alone on the encoded feed;
-- torch.compile: inductor's compilation of the bundle's own (folded) PyTorch model, on encoded tensors;
+- torch.compile: inductor's compilation of the bundle's own (folded) PyTorch model with static shapes (one compiled
+  graph per shape, its fastest form), on encoded tensors;
 - OpenVINO: its CPU plugin on the bundle's model.onnx, on the encoded feed, in float32 (its default may compute in bf16);
-- eager: the bundle's PyTorch model, torch.inference_mode.
+- eager: the bundle's PyTorch model, torch.inference_mode;
+- floor: the folded graph's matrix-product FLOPs (benchmarks/flops.py) at the GEMM rate of a 1024^3 float32 product
+  in ONNX Runtime, timed once per round among the columns: what the arithmetic alone needs at this machine's rate.
 
 Also rank of 1,000 candidates against predict on the replicated rows (2-D history arrays, predict's fastest form).
 Every engine gets 2 threads. Run (PyTorch at its best: glibc malloc kept from returning memory between calls):
@@ -32,11 +35,12 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
+from flops import flops_per_row
 
 from din_export.bundle import load_bundle
 from din_export.model.din import ProbabilityModel, in_form
 from din_runtime import Predictor
-from test_latency import THREADS, ranking_request, raw_batch
+from test_latency import GEMM_SIZE, THREADS, matmul_session, ranking_request, raw_batch
 
 SHAPES = ((1, 50), (256, 50), (1024, 50))
 ROUNDS = 20
@@ -73,11 +77,11 @@ def engines(reference_bundle: Path, torch_threads) -> dict:
     torch_threads(THREADS)
     predictor = Predictor.load(reference_bundle, providers="cpu", threads=THREADS)
     eager = ProbabilityModel(in_form(load_bundle(reference_bundle).din, "folded"))  # what model.onnx computes, calibration too
-    compiled = torch.compile(eager, backend="inductor", dynamic=True)
+    compiled = torch.compile(eager, backend="inductor", dynamic=False)  # static: recompiled per shape, at its fastest
     core = ov.Core()
     openvino = core.compile_model(core.read_model(str(reference_bundle / "model.onnx")), "CPU",
                                   {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
-    return {"predictor": predictor, "eager": eager, "compiled": compiled, "openvino": openvino}
+    return {"predictor": predictor, "eager": eager, "compiled": compiled, "openvino": openvino, "gemm": matmul_session(GEMM_SIZE)}
 
 
 def columns(engines: dict, batch: int, length: int) -> dict[str, Callable[[], np.ndarray]]:
@@ -117,7 +121,8 @@ def test_serving_race(benchmark, engines: dict) -> None:
             result = np.asarray(call()).reshape(-1)
             assert result.shape == (shape[0],) and np.max(np.abs(result - reference)) <= 1e-4, name
     times: dict[tuple, dict[str, list[float]]] = {shape: {name: [] for name in row} for shape, row in calls.items()}
-
+    gemm_input = {"a": np.random.default_rng(1).random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)}
+    gemm_seconds: list[float] = []
     turn = [0]
 
     def interleaved() -> None:
@@ -127,11 +132,19 @@ def test_serving_race(benchmark, engines: dict) -> None:
             names = list(row)
             for name in names[turn[0] % len(names):] + names[:turn[0] % len(names)]:
                 times[shape][name].append(per_call_ms(row[name], CALLS_PER_TIMING[shape[0]]))
+            gemm_seconds.append(per_call_ms(lambda: engines["gemm"].run(None, gemm_input), 1) / 1e3)
         turn[0] += 1
 
     benchmark.pedantic(interleaved, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     table = {f"{b}x{t}": {name: round(statistics.median(values), 4) for name, values in times[(b, t)].items()} for b, t in SHAPES}
-    for row in table.values():
+    gflops = 2 * GEMM_SIZE ** 3 / statistics.median(gemm_seconds) / 1e9
+    benchmark.extra_info["GEMM GFLOP/s"] = round(gflops, 1)
+    manifest = engines["predictor"].manifest
+    for (batch, length), row in zip(SHAPES, table.values(), strict=True):
+        row["floor"] = round(batch * flops_per_row(manifest, length, "folded") / gflops / 1e6, 4)
+        row["session / floor"] = round(row["session"] / row["floor"], 2)
+        row["torch.compile / session"] = round(row["torch.compile"] / row["session"], 2)
+        row["OpenVINO / session"] = round(row["OpenVINO"] / row["session"], 2)
         row["torch.compile / predict"] = round(row["torch.compile"] / row["predict"], 2)
         row["torch.compile / predict, item IDs only"] = round(row["torch.compile"] / row["predict, item IDs only"], 2)
         row["encoding share of predict, arrays"] = round(row["encode, arrays"] / row["predict, arrays"], 3)

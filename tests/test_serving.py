@@ -9,6 +9,7 @@ import pytest
 
 from din_export.data.synthetic import generate
 from din_runtime import Predictor
+from din_runtime.predictor import SMALL_CALL_ROWS, session_options_for
 from din_runtime.providers import CPU, CUDA
 from helpers import rank_against_predict
 
@@ -33,6 +34,20 @@ def test_session_settings_are_applied_and_checked(bundle: Path) -> None:
         Predictor.load(bundle, optimization="fastest")
     with pytest.raises(ValueError, match="threads must be at least 1"):
         Predictor.load(bundle, threads=0)
+
+
+def test_small_calls_run_on_one_thread_with_the_batch_results(bundle: Path) -> None:
+    predictor = Predictor.load(bundle, providers="cpu", threads=2)
+    batch = rows(40, seed=3)
+    whole = predictor.predict(batch)
+    singles = np.concatenate([predictor.predict({name: column[i:i + 1] for name, column in batch.items()}) for i in range(40)])
+    assert np.max(np.abs(whole - singles)) <= 1e-6
+    assert predictor._session_for(1).get_session_options().intra_op_num_threads == 1
+    assert predictor._session_for(SMALL_CALL_ROWS + 1) is predictor.session
+    # one thread asked for, or the caller's own session options: one session for every call
+    for single in (Predictor.load(bundle, providers="cpu", threads=1),
+                   Predictor.load(bundle, providers="cpu", session_options=session_options_for(2))):
+        assert single._session_for(1) is single.session
 
 
 def test_cuda_with_fallback_warns_instead_of_raising(bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
