@@ -126,7 +126,7 @@ def serving_race(scratch: Path) -> tuple[str, str]:
         env=MALLOC)
     found = {b["name"]: b["extra_info"] for b in _benchmarks(report)}
     race = found["test_serving_race"]
-    columns = ["predict", "predict, item IDs only", "encode", "predict, arrays", "session", "torch.compile", "OpenVINO", "eager", "floor"]
+    columns = ["predict", "predict, batch session", "predict, item IDs only", "encode", "predict, arrays", "session", "torch.compile", "OpenVINO", "eager", "floor"]
     ratios = ["torch.compile / session", "OpenVINO / session", "session / floor", "torch.compile / predict"]
     lines = ["| B x L | " + " | ".join(columns + ratios) + " | encoding share of predict, arrays |",
              "|---|" + "---:|" * (len(columns) + len(ratios) + 1)]
@@ -185,7 +185,7 @@ def prepare_scaling(scratch: Path) -> tuple[str, str]:
 
 
 def training_epoch(scratch: Path) -> tuple[str, str]:
-    arguments = ["--rounds", "3"]  # batch 256 and the default
+    arguments = ["--rounds", "3", "--compile"]  # batch 256 and the default; train() under torch.compile beside it
     output = run([sys.executable, "benchmarks/training_epoch.py", *arguments], env=MALLOC)
     return ("MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python benchmarks/training_epoch.py "
             + " ".join(arguments)), output[output.index("CPU:"):].split("\n", 1)[0] + "\n\n" + tables_in(output)

@@ -6,6 +6,7 @@ in one process (ours, CLI, peer, ours, CLI, peer, ...) so that drift hits all al
 
     MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 \
         python benchmarks/training_epoch.py --rounds 3   # batch 256 and the default batch
+        python benchmarks/training_epoch.py --rounds 3 --compile   # and train() on the model under torch.compile
 
 Samples per second: rows of the training split over the seconds of the whole call (train(): its batch loop and the
 validation pass on 2,000 rows; the CLI: the whole command; DeepCTR: `fit`).
@@ -62,8 +63,11 @@ def peer_epoch(data, split: EncodedSplit, batch_size: int):  # noqa: ANN001, ANN
     return epoch
 
 
-def measure(samples: Path, batch_size: int, rounds: int, rows: int | None, scratch: Path) -> tuple[int, dict[str, float]]:
-    """(the training rows, samples/s of each run: the median over the rounds)."""
+def measure(samples: Path, batch_size: int, rounds: int, rows: int | None, scratch: Path,
+            compiled: bool = False) -> tuple[int, dict[str, float]]:
+    """(the training rows, samples/s of each run: the median over the rounds; with `compiled`, also the same model
+    under torch.compile (inductor, dynamic shapes: the history width changes from batch to batch), its compilation
+    in the warm-up, whose seconds are returned as "compile seconds")."""
     data = load_data(DataSource(*(samples / f"{s}.parquet" for s in ("train", "valid", "test"))), load_spec(samples / SPEC_FILE), seed=0)
     split, valid = head(data.splits["train"], rows), head(data.splits["valid"], 2000)
     config = TrainConfig(epochs=1, batch_size=batch_size, progress=False, device="cpu")
@@ -75,6 +79,15 @@ def measure(samples: Path, batch_size: int, rounds: int, rows: int | None, scrat
                  "--spec", str(samples / SPEC_FILE), "--epochs", "1", "--batch-size", str(batch_size), "--out", str(scratch / "bundle"), "--quiet"]
     runs = {"train()": lambda: train(ours, split, valid, config),
             "CLI": lambda: _invoke(arguments)}
+    compile_seconds = None
+    if compiled:
+        torch.manual_seed(0)
+        fused = DIN(data.schema, ModelConfig())
+        fused.compile(dynamic=True)
+        started = time.perf_counter()
+        train(fused, head(split, 10 * batch_size), valid, config)  # warm-up: compiles forward and backward
+        compile_seconds = time.perf_counter() - started
+        runs["train(), torch.compile"] = lambda: train(fused, split, valid, config)
     peer = peer_epoch(data, split, batch_size)
     if peer is not None:
         peer()  # warm-up (a whole epoch: DeepCTR's first one allocates)
@@ -85,7 +98,10 @@ def measure(samples: Path, batch_size: int, rounds: int, rows: int | None, scrat
             started = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - started)
-    return len(split.labels), {name: len(split.labels) / statistics.median(values) for name, values in seconds.items()}
+    rates = {name: len(split.labels) / statistics.median(values) for name, values in seconds.items()}
+    if compile_seconds is not None:
+        rates["compile seconds"] = compile_seconds
+    return len(split.labels), rates
 
 
 def _invoke(arguments: list[str]) -> None:
@@ -107,20 +123,24 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=sorted({256, TrainConfig().batch_size}))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=None, help="train on the first ROWS rows only (a smoke run)")
+    parser.add_argument("--compile", action="store_true", help="also train() on the model under torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"CPU: {cpu_model()}; torch threads {torch.get_num_threads()}; rounds {args.rounds}")
-    print("| batch | rows | din-export train() samples/s | din-export CLI samples/s | DeepCTR-Torch samples/s | train() / DeepCTR |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    compiled = ("", "") if not args.compile else (" train(), torch.compile samples/s (compile s) |", "---:|")
+    print("| batch | rows | din-export train() samples/s | din-export CLI samples/s | DeepCTR-Torch samples/s | train() / DeepCTR |"
+          + compiled[0])
+    print("|---:|---:|---:|---:|---:|---:|" + compiled[1])
     with tempfile.TemporaryDirectory() as scratch:
         samples = Path(scratch) / "ids-genre"
         prepare(RECIPE, Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item"), samples)
         for batch_size in args.batch_sizes:
-            rows, rate = measure(samples, batch_size, args.rounds, args.rows, Path(scratch))
+            rows, rate = measure(samples, batch_size, args.rounds, args.rows, Path(scratch), args.compile)
             peer = rate.get("DeepCTR-Torch")
             ours = rate["train()"]
             versus = ("not installed", "-") if peer is None else (f"{peer:,.0f}", f"{ours / peer:.2f}x")
-            print(f"| {batch_size} | {rows:,} | {ours:,.0f} | {rate['CLI']:,.0f} | {versus[0]} | {versus[1]} |", flush=True)
+            fused = f" {rate['train(), torch.compile']:,.0f} ({rate['compile seconds']:.0f}) |" if args.compile else ""
+            print(f"| {batch_size} | {rows:,} | {ours:,.0f} | {rate['CLI']:,.0f} | {versus[0]} | {versus[1]} |{fused}", flush=True)
 
 
 if __name__ == "__main__":
