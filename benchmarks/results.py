@@ -126,7 +126,8 @@ def serving_race(scratch: Path) -> tuple[str, str]:
         env=MALLOC)
     found = {b["name"]: b["extra_info"] for b in _benchmarks(report)}
     race = found["test_serving_race"]
-    columns = ["predict", "predict, batch session", "predict, item IDs only", "encode", "predict, arrays", "session", "torch.compile", "OpenVINO", "eager", "floor"]
+    columns = ["predict", "predict, batch session", "predict, item IDs only", "encode", "predict, arrays", "session",
+               "torch.compile", "OpenVINO", "eager", "floor"]
     ratios = ["torch.compile / session", "OpenVINO / session", "session / floor", "torch.compile / predict"]
     lines = ["| B x L | " + " | ".join(columns + ratios) + " | encoding share of predict, arrays |",
              "|---|" + "---:|" * (len(columns) + len(ratios) + 1)]

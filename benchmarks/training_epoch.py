@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import statistics
 import tempfile
 import time
@@ -67,7 +68,7 @@ def measure(samples: Path, batch_size: int, rounds: int, rows: int | None, scrat
             compiled: bool = False) -> tuple[int, dict[str, float]]:
     """(the training rows, samples/s of each run: the median over the rounds; with `compiled`, also the same model
     under torch.compile (inductor, dynamic shapes: the history width changes from batch to batch), its compilation
-    in the warm-up, whose seconds are returned as "compile seconds")."""
+    in the warm-up from a cold cache, whose seconds are returned as "compile seconds")."""
     data = load_data(DataSource(*(samples / f"{s}.parquet" for s in ("train", "valid", "test"))), load_spec(samples / SPEC_FILE), seed=0)
     split, valid = head(data.splits["train"], rows), head(data.splits["valid"], 2000)
     config = TrainConfig(epochs=1, batch_size=batch_size, progress=False, device="cpu")
@@ -81,6 +82,7 @@ def measure(samples: Path, batch_size: int, rounds: int, rows: int | None, scrat
             "CLI": lambda: _invoke(arguments)}
     compile_seconds = None
     if compiled:
+        torch._dynamo.reset()  # the other batch size's compiled graphs would be reused: every measure() compiles cold
         torch.manual_seed(0)
         fused = DIN(data.schema, ModelConfig())
         fused.compile(dynamic=True)
@@ -132,6 +134,8 @@ def main() -> None:
           + compiled[0])
     print("|---:|---:|---:|---:|---:|---:|" + compiled[1])
     with tempfile.TemporaryDirectory() as scratch:
+        # inductor's on-disk cache would make the compile seconds those of a warm cache (a rerun of the same model)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(scratch) / "inductor-cache")
         samples = Path(scratch) / "ids-genre"
         prepare(RECIPE, Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item"), samples)
         for batch_size in args.batch_sizes:
