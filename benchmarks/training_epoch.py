@@ -20,6 +20,7 @@ import io
 import os
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,11 +50,17 @@ def head(split: EncodedSplit, rows: int | None) -> EncodedSplit:
 
 def peer_epoch(data, split: EncodedSplit, batch_size: int):  # noqa: ANN001, ANN201 - DeepCTR's own types
     """A closure running one DeepCTR-Torch epoch over `split`, or None where DeepCTR-Torch is not installed."""
-    try:
-        from deepctr_torch.models import DIN as PeerDIN
-        from peer_deepctr import ATTENTION, DNN, columns, inputs
-    except ImportError:
-        return None
+    started = set(threading.enumerate())
+    # DeepCTR's import starts a thread that looks up its latest version and prints when it cannot: kept out of the
+    # table by waiting for it here
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            from deepctr_torch.models import DIN as PeerDIN
+            from peer_deepctr import ATTENTION, DNN, columns, inputs
+        except ImportError:
+            return None
+        for thread in set(threading.enumerate()) - started:
+            thread.join(timeout=60)
     features, histories = columns(data)
     model = PeerDIN(features, histories, att_hidden_size=ATTENTION, dnn_hidden_units=DNN, device="cpu", seed=0)
     model.compile("adam", "binary_crossentropy")
