@@ -15,13 +15,9 @@ from pathlib import Path
 import torch
 from machine import cpu_model
 from torch.profiler import ProfilerActivity, profile
-from training_epoch import ML100K, RECIPE, head
+from training_epoch import ML100K, RECIPE, epoch_inputs, warmed_model
 
-from din_export.config import ModelConfig, TrainConfig
-from din_export.data.dataset import DataSource, load_data
-from din_export.data.prepare import SPEC_FILE, Sources, prepare
-from din_export.data.spec import load_spec
-from din_export.model.din import DIN
+from din_export.data.prepare import Sources, prepare
 from din_export.training.train import train
 
 MATRIX_PRODUCTS = ("aten::mm", "aten::bmm", "aten::addmm")
@@ -32,12 +28,8 @@ def by_operator(batch_size: int, rows: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:
         samples = Path(scratch) / "ids-genre"
         prepare(RECIPE, Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item"), samples)
-        data = load_data(DataSource(*(samples / f"{s}.parquet" for s in ("train", "valid", "test"))), load_spec(samples / SPEC_FILE), seed=0)
-    split, valid = head(data.splits["train"], rows), head(data.splits["valid"], 2000)
-    config = TrainConfig(epochs=1, batch_size=batch_size, progress=False, device="cpu")
-    torch.manual_seed(0)
-    model = DIN(data.schema, ModelConfig())
-    train(model, head(split, 10 * batch_size), valid, config)  # warm-up
+        data, split, valid, config = epoch_inputs(samples, batch_size, rows)
+    model = warmed_model(data, split, valid, config)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         train(model, split, valid, config)
     batches = rows // batch_size

@@ -54,3 +54,12 @@ def test_the_epoch_benchmark_times_train_and_the_cli_side_by_side() -> None:
     assert table[0][4] == "not installed" or float(table[0][5].rstrip("x")) > 0  # DeepCTR-Torch: a benchmark-only install
     compiled, compile_seconds = table[0][6].split()
     assert float(compiled.replace(",", "")) > 0 and float(compile_seconds.strip("()")) > 0
+
+
+def test_the_training_profile_sums_an_epoch_by_operator() -> None:
+    need_ml100k()
+    output = run("profile_training.py", "--rows", "3000", "--top", "5")
+    table = [row for row in rows(output) if row[0] != "operator"]
+    assert len(table) == 5 and "matrix products" in output
+    shares = [float(row[2].rstrip("%")) for row in table]
+    assert shares == sorted(shares, reverse=True) and all(float(row[1]) > 0 for row in table)

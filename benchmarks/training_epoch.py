@@ -30,7 +30,7 @@ from machine import cpu_model
 
 from din_export.cli import main as cli
 from din_export.config import ModelConfig, TrainConfig
-from din_export.data.dataset import DataSource, EncodedSplit, load_data
+from din_export.data.dataset import DataSource, EncodedData, EncodedSplit, load_data
 from din_export.data.prepare import SPEC_FILE, Sources, prepare
 from din_export.data.spec import load_spec
 from din_export.model.din import DIN
@@ -71,17 +71,28 @@ def peer_epoch(data, split: EncodedSplit, batch_size: int):  # noqa: ANN001, ANN
     return epoch
 
 
+def epoch_inputs(samples: Path, batch_size: int, rows: int | None) -> tuple[EncodedData, EncodedSplit, EncodedSplit, TrainConfig]:
+    """The prepared tables encoded, the training split (its first `rows`), 2,000 validation rows, one epoch's config."""
+    data = load_data(DataSource(*(samples / f"{s}.parquet" for s in ("train", "valid", "test"))), load_spec(samples / SPEC_FILE), seed=0)
+    split, valid = head(data.splits["train"], rows), head(data.splits["valid"], 2000)
+    return data, split, valid, TrainConfig(epochs=1, batch_size=batch_size, progress=False, device="cpu")
+
+
+def warmed_model(data: EncodedData, split: EncodedSplit, valid: EncodedSplit, config: TrainConfig) -> DIN:
+    """The default DIN (seed 0) after ten batches of training: allocations and kernels warm."""
+    torch.manual_seed(0)
+    model = DIN(data.schema, ModelConfig())
+    train(model, head(split, 10 * config.batch_size), valid, config)
+    return model
+
+
 def measure(samples: Path, batch_size: int, rounds: int, rows: int | None, scratch: Path,
             compiled: bool = False) -> tuple[int, dict[str, float]]:
     """(the training rows, samples/s of each run: the median over the rounds; with `compiled`, also the same model
     under torch.compile (inductor, dynamic shapes: the history width changes from batch to batch), its compilation
     in the warm-up from a cold cache, whose seconds are returned as "compile seconds")."""
-    data = load_data(DataSource(*(samples / f"{s}.parquet" for s in ("train", "valid", "test"))), load_spec(samples / SPEC_FILE), seed=0)
-    split, valid = head(data.splits["train"], rows), head(data.splits["valid"], 2000)
-    config = TrainConfig(epochs=1, batch_size=batch_size, progress=False, device="cpu")
-    torch.manual_seed(0)
-    ours = DIN(data.schema, ModelConfig())
-    train(ours, head(split, 10 * batch_size), valid, config)  # warm-up
+    data, split, valid, config = epoch_inputs(samples, batch_size, rows)
+    ours = warmed_model(data, split, valid, config)
     table = samples / "train.parquet" if rows is None else _head_table(samples, rows, scratch)
     arguments = ["train-and-export", "--data", str(table), "--valid", str(samples / "valid.parquet"), "--test", str(samples / "test.parquet"),
                  "--spec", str(samples / SPEC_FILE), "--epochs", "1", "--batch-size", str(batch_size), "--out", str(scratch / "bundle"), "--quiet"]

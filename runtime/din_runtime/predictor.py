@@ -24,8 +24,9 @@ DEFAULT_CHUNK_ROWS = 16_384
 DEFAULT_RANK_BLOCK = 131_072
 # Calls of up to this many rows go to a second, single-threaded session where the batch session has more threads:
 # handing one row's small kernels to a worker thread costs more than they take. Measured on 2 cores (reference
-# bundle, histories of 50, the two predictors interleaved in one process): predict of 1 row 0.152 against 0.196 ms,
-# 4 rows 0.290 against 0.342, 16 rows 0.710 against 0.759; at 64 rows two threads win (2.15 against 2.58 ms).
+# bundle, histories of 50, interleaved in one process): predict of 1 row 0.152 against 0.196 ms, 4 rows 0.290
+# against 0.342, 16 rows 0.710 against 0.759; at 64 rows two threads win (2.15 against 2.58 ms). The serving race
+# (benchmarks/test_serving_race.py) keeps the one-row case measured: "predict" against "predict, batch session".
 SMALL_CALL_ROWS = 16
 # ...where the graph file is at most this large: the second session holds its own copy of the weights.
 SMALL_CALL_MAX_BYTES = 64 << 20
