@@ -182,6 +182,8 @@ class Predictor:
         """The single-threaded session (opened on first use) for a small call where there is one, else the batch one."""
         if rows > SMALL_CALL_ROWS or self._small_call_options is None:
             return self.session
+        if self._small_session is not None:  # opened: no lock on the call path
+            return self._small_session
         with self._small_lock:
             if self._small_session is None:
                 path = verify_model_file(self.bundle, self.manifest, "onnx")
