@@ -186,3 +186,88 @@ def test_sigterm_drains_requests_in_flight_and_exits_zero(bundle: Path, predicto
     np.testing.assert_allclose(outcome["probabilities"], predictor.predict(rows), rtol=0, atol=1e-6)
     with pytest.raises((urllib.error.URLError, ConnectionError)):
         urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=2)
+
+
+def request(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, str, dict]:
+    """(status, content type, JSON body) of any request, errors included."""
+    connection = http.client.HTTPConnection(url, timeout=30)
+    connection.request(method, path, body=body, headers={"Content-Type": "application/json"} if body is not None else {})
+    response = connection.getresponse()
+    answer = response.status, response.getheader("Content-Type"), json.loads(response.read() or b"{}")
+    connection.close()
+    return answer
+
+
+def infer_body(rows: dict, **replaced: dict) -> dict:
+    """A two-row JSON infer request of the built-in features; `replaced` swaps whole input entries by name."""
+    inputs = []
+    for name in FEATURES:
+        datatype = "BYTES" if name.startswith("hist_") else "FP32" if name == "price" else "INT64"
+        data = [" ".join(map(str, h)) for h in rows[name][:2]] if name.startswith("hist_") else rows[name][:2]
+        inputs.append(replaced.get(name, {"name": name, "shape": [2], "datatype": datatype, "data": data}))
+    return {"inputs": inputs}
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"name": "user_id", "shape": [2], "datatype": "INT64", "data": [1, 2 ** 63]}, "outside INT64's range"),
+    ({"name": "user_id", "shape": [2], "datatype": "INT8", "data": [1, 300]}, "outside INT8's range [-128, 127]"),
+    ({"name": "user_id", "shape": [2], "datatype": "UINT32", "data": [-1, 2]}, "outside UINT32's range"),
+    ({"name": "user_id", "shape": [2], "datatype": "INT64", "data": [1, 1.5]}, "1.5 is not an integer, as INT64 needs"),
+    ({"name": "price", "shape": [2], "datatype": "FP32", "data": [1.0, 1e39]}, "outside FP32's range"),
+    ({"name": "price", "shape": [2], "datatype": "FP16", "data": [1.0, 70000.0]}, "outside FP16's range"),
+    ({"name": "price", "shape": [2], "datatype": "FP32", "data": [1.0, "2"]}, "'2' is not a number, as FP32 needs"),
+    ({"name": "price", "shape": [3], "datatype": "FP32", "data": [1.0, 2.0]}, "shape [3] but 2 values"),
+    ({"name": "hist_item_id", "shape": [2], "datatype": "BYTES", "data": [[[1]], []]}, "not nested lists"),
+])
+def test_a_value_outside_its_datatype_is_refused_naming_input_and_element(server: str, rows: dict, entry: dict, message: str) -> None:
+    status, kind, error = request(server, "POST", f"/v2/models/{MODEL}/infer", json.dumps(infer_body(rows, **{entry["name"]: entry})).encode())
+    assert status == 400 and kind == "application/json" and f"input '{entry['name']}'" in error["error"] and message in error["error"]
+
+
+def test_in_range_values_of_every_integer_and_float_datatype_are_served(server: str, predictor: Predictor, rows: dict) -> None:
+    """The range checks refuse only what is outside: small IDs as INT8 or UINT16 and prices as FP64 score as INT64 and FP32 do."""
+    expected = predictor.predict({name: column[:2] for name, column in rows.items()})
+    for id_type, price_type in (("INT32", "FP64"), ("UINT16", "FP16"), ("INT64", "FP32")):
+        ids = {name: {"name": name, "shape": [2], "datatype": id_type, "data": [v % 100 + 1 for v in rows[name][:2]]}
+               for name in ("user_id",)}
+        body = infer_body(rows, price={"name": "price", "shape": [2], "datatype": price_type, "data": [8.5, None]}, **ids)
+        status, _, answer = request(server, "POST", f"/v2/models/{MODEL}/infer", json.dumps(body).encode())
+        assert status == 200 and len(answer["outputs"][0]["data"]) == 2
+    status, _, answer = request(server, "POST", f"/v2/models/{MODEL}/infer", json.dumps(infer_body(rows)).encode())
+    np.testing.assert_allclose(answer["outputs"][0]["data"], expected, rtol=0, atol=1e-6)
+
+
+def test_protocol_refusals_are_one_json_line(server: str, rows: dict) -> None:
+    body = infer_body(rows)
+    twice = {"inputs": body["inputs"] + [body["inputs"][0]]}
+    status, _, error = request(server, "POST", f"/v2/models/{MODEL}/infer", json.dumps(twice).encode())
+    assert status == 400 and error["error"] == "input 'user_id' is given twice; give each input once"
+    nested: list = [1]
+    for _ in range(40):
+        nested = [nested]
+    for deep in (b"[" * 100_000 + b"]" * 100_000, json.dumps({**body, "parameters": {"x": nested}}).encode()):
+        for path in (f"/v2/models/{MODEL}/infer", f"/v2/models/{MODEL}/rank", f"/v2/models/{MODEL}/explain", "/v2/repository/index"):
+            status, kind, error = request(server, "POST", path, deep)
+            assert status == 400 and kind == "application/json" and "nests deeper than 32 levels" in error["error"], path
+    status, kind, error = request(server, "GET", "/v2/no/such/path")
+    assert status == 404 and kind == "application/json" and error == {"error": "no route for GET /v2/no/such/path"}
+    status, kind, error = request(server, "GET", f"/v2/models/{MODEL}/infer")
+    assert status == 405 and kind == "application/json" and error == {"error": f"GET is not allowed on /v2/models/{MODEL}/infer"}
+    status, _, error = request(server, "POST", "/v2/repository/index", b" " * (2 << 20))  # every route's body is bounded
+    assert status == 413 and "limit" in error["error"]
+    status, _, error = request(server, "POST", "/v2/repository/index", b'{"ready": "yes"}')
+    assert status == 400 and error["error"] == "'ready' must be true or false, not 'yes'"
+    with urllib.request.urlopen(f"http://{server}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'din_errors_total{kind="no_route"}' in metrics and 'din_errors_total{kind="too_large"}' in metrics
+
+
+def test_responses_carry_the_request_id_in_one_envelope(server: str, rows: dict) -> None:
+    body = {**infer_body(rows), "id": "req-7"}
+    for path in ("infer", "explain"):
+        status, _, answer = request(server, "POST", f"/v2/models/{MODEL}/{path}", json.dumps(body).encode())
+        assert status == 200 and (answer["id"], answer["model_name"], answer["model_version"]) == ("req-7", MODEL, "1")
+    user = {"user_id": rows["user_id"][0], "hist_item_id": rows["hist_item_id"][0], "hist_cate_id": rows["hist_cate_id"][0]}
+    rank = {"user": user, "candidates": {"item_id": rows["item_id"][:3], "price": rows["price"][:3]}, "id": 9}
+    status, _, answer = request(server, "POST", f"/v2/models/{MODEL}/rank", json.dumps(rank).encode())
+    assert status == 200 and (answer["id"], answer["model_name"], answer["model_version"]) == (9, MODEL, "1")

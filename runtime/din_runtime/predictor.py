@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,12 +111,10 @@ class Predictor:
         self.output_name = manifest["onnx"]["outputs"][0]["name"]
         self.sequences = self.schema.sequence_names
         self.shared = sorted(set(self.schema.shared))
-        self._explain_session: ort.InferenceSession | None = None
         self._options = session_options or ort.SessionOptions()  # the explain graph's: the batch graph's, from load()
-        self._explain_lock = threading.Lock()
         self._small_call_options = small_call_options  # None: small calls use the batch session
-        self._small_session: ort.InferenceSession | None = None
-        self._small_lock = threading.Lock()
+        self._opened: dict[str, ort.InferenceSession] = {}  # sessions opened on first use (_lazy_session)
+        self._opening = threading.Lock()
         for graph in (g for g in (session, ranking_session) if g is not None):
             graph_inputs = sorted(i.name for i in graph.get_inputs())
             if graph_inputs != sorted(self.encoder.names):
@@ -182,13 +180,22 @@ class Predictor:
         """The single-threaded session (opened on first use) for a small call where there is one, else the batch one."""
         if rows > SMALL_CALL_ROWS or self._small_call_options is None:
             return self.session
-        if self._small_session is not None:  # opened: no lock on the call path
-            return self._small_session
-        with self._small_lock:
-            if self._small_session is None:
-                path = verify_model_file(self.bundle, self.manifest, "onnx")
-                self._small_session = _open_session(path, ["CPUExecutionProvider"], self._small_call_options, False, None)
-            return self._small_session
+        return self._lazy_session("small", self._open_small)
+
+    def _open_small(self) -> ort.InferenceSession:
+        path = verify_model_file(self.bundle, self.manifest, "onnx")
+        return _open_session(path, ["CPUExecutionProvider"], self._small_call_options, False, None)
+
+    def _lazy_session(self, name: str, open_session: Callable[[], ort.InferenceSession]) -> ort.InferenceSession:
+        """A session opened on its first use only (most servers never explain), once however many threads ask: the
+        lock guards the first open, an opened session is returned without it (it is on every small call's path)."""
+        session = self._opened.get(name)
+        if session is not None:
+            return session
+        with self._opening:
+            if name not in self._opened:
+                self._opened[name] = open_session()
+            return self._opened[name]
 
     def explain(self, features: Mapping[str, Any]) -> Explanation:
         """Probabilities and each row's attention weights over its behaviours (explain.onnx: din and din-seq bundles)."""
@@ -198,30 +205,26 @@ class Predictor:
         kept = self._kept_lengths(features, rows)
         return Explanation(probabilities, [weights[i, :kept[i]].copy() for i in range(rows)])
 
-    def _explainer(self) -> ort.InferenceSession:
-        """explain.onnx's session, opened on first use (most servers never explain) where the batch graph runs."""
-        with self._explain_lock:
-            if self._explain_session is None:
-                if self.manifest.get("explain") is None:
-                    raise BundleError(f"{self.bundle}: no explain graph: the {self.manifest['model']['variant']} model pools its "
-                                      "behaviours without attention (or the bundle predates explain.onnx); explain needs din or din-seq")
-                path = verify_model_file(self.bundle, self.manifest, "explain")
-                self._explain_session = _open_session(path, self.session.get_providers(), self._options, False, None)
-            return self._explain_session
+    def _open_explainer(self) -> ort.InferenceSession:
+        """explain.onnx's session, where the batch graph runs."""
+        if self.manifest.get("explain") is None:
+            raise BundleError(f"{self.bundle}: no explain graph: the {self.manifest['model']['variant']} model pools its "
+                              "behaviours without attention (or the bundle predates explain.onnx); explain needs din or din-seq")
+        path = verify_model_file(self.bundle, self.manifest, "explain")
+        return _open_session(path, self.session.get_providers(), self._options, False, None)
 
     def _explained(self, feed: dict[str, np.ndarray], rows: int) -> tuple[np.ndarray, np.ndarray]:
-        session = self._explainer()
+        """(probabilities, attention weights padded to the widest chunk's histories) of every row."""
+        session = self._lazy_session("explain", self._open_explainer)
         if rows == 0:
             return np.zeros(0, dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
-        parts = [session.run([OUTPUT_NAME, WEIGHTS_NAME], {n: a[s:s + self.chunk_rows] for n, a in feed.items()})
-                 for s in range(0, rows, self.chunk_rows)]
-        width = max(p[1].shape[1] for p in parts)
-        weights = np.zeros((rows, width), dtype=np.float32)
+        parts = self._chunks(session, [OUTPUT_NAME, WEIGHTS_NAME], feed, rows, self.chunk_rows)
+        weights = np.zeros((rows, max(weight.shape[1] for _, weight in parts)), dtype=np.float32)
         start = 0
         for _, weight in parts:
             weights[start:start + len(weight), :weight.shape[1]] = weight
             start += len(weight)
-        return np.concatenate([p[0].reshape(-1) for p in parts]).astype(np.float32, copy=False), weights
+        return np.concatenate([p.reshape(-1) for p, _ in parts]).astype(np.float32, copy=False), weights
 
     def _kept_lengths(self, columns: Mapping[str, Any], rows: int) -> np.ndarray:
         """How many behaviours of each row the model saw: its history's length, at most max_len."""
@@ -299,14 +302,20 @@ class Predictor:
         """Probabilities for `rows` rows, in chunks of `chunk` rows; inputs named in `shared` go whole to every chunk."""
         if rows == 0:
             return np.zeros(0, dtype=np.float32)
+        parts = self._chunks(session, [self.output_name], feed, rows, chunk, shared)
+        if len(parts) == 1:
+            return parts[0][0].reshape(rows).astype(np.float32, copy=False)
+        return np.concatenate([part[0].reshape(-1) for part in parts]).astype(np.float32, copy=False)
+
+    @staticmethod
+    def _chunks(session: ort.InferenceSession, outputs: list[str], feed: dict[str, np.ndarray], rows: int, chunk: int,
+                shared: Sequence[str] = ()) -> list[list[np.ndarray]]:
+        """The session's outputs for every chunk of `chunk` rows, in order: the one loop that bounds a call's memory.
+        Inputs named in `shared` (a ranked user's history) go whole to every chunk."""
         if rows <= chunk:
-            (probabilities,) = session.run([self.output_name], feed)
-            return probabilities.reshape(rows).astype(np.float32, copy=False)
-        out = np.empty(rows, dtype=np.float32)
-        for start in range(0, rows, chunk):
-            part = {name: array if name in shared else array[start:start + chunk] for name, array in feed.items()}
-            out[start:start + chunk] = session.run([self.output_name], part)[0].reshape(-1)
-        return out
+            return [session.run(outputs, feed)]
+        return [session.run(outputs, {name: array if name in shared else array[start:start + chunk] for name, array in feed.items()})
+                for start in range(0, rows, chunk)]
 
 
 def _open_session(model_path: Path, providers: ProviderChoice, options: ort.SessionOptions, fallback: bool,

@@ -109,11 +109,6 @@ class Version:
     folder: Path
     in_flight: int = 0
     retired: bool = False
-    integer_histories: list[str] = field(init=False)  # histories of integer IDs, which clients send as BYTES
-
-    def __post_init__(self) -> None:
-        schema = self.predictor.schema
-        self.integer_histories = [s.name for s in schema.sequences if schema[s.shares].key_type == "int"]
 
 
 @dataclass

@@ -2,45 +2,52 @@
 KServe and Seldon speak), so one client works against this server and against Triton Inference Server.
 
 Starlette for the routes and uvicorn as the server: both small, ASGI, and the usual pair for a Python model
-server; the event loop parses and encodes requests, each version's dynamic batcher runs its session in a worker
-thread. It serves one bundle (model version 1) or a model repository in Triton's layout (repository.py), with
+server. Each route reads its body through one size-limited reader, decodes it (protocol.py), runs it on the data
+plane (dataplane.py) and encodes the answer (protocol.py); this module adds only HTTP: routes, status codes and
+metrics. It serves one bundle (model version 1) or a model repository in Triton's layout (repository.py), with
 Triton's repository extension. Endpoints: /v2/health/live, /v2/health/ready, /v2 (server metadata),
 /v2/models/NAME[/versions/V] (model metadata), /v2/models/NAME[/versions/V]/ready, POST
 /v2/models/NAME[/versions/V]/infer, POST /v2/models/NAME[/versions/V]/rank (JSON {"user": {...}, "candidates":
 {...}, "top_k": k, "explain": false}), POST /v2/models/NAME[/versions/V]/explain (an infer request's body; JSON
-probabilities and each row's attention weights), POST /v2/repository/index, POST /v2/repository/models/NAME/load and .../unload, and /metrics
-(Prometheus).
+probabilities and each row's attention weights), POST /v2/repository/index, POST /v2/repository/models/NAME/load
+and .../unload, and /metrics (Prometheus). Every error, an unrouted path's included, is one JSON line.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
-import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import __version__
 from .batching import QueueFull, ServerLimits
-from .protocol import HEADER_LENGTH, ProtocolError, error_body, id_lists, infer_response, model_metadata, parse_infer_request
-from .repository import Repository, RepositoryError, Version
+from .dataplane import DataPlane, LoadFailed
+from .protocol import (
+    HEADER_LENGTH,
+    BodyTooLarge,
+    decode_index,
+    decode_infer,
+    decode_rank,
+    error_body,
+    explain_response,
+    infer_response,
+    rank_response,
+    read_body,
+)
+from .repository import Repository, Version
 
 log = logging.getLogger("din_runtime.server")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
-
-
-class BodyTooLarge(ValueError):
-    pass
+JSON = "application/json"
 
 
 class Metrics:
@@ -72,26 +79,24 @@ class Metrics:
         self.current.labels(version.model).set(current.number if current else 0)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"the request body of {int(declared):,} bytes is larger than the limit of {limit:,}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the request body is larger than the limit of {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+# Each refusal's kind (the din_errors_total label) and HTTP status, first match wins.
+REFUSALS: tuple[tuple[type[Exception], str, int], ...] = (
+    (LookupError, "unknown_model", 404),
+    (BodyTooLarge, "too_large", 413),
+    (LoadFailed, "load_failed", 400),
+    (ValueError, "bad_request", 400),  # ProtocolError, InputError, RepositoryError, a bad top_k
+    (QueueFull, "queue_full", 503),
+)
 
 
 def create_app(repository: Repository, limits: ServerLimits | None = None, poll_seconds: float | None = None) -> Starlette:
-    """The ASGI application serving the repository's models; with `poll_seconds` it rescans the repository that often."""
+    """The ASGI application serving the repository's models; with `poll_seconds` it rescans the repository that often.
+    Routes only read, decode (protocol.py), run on the data plane (dataplane.py) and encode."""
     limits = limits or ServerLimits()
     metrics = Metrics()
+    plane = DataPlane(repository)
     repository.on_load = lambda model, result: metrics.loads.labels(model, result).inc()
     repository.on_change = lambda version, serving: metrics.watch(repository, version, serving)
-    max_body = limits.max_body
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -103,136 +108,102 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
             poller.cancel()
         await repository.stop()
 
-    def refuse(kind: str, status: int, error: Exception) -> Response:
+    def refuse(error: Exception, kind: str | None = None, status: int | None = None) -> Response:
+        """The one error response: {"error": one line}, counted by kind."""
+        if kind is None or status is None:
+            kind, status = next(((k, s) for t, k, s in REFUSALS if isinstance(error, t)), ("internal", 500))
         metrics.errors.labels(kind).inc()
-        return Response(error_body(error), status_code=status, media_type="application/json")
+        return Response(error_body(error), status_code=status, media_type=JSON)
 
-    def endpoint(kind: str, work: Callable[[Request, Version], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        """One error mapping for every model endpoint: 404 unknown model or version, 413 body too large, 400 bad
-        request (the runtime's InputError names feature and row; a name that is no plain folder name), 503 queue
-        full, 500 anything else; latency recorded on success, by the version that answered."""
+    async def body(request: Request) -> bytes:
+        return await read_body(request.headers.get("content-length"), request.stream(), limits.max_body)
+
+    def guarded(kind: str, work: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """Every route's error mapping (REFUSALS; anything else a 500 for this request, never the server's end)."""
         async def handle(request: Request) -> Response:
-            started = time.perf_counter()
             try:
-                with repository.lease(request.path_params["model"], request.path_params.get("version")) as version:
-                    response = await work(request, version)
-            except LookupError as error:
-                return refuse("unknown_model", 404, error)
-            except BodyTooLarge as error:
-                return refuse("too_large", 413, error)
-            except ValueError as error:  # ProtocolError, InputError, RepositoryError, invalid JSON, a bad top_k
-                return refuse("bad_request", 400, error)
-            except QueueFull as error:
-                return refuse("queue_full", 503, error)
-            except Exception as error:  # noqa: BLE001 - a failure inside the session is this request's 500, not the server's end
-                log.exception("%s failed", kind)
-                return refuse("internal", 500, error)
-            metrics.latency.labels(kind, version.model, str(version.number)).observe(time.perf_counter() - started)
-            log.debug("%s answered in %.2f ms", kind, (time.perf_counter() - started) * 1e3)
-            return response
+                return await work(request)
+            except Exception as error:  # noqa: BLE001 - mapped to its status; the unexpected logged as a 500
+                if not any(isinstance(error, t) for t, _, _ in REFUSALS):
+                    log.exception("%s failed", kind)
+                return refuse(error)
         return handle
 
-    async def request_columns(request: Request, version: Version) -> tuple[dict, dict]:
-        """An infer request's columns for the encoder (histories of integer IDs sent as BYTES made ID lists) and header."""
-        body = await _read_body(request, max_body)
-        columns, header = parse_infer_request(body, request.headers.get(HEADER_LENGTH.lower()))
-        for history in version.integer_histories:  # BYTES in, int IDs out
-            if isinstance(columns.get(history), list) and all(isinstance(element, str) for element in columns[history]):
-                columns[history] = id_lists(columns[history])
-        return columns, header
+    def on_version(kind: str, work: Callable[[Request, Version], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """A model endpoint: the request runs on the version it leased at its start; latency recorded on success."""
+        async def run(request: Request) -> Response:
+            started = time.perf_counter()
+            with plane.lease(request.path_params["model"], request.path_params.get("version")) as version:
+                response = await work(request, version)
+            metrics.latency.labels(kind, version.model, str(version.number)).observe(time.perf_counter() - started)
+            return response
+        return guarded(kind, run)
 
     async def infer(request: Request, version: Version) -> Response:
-        columns, header = await request_columns(request, version)
-        predictor = version.predictor
-        feed = predictor.encode(columns)
-        rows = len(next(iter(feed.values())))
-        probabilities = await version.batcher.submit(feed, rows) if rows else np.zeros(0, dtype=np.float32)
-        content, headers = infer_response(version.model, header, probabilities, version.number)
-        return Response(content, headers=headers, media_type="application/octet-stream" if headers else "application/json")
-
-    async def rank(request: Request, version: Version) -> Response:
-        try:
-            body = json.loads(await _read_body(request, max_body))
-        except json.JSONDecodeError as error:
-            raise ProtocolError(f"the request is not valid JSON ({error})") from None
-        if not isinstance(body, dict) or not isinstance(body.get("user"), dict) or not isinstance(body.get("candidates"), dict):
-            raise ProtocolError('expected {"user": {...}, "candidates": {...}, "top_k": k}')
-        explained = body.get("explain", False)
-        if not isinstance(explained, bool):
-            raise ProtocolError(f"'explain' must be true or false, not {explained!r}")
-        ranking = await asyncio.to_thread(version.predictor.rank, body["user"], body["candidates"], body.get("top_k"), explained)
-        answer = {"model_name": version.model, "model_version": str(version.number), "order": ranking.order.tolist(),
-                  "probabilities": ranking.probabilities.astype(np.float64).tolist()}
-        if ranking.weights is not None:
-            answer["weights"] = [row.astype(np.float64).tolist() for row in ranking.weights]
-        return JSONResponse(answer)
+        decoded = decode_infer(await body(request), request.headers.get(HEADER_LENGTH), plane.contract(version))
+        probabilities = await plane.infer(version, decoded)
+        content, headers = infer_response(version.model, version.number, decoded, probabilities)
+        return Response(content, headers=headers, media_type="application/octet-stream" if headers else JSON)
 
     async def explain(request: Request, version: Version) -> Response:
-        columns, header = await request_columns(request, version)
-        explanation = await asyncio.to_thread(version.predictor.explain, columns)
-        body = {"model_name": version.model, "model_version": str(version.number),
-                "probabilities": explanation.probabilities.astype(np.float64).tolist(),
-                "weights": [row.astype(np.float64).tolist() for row in explanation.weights]}
-        return JSONResponse({**({"id": header["id"]} if "id" in header else {}), **body})
+        decoded = decode_infer(await body(request), request.headers.get(HEADER_LENGTH), plane.contract(version))
+        explanation = await plane.explain(version, decoded)
+        return Response(explain_response(version.model, version.number, decoded, explanation.probabilities, explanation.weights),
+                        media_type=JSON)
+
+    async def rank(request: Request, version: Version) -> Response:
+        decoded = decode_rank(await body(request))
+        ranking = await plane.rank(version, decoded)
+        return Response(rank_response(version.model, version.number, decoded, ranking.order, ranking.probabilities, ranking.weights),
+                        media_type=JSON)
 
     async def model(request: Request, version: Version) -> Response:
-        versions = sorted(repository.models[version.model].versions)
-        return JSONResponse(model_metadata(version.model, version.predictor.schema, versions))
+        return JSONResponse(plane.model_metadata(version))
 
     async def model_ready(request: Request, version: Version) -> Response:
         return Response(status_code=200)
 
-    async def ok(request: Request) -> Response:
+    async def live(request: Request) -> Response:
         return Response(status_code=200)
 
     async def ready(request: Request) -> Response:
-        serving = any(m.current is not None for m in repository.models.values())
-        return Response(status_code=200 if serving else 503)
+        return Response(status_code=200 if plane.ready() else 503)
 
     async def server(request: Request) -> Response:
-        return JSONResponse({"name": "din-runtime", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]})
+        return JSONResponse(plane.server_metadata())
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def index(request: Request) -> Response:
-        body = await request.body()
-        try:
-            asked = json.loads(body) if body.strip() else {}
-        except json.JSONDecodeError as error:
-            return refuse("bad_request", 400, ProtocolError(f"the request is not valid JSON ({error})"))
-        return JSONResponse(repository.index(ready_only=isinstance(asked, dict) and bool(asked.get("ready"))))
+        return JSONResponse(plane.index(ready_only=decode_index(await body(request))))
 
     def control(unload: bool) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
-            if repository.control != "explicit":
-                return refuse("bad_request", 400, RepositoryError(
-                    f"explicit model {'unload' if unload else 'load'} is not allowed with --model-control {repository.control}"))
-            try:
-                name = repository.check_model(request.path_params["model"])
-            except (RepositoryError, LookupError) as error:
-                return refuse("bad_request" if isinstance(error, RepositoryError) else "unknown_model",
-                              400 if isinstance(error, RepositoryError) else 404, error)
-            if unload:
-                await repository.unload(name)
-            else:
-                await repository.scan(name)
-                if repository.models[name].current is None:
-                    reasons = [r for _, (state, r) in sorted(repository.models[name].states.items()) if r]
-                    return refuse("load_failed", 400, RepositoryError(f"model '{name}' did not load: {'; '.join(reasons) or 'no version folder'}"))
+            await body(request)  # read (and bounded) though unused: the protocol's load takes no parameters here
+            name = request.path_params["model"]
+            await (plane.unload(name) if unload else plane.load(name))
             return Response(status_code=200)
         return handle
 
-    routes = [Route("/v2/health/live", ok), Route("/v2/health/ready", ready), Route("/v2", server), Route("/metrics", prometheus),
-              Route("/v2/repository/index", index, methods=["POST"]),
-              Route("/v2/repository/models/{model}/load", control(unload=False), methods=["POST"]),
-              Route("/v2/repository/models/{model}/unload", control(unload=True), methods=["POST"])]
+    async def no_route(request: Request, error: Exception) -> Response:
+        """Paths and methods that match no route answer like every other error: one JSON line."""
+        status = getattr(error, "status_code", 404)
+        message = (f"no route for {request.method} {request.url.path}" if status == 404
+                   else f"{request.method} is not allowed on {request.url.path}")
+        return refuse(LookupError(message), "no_route", status)
+
+    routes = [Route("/v2/health/live", guarded("live", live)), Route("/v2/health/ready", guarded("ready", ready)),
+              Route("/v2", guarded("server", server)), Route("/metrics", guarded("metrics", prometheus)),
+              Route("/v2/repository/index", guarded("index", index), methods=["POST"]),
+              Route("/v2/repository/models/{model}/load", guarded("load", control(unload=False)), methods=["POST"]),
+              Route("/v2/repository/models/{model}/unload", guarded("unload", control(unload=True)), methods=["POST"])]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        routes += [Route(prefix, endpoint("metadata", model)), Route(f"{prefix}/ready", endpoint("ready", model_ready)),
-                   Route(f"{prefix}/infer", endpoint("infer", infer), methods=["POST"]),
-                   Route(f"{prefix}/rank", endpoint("rank", rank), methods=["POST"]),
-                   Route(f"{prefix}/explain", endpoint("explain", explain), methods=["POST"])]
-    return Starlette(routes=routes, lifespan=lifespan)
+        routes += [Route(prefix, on_version("metadata", model)), Route(f"{prefix}/ready", on_version("ready", model_ready)),
+                   Route(f"{prefix}/infer", on_version("infer", infer), methods=["POST"]),
+                   Route(f"{prefix}/rank", on_version("rank", rank), methods=["POST"]),
+                   Route(f"{prefix}/explain", on_version("explain", explain), methods=["POST"])]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: no_route, 405: no_route})
 
 
 async def _poll(repository: Repository, seconds: float) -> None:

@@ -1,0 +1,96 @@
+"""The data plane: what the server does with a decoded request, apart from HTTP (as KServe's ModelServer hands its
+protocol's requests to a DataPlane, which hands them to the model).
+
+The routes (server.py) read and decode a body (protocol.py), lease the version the request runs on, and call one
+method here; each method runs the request on that version (its dynamic batcher for infer, its Predictor for rank
+and explain) and returns plain results for the protocol to encode. The repository's control (load, unload, the
+index) is reached through it too, so the routes hold no logic of their own. Features the server supplies itself
+(a user's behaviours held server-side) join a request's columns here, before the model sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .predictor import Explanation, Predictor, Ranking
+from .protocol import Contract, InferRequest, RankRequest, model_metadata
+from .repository import Repository, RepositoryError, Version
+
+EXTENSIONS = ("binary_tensor_data", "model_repository")  # the protocol extensions this server speaks
+
+
+class LoadFailed(RepositoryError):
+    """An explicit load request whose model did not load (HTTP 400, its reasons in the message)."""
+
+
+class DataPlane:
+    """Runs decoded requests on the repository's versions."""
+
+    def __init__(self, repository: Repository) -> None:
+        self.repository = repository
+        self._contracts: weakref.WeakKeyDictionary[Predictor, Contract] = weakref.WeakKeyDictionary()
+
+    # -- health and metadata ----------------------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """Ready once any model has a version to serve."""
+        return any(model.current is not None for model in self.repository.models.values())
+
+    @staticmethod
+    def server_metadata() -> dict[str, Any]:
+        return {"name": "din-runtime", "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, version: Version) -> dict[str, Any]:
+        return model_metadata(version.model, version.predictor.schema, sorted(self.repository.models[version.model].versions))
+
+    def contract(self, version: Version) -> Contract:
+        """What the version's clients send (protocol.Contract), derived once per loaded version."""
+        predictor = version.predictor
+        contract = self._contracts.get(predictor)
+        if contract is None:
+            contract = self._contracts[predictor] = Contract.of(predictor.schema)
+        return contract
+
+    def lease(self, model: str, version: str | None) -> AbstractContextManager[Version]:
+        """The version a request runs on, held until the request ends (repository.Repository.lease)."""
+        return self.repository.lease(model, version)
+
+    # -- inference --------------------------------------------------------------------------------------------------
+    async def infer(self, version: Version, request: InferRequest) -> np.ndarray:
+        """Each row's click probability: the request encoded on its own (a bad value is this request's error, naming
+        its row), then scored with whatever else the version's batcher gathers."""
+        feed = version.predictor.encode(request.columns)
+        rows = len(next(iter(feed.values())))
+        return await version.batcher.submit(feed, rows) if rows else np.zeros(0, dtype=np.float32)
+
+    async def explain(self, version: Version, request: InferRequest) -> Explanation:
+        return await asyncio.to_thread(version.predictor.explain, request.columns)
+
+    async def rank(self, version: Version, request: RankRequest) -> Ranking:
+        return await asyncio.to_thread(version.predictor.rank, request.user, request.candidates, request.top_k, request.explain)
+
+    # -- the repository ---------------------------------------------------------------------------------------------
+    def index(self, ready_only: bool) -> list[dict[str, str]]:
+        return self.repository.index(ready_only)
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) a model under explicit control; LoadFailed with its versions' reasons where none loads."""
+        name = self._controlled(name, "load")
+        await self.repository.scan(name)
+        model = self.repository.models[name]
+        if model.current is None:
+            reasons = [reason for _, (_, reason) in sorted(model.states.items()) if reason]
+            raise LoadFailed(f"model '{name}' did not load: {'; '.join(reasons) or 'no version folder'}")
+
+    async def unload(self, name: str) -> None:
+        await self.repository.unload(self._controlled(name, "unload"))
+
+    def _controlled(self, name: str, action: str) -> str:
+        if self.repository.control != "explicit":
+            raise RepositoryError(f"explicit model {action} is not allowed with --model-control {self.repository.control}")
+        return self.repository.check_model(name)
