@@ -1,20 +1,39 @@
-"""Fixtures shared by tests/ and benchmarks/: small real bundles trained once per session."""
+"""Fixtures shared by tests/ and benchmarks/: small real bundles trained once per test run, whichever pytest-xdist
+worker asks first (the others wait for it and read the same folder)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from helpers import ML100K, ML100K_RECIPE, REFERENCE_MAX_LEN, SMALL_MODEL, build_bundle, need_ml100k
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """`build(folder)` once per test run across every xdist worker (filelock's lock on the run's shared temporary
+    folder; a worker that finds it built reuses it). Tests only read what it holds."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "built-once"
+    root.mkdir(exist_ok=True)
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DIN bundle trained on the built-in data."""
-    return build_bundle(tmp_path_factory.mktemp("bundles") / "din")
+    return built_once(tmp_path_factory, "bundle", lambda folder: build_bundle(folder / "din")) / "din"
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +70,13 @@ def reference_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     are trained; one short epoch gives real weights."""
     from din_export.data.synthetic import SPEC_PATH
 
-    folder = tmp_path_factory.mktemp("bench")
-    spec = folder / "spec.toml"
-    spec.write_text(SPEC_PATH.read_text().replace("max_len = 50", f"max_len = {REFERENCE_MAX_LEN}"))
-    return build_bundle(folder / "din", samples=2000, epochs=1, spec_path=spec, embedding_dim=18, attention_hidden=(80, 40),
-                        mlp_hidden=(200, 80), mlp_activation="prelu")  # the activation the README's latency tables were measured with
+    def build(folder: Path) -> None:
+        spec = folder / "spec.toml"
+        spec.write_text(SPEC_PATH.read_text().replace("max_len = 50", f"max_len = {REFERENCE_MAX_LEN}"))
+        build_bundle(folder / "din", samples=2000, epochs=1, spec_path=spec, embedding_dim=18, attention_hidden=(80, 40),
+                     mlp_hidden=(200, 80), mlp_activation="prelu")  # the activation the README's latency tables were measured with
+
+    return built_once(tmp_path_factory, "reference-bundle", build) / "din"
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +85,11 @@ def ml100k_samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from din_export.data.prepare import Sources, prepare
 
     need_ml100k()
-    out = tmp_path_factory.mktemp("ml100k") / "samples"
-    prepare(ML100K_RECIPE, Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item", ML100K / "ml-100k.user"), out)
-    return out
+
+    def build(folder: Path) -> None:
+        prepare(ML100K_RECIPE, Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item", ML100K / "ml-100k.user"), folder / "samples")
+
+    return built_once(tmp_path_factory, "ml100k-samples", build) / "samples"
 
 
 @pytest.fixture(scope="session")
@@ -77,11 +100,12 @@ def ml100k_bundle(ml100k_samples: Path, tmp_path_factory: pytest.TempPathFactory
     from din_export.data.spec import load_spec
     from din_export.pipeline import train_and_export
 
-    out = tmp_path_factory.mktemp("ml100k-bundle") / "ml-100k-din"
-    source = DataSource(ml100k_samples / "train.parquet", ml100k_samples / "valid.parquet", ml100k_samples / "test.parquet")
-    train_and_export(source, out, load_spec(ml100k_samples / "spec.toml"), ModelConfig(**SMALL_MODEL),
-                     TrainConfig(epochs=1, batch_size=512, progress=False))
-    return out
+    def build(folder: Path) -> None:
+        source = DataSource(ml100k_samples / "train.parquet", ml100k_samples / "valid.parquet", ml100k_samples / "test.parquet")
+        train_and_export(source, folder / "ml-100k-din", load_spec(ml100k_samples / "spec.toml"), ModelConfig(**SMALL_MODEL),
+                         TrainConfig(epochs=1, batch_size=512, progress=False))
+
+    return built_once(tmp_path_factory, "ml100k-bundle", build) / "ml-100k-din"
 
 
 def pytest_configure(config: pytest.Config) -> None:
