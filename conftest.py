@@ -82,7 +82,8 @@ def reference_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def ml100k_samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MovieLens-100k prepared with the committed recipe (read from ../shared, never copied)."""
-    from din_export.data.prepare import Sources, prepare
+    from din_export.data.prepare import prepare
+    from din_export.data.rules import Sources
 
     need_ml100k()
 
@@ -96,7 +97,7 @@ def ml100k_samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ml100k_bundle(ml100k_samples: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small DIN trained one epoch on the prepared MovieLens-100k samples."""
     from din_export.config import ModelConfig, TrainConfig
-    from din_export.data.dataset import DataSource
+    from din_export.data.source import DataSource
     from din_export.data.spec import load_spec
     from din_export.pipeline import train_and_export
 

@@ -54,8 +54,8 @@ def prepared(kind: str, folder: Path, seed: int, events: int, keep: float) -> Pa
 def scores(data: Path, bundle: Path) -> dict[str, dict[str, float]]:
     """Each method's test metrics for the bundle's model, fitted on its validation logits."""
     from din_export.bundle import load_bundle
-    from din_export.data.dataset import encode_split
-    from din_export.data.tables import read_table
+    from din_export.data.samples import read_table
+    from din_export.data.splits import encode_split
     from din_export.model.calibration import Calibration, CalibrationFit, fit_calibration
     from din_export.training.metrics import evaluate
     from din_export.training.train import predict_logits

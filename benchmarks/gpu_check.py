@@ -26,8 +26,9 @@ import torch
 from machine import cpu_model
 
 from din_export.config import ModelConfig, TrainConfig
-from din_export.data.dataset import DataSource, load_data
+from din_export.data.source import DataSource
 from din_export.data.spec import load_spec
+from din_export.data.splits import load_data
 from din_export.data.synthetic import SPEC_PATH, generate
 from din_export.model.din import DIN
 from din_export.pipeline import train_and_export

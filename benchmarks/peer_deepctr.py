@@ -26,7 +26,7 @@ from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
 from deepctr_torch.models import DIN
 from recipe_search import prepared
 
-from din_export.data.dataset import EncodedData
+from din_export.data.splits import EncodedData
 from din_export.training.metrics import evaluate
 
 EMBEDDING, ATTENTION, DNN, BATCH, MAX_EPOCHS, PATIENCE = 18, (64, 16), (256, 128), 256, 10, 2

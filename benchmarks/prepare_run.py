@@ -15,7 +15,8 @@ from pathlib import Path
 
 from fresh import TreePeak, peak_rss_mb
 
-from din_export.data.prepare import Sources, prepare
+from din_export.data.prepare import prepare
+from din_export.data.rules import Sources
 
 SPARK_MASTER = "local[2]"
 SPARK_CONF = {"spark.driver.memory": "4g"}  # local mode: the executors are the driver JVM's threads

@@ -17,7 +17,8 @@ from machine import cpu_model
 from torch.profiler import ProfilerActivity, profile
 from training_epoch import ML100K, RECIPE, epoch_inputs, warmed_model
 
-from din_export.data.prepare import Sources, prepare
+from din_export.data.prepare import prepare
+from din_export.data.rules import Sources
 from din_export.training.train import train
 
 MATRIX_PRODUCTS = ("aten::mm", "aten::bmm", "aten::addmm")

@@ -28,9 +28,12 @@ from typing import Any
 import torch
 
 from din_export.config import ModelConfig, TrainConfig
-from din_export.data.dataset import DataSource, EncodedData, load_data
-from din_export.data.prepare import SPEC_FILE, Sources, prepare
+from din_export.data.prepare import prepare
+from din_export.data.prepared import SPEC_FILE
+from din_export.data.rules import Sources
+from din_export.data.source import DataSource
 from din_export.data.spec import load_spec
+from din_export.data.splits import EncodedData, load_data
 from din_export.data.synthetic import SPEC_PATH
 from din_export.model.din import DIN
 from din_export.training.metrics import evaluate

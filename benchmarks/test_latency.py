@@ -71,8 +71,8 @@ def graph_predictors(reference_bundle: Path, tmp_path_factory: pytest.TempPathFa
     """The same weights as the plain graph, the folded graph (the reference bundle's own) and the int8 (embedding
     tables) graph."""
     folder = tmp_path_factory.mktemp("graphs")
-    export_bundle(reference_bundle, folder / "plain", graph="plain")
-    export_bundle(reference_bundle, folder / "int8", graph="folded", precision="int8", force=True)
+    export_bundle(reference_bundle, folder / "plain", attention_form="plain")
+    export_bundle(reference_bundle, folder / "int8", attention_form="folded", precision="int8", force=True)
     bundles = {"plain": folder / "plain", "folded": reference_bundle, "int8": folder / "int8"}
     return {name: Predictor.load(path, providers="cpu", threads=THREADS) for name, path in bundles.items()}
 

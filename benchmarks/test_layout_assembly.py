@@ -15,9 +15,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from din_export.data.dataset import DataSource, load_data
-from din_export.data.prepare import SPEC_FILE, Sources, prepare
+from din_export.data.prepare import prepare
+from din_export.data.prepared import SPEC_FILE
+from din_export.data.rules import Sources
+from din_export.data.source import DataSource
 from din_export.data.spec import load_spec
+from din_export.data.splits import load_data
 from din_export.data.synthetic import LOG_SPEC_PATH, generate_log
 
 EVENTS = 1_000_000

@@ -106,7 +106,7 @@ def columns(engines: dict, batch: int, length: int) -> dict[str, Callable[[], np
         "predict": lambda: predictor.predict(rows),
         "predict, item IDs only": lambda: predictor.predict(ids_only),
         # what predict did before small calls had their single-threaded session: the same call on the batch session
-        "predict, batch session": lambda: predictor._run(predictor.session, predictor.encode(rows), batch, predictor.chunk_rows),
+        "predict, batch session": lambda: predictor._run(predictor.session, predictor.encode(rows), batch, predictor.session_rows),
         "predict, arrays": lambda: predictor.predict(arrays),
         "encode": lambda: np.zeros(batch) + len(predictor.encode(rows)),
         "encode, arrays": lambda: np.zeros(batch) + len(predictor.encode(arrays)),

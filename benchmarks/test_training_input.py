@@ -12,10 +12,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from din_export.config import ModelConfig
-from din_export.data.dataset import EncodedSplit
 from din_export.data.fitting import fit_schema
+from din_export.data.samples import labels, raw_columns
 from din_export.data.spec import load_spec
-from din_export.data.tables import labels, raw_columns
+from din_export.data.splits import EncodedSplit
 from din_export.model.din import DIN
 from din_export.training.train import batch_tensors
 from din_runtime import FeatureEncoder

@@ -18,9 +18,12 @@ import pytest
 import torch
 
 from din_export.config import ModelConfig, TrainConfig
-from din_export.data.dataset import DataSource, EncodedSplit, load_data
-from din_export.data.prepare import SPEC_FILE, Sources, prepare
+from din_export.data.prepare import prepare
+from din_export.data.prepared import SPEC_FILE
+from din_export.data.rules import Sources
+from din_export.data.source import DataSource
 from din_export.data.spec import load_spec
+from din_export.data.splits import EncodedSplit, load_data
 from din_export.model.din import DIN
 from din_export.training.train import train
 from helpers import ML100K, need_ml100k

@@ -30,9 +30,10 @@ BATCH = 512
 
 def assembly(folder: Path) -> dict:
     """Read and encode the prepared splits as train-and-export does, then time batch assembly."""
-    from din_export.data.dataset import DataSource, load_data
-    from din_export.data.prepare import SPEC_FILE
+    from din_export.data.prepared import SPEC_FILE
+    from din_export.data.source import DataSource
     from din_export.data.spec import load_spec
+    from din_export.data.splits import load_data
 
     started = time.perf_counter()
     data = load_data(DataSource(folder / "train.parquet", folder / "valid.parquet", folder / "test.parquet"), load_spec(folder / SPEC_FILE), 0)
@@ -75,7 +76,8 @@ def main() -> None:
     parser.add_argument("--scratch", type=Path, default=None)
     args = parser.parse_args()
 
-    from din_export.data.prepare import Sources, prepare
+    from din_export.data.prepare import prepare
+    from din_export.data.rules import Sources
 
     print("| events | layout | train samples | read + encode (s) | batch assembly (samples/s) | train arrays + store (MiB) | "
           "peak RSS, load + assembly (MiB) | DIN training (samples/s) | peak RSS, train-and-export (MiB) |")

@@ -30,9 +30,12 @@ from machine import cpu_model
 
 from din_export.cli import main as cli
 from din_export.config import ModelConfig, TrainConfig
-from din_export.data.dataset import DataSource, EncodedData, EncodedSplit, load_data
-from din_export.data.prepare import SPEC_FILE, Sources, prepare
+from din_export.data.prepare import prepare
+from din_export.data.prepared import SPEC_FILE
+from din_export.data.rules import Sources
+from din_export.data.source import DataSource
 from din_export.data.spec import load_spec
+from din_export.data.splits import EncodedData, EncodedSplit, load_data
 from din_export.model.din import DIN
 from din_export.training.train import train
 

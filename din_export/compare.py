@@ -18,9 +18,10 @@ import numpy as np
 
 from din_runtime.manifest import read_manifest
 
-from .data.dataset import groups_of
+from .config import COMPARE_MAX_AUC_DROP, COMPARE_MIN_RESAMPLES, COMPARE_RESAMPLES
+from .data.samples import labels, raw_columns, read_table
 from .data.spec import spec_from_dict
-from .data.tables import labels, raw_columns, read_table
+from .data.splits import groups_of
 from .errors import SpecError
 from .training.metrics import evaluate
 
@@ -105,11 +106,11 @@ def score_table(bundle: Path, table: Any, providers: str = "cpu") -> tuple[np.nd
     return probabilities, labels(table, spec), groups_of(columns, spec), spec.label
 
 
-def compare(old: Path, new: Path, data: Path, max_auc_drop: float = 0.0, resamples: int = 1000, seed: int = 0,
-            providers: str = "cpu") -> Comparison:
+def compare(old: Path, new: Path, data: Path, max_auc_drop: float = COMPARE_MAX_AUC_DROP, resamples: int = COMPARE_RESAMPLES,
+            seed: int = 0, providers: str = "cpu") -> Comparison:
     """Score `data` with both bundles and compare them (see the module's docstring for the interval)."""
-    if resamples < 100:
-        raise ValueError(f"resamples must be at least 100 for a 95% interval, not {resamples}")
+    if resamples < COMPARE_MIN_RESAMPLES:
+        raise ValueError(f"resamples must be at least {COMPARE_MIN_RESAMPLES} for a 95% interval, not {resamples}")
     table = read_table(data, spec_from_dict(read_manifest(old)["spec"]))
     old_p, truth, groups, old_label = score_table(old, table, providers)
     new_p, new_truth, _, new_label = score_table(new, table, providers)

@@ -22,8 +22,8 @@ from din_runtime.manifest import read_manifest
 
 from .compare import score_table
 from .config import RANK_CUTOFFS
+from .data.samples import raw_columns, read_table
 from .data.spec import Spec, spec_from_dict
-from .data.tables import raw_columns, read_table
 from .errors import SpecError
 from .training.metrics import evaluate
 
@@ -85,7 +85,7 @@ def item_pool(predictor: Any, spec: Spec, items: Path | None) -> ItemPool:
 
 def read_table_of_items(path: Path, spec: Spec, item: str) -> dict[str, np.ndarray]:
     """An item table's columns that are non-sequence features of the spec; it must hold the item feature."""
-    from .data.sources import read_source
+    from .data.readers import read_source
 
     table = read_source(Path(path))
     if item not in table.column_names:

@@ -9,8 +9,8 @@ import numpy as np
 
 from din_runtime.manifest import read_manifest
 
+from .data.samples import raw_columns, read_table
 from .data.spec import spec_from_dict
-from .data.tables import raw_columns, read_table
 from .evaluation import candidate_features, item_feature, row_value
 from .files import write_atomic
 

@@ -12,10 +12,11 @@ import torch
 from din_runtime.manifest import PLOT_FILE, RELIABILITY_FILE
 
 from .bundle import save_checkpoint, write_manifest
-from .config import WARM_START_TRAINING, ModelConfig, TrainConfig
-from .data.dataset import SPLITS, DataSource, load_data
-from .data.spec import Spec, load_spec
-from .data.synthetic import SPEC_PATH
+from .config import FORMS, WARM_START_TRAINING, ModelConfig, TrainConfig
+from .data.prepared import SPLITS
+from .data.source import DataSource, default_spec
+from .data.spec import Spec
+from .data.splits import load_data
 from .export.graph_files import export_verified
 from .files import staged_bundle
 from .model.calibration import Calibration, CalibrationFit, fit_calibration
@@ -42,12 +43,13 @@ def _run_key(spec: Spec, rows: dict[str, int], model_config: ModelConfig, train_
 
 def train_and_export(source: DataSource, out: Path, spec: Spec | None = None,
                      model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
-                     resume: bool = False, graph: str = "folded", warm_start: Path | Parent | None = None) -> dict[str, Any] | None:
+                     resume: bool = False, attention_form: str = FORMS[0], warm_start: Path | Parent | None = None) -> dict[str, Any] | None:
     """Run the whole job and return the manifest written to `out` (None on the other ranks of a torchrun job).
     spec: the feature spec (default: the built-in data's; with `warm_start`, the parent bundle's).
+    attention_form: the exported graphs' attention unit, folded (for inference) or plain.
     warm_start: a bundle to continue (its vocabularies extended, its weights copied, its architecture kept)."""
     parent = warm_start if isinstance(warm_start, Parent) or warm_start is None else load_parent(Path(warm_start))
-    spec = spec or (parent.bundle.spec if parent else load_spec(SPEC_PATH))
+    spec = spec or default_spec(parent.bundle.spec if parent else None)
     train_config = train_config or (TrainConfig(**WARM_START_TRAINING) if parent else TrainConfig())
     if parent is not None:
         check_spec(parent.bundle.spec, spec)
@@ -59,13 +61,13 @@ def train_and_export(source: DataSource, out: Path, spec: Spec | None = None,
         raise ValueError("epochs 0 trains nothing; only a --warm-start continuation may (it re-exports the parent)")
     world = join()
     try:
-        return _train_and_export(source, Path(out), spec, model_config or ModelConfig(), train_config, resume, world, graph, parent)
+        return _train_and_export(source, Path(out), spec, model_config or ModelConfig(), train_config, resume, world, attention_form, parent)
     finally:
         leave(world)
 
 
 def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: ModelConfig, train_config: TrainConfig,
-                      resume: bool, world: World, graph: str, parent: Parent | None) -> dict[str, Any] | None:
+                      resume: bool, world: World, attention_form: str, parent: Parent | None) -> dict[str, Any] | None:
     phases = Phases()
     data = load_data(source, spec, train_config.seed, phases, parent.schema if parent else None)
     splits = data.splits
@@ -94,7 +96,7 @@ def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: M
     metrics.update(best_epoch=result.best_epoch, history=result.history)
 
     with staged_bundle(out) as staging:
-        graphs = export_verified(din, staging, graph, phases)
+        graphs = export_verified(din, staging, attention_form, phases)
         with phases.timed("bundle"):
             save_checkpoint(staging, din)
             plot_history(result.history, result.best_epoch, staging / PLOT_FILE, f"{source.name} · {model_config.variant}")

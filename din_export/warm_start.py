@@ -16,7 +16,7 @@ import torch
 from din_runtime.schema import FeatureSchema
 
 from .bundle import LoadedBundle, load_bundle
-from .config import ModelConfig
+from .config import WARM_START_TRAINING, ModelConfig
 from .data.spec import Spec
 from .errors import SpecError
 from .model.din import DIN, table_key
@@ -87,6 +87,15 @@ def check_architecture(parent: ModelConfig, asked: dict[str, Any]) -> None:
         if mine != theirs:
             raise WarmStartError(f"[model] {key} = {mine!r} differs from the --warm-start bundle's {theirs!r}; the architecture "
                                  "is the parent's (leave the setting out, or train without --warm-start)")
+
+
+def continued_settings(parent: Parent, spec: Spec, model: dict[str, Any], training: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A continuation's settings from the spec's sections and the flags given: the parent's architecture (anything
+    asked for must equal it), and the continuation schedule (WARM_START_TRAINING) for training settings that
+    neither the spec nor a flag sets."""
+    check_spec(parent.bundle.spec, spec)
+    check_architecture(parent.model_config, {**spec.model, **model})
+    return parent.model_config.to_dict(), {**{k: v for k, v in WARM_START_TRAINING.items() if k not in spec.training}, **training}
 
 
 def copy_weights(parent: DIN, din: DIN) -> None:

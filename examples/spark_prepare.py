@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from din_export.data.prepare import Sources
+from din_export.data.rules import Sources
 from din_export.data.spark import prepare
 
 

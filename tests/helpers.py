@@ -17,7 +17,7 @@ SMALL_MODEL = {"embedding_dim": 8, "attention_hidden": (16, 8), "mlp_hidden": (3
 def build_bundle(out: Path, samples: int = 3000, epochs: int = 2, batch_size: int = 128, spec_path: Path | None = None,
                  **model_options) -> Path:
     from din_export.config import ModelConfig, TrainConfig
-    from din_export.data.dataset import DataSource
+    from din_export.data.source import DataSource
     from din_export.data.spec import load_spec
     from din_export.pipeline import train_and_export
 

@@ -35,7 +35,7 @@ def test_csv_and_parquet_scored_in_chunks_match_predict(bundle: Path, tmp_path: 
     pacsv.write_csv(text_table, tmp_path / "in.csv")
     pq.write_table(table, tmp_path / "in.parquet")
     for source in ("in.csv", "in.parquet"):
-        result = run(bundle, tmp_path / source, tmp_path / "out.csv", "--id-column", "user_id", "--chunk-rows", "37", "--providers", "cpu")
+        result = run(bundle, tmp_path / source, tmp_path / "out.csv", "--id-column", "user_id", "--read-rows", "37", "--providers", "cpu")
         assert result.returncode == 0, result.stderr
         assert "300 rows scored" in result.stdout
         header, scores = read_scores(tmp_path / "out.csv")

@@ -103,7 +103,8 @@ def test_prepare_downsamples_training_non_clicks_only_and_the_same_way_in_any_bl
     recipe = _impressions(tmp_path, 60_000, 0.25)
     full = _prepare(tmp_path, _impressions(tmp_path, 60_000, 1.0), "full")
     sampled = _prepare(tmp_path, recipe, "sampled")
-    from din_export.data.prepare import Sources, prepare
+    from din_export.data.prepare import prepare
+    from din_export.data.rules import Sources
 
     prepare(recipe, Sources(tmp_path / "log.parquet", tmp_path / "items.parquet"), tmp_path / "blocked", block_events=997)
     blocked = tmp_path / "blocked"
@@ -166,8 +167,8 @@ def test_downsampled_training_serves_calibrated_probabilities_with_the_defaults(
     assert (bundle / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # without the correction the same model overstates every probability several times over
     from din_export.bundle import load_bundle
-    from din_export.data.dataset import encode_split
-    from din_export.data.tables import read_table
+    from din_export.data.samples import read_table
+    from din_export.data.splits import encode_split
     from din_export.training.train import predict_logits
     from din_runtime.encoding import FeatureEncoder
 

@@ -51,7 +51,7 @@ def test_runtime_errors_are_one_line_not_a_traceback(tmp_path: Path) -> None:
     source.write_text("user_id,item_id\nalice,1\n")
     result = python("-m", "din_runtime", "predict", str(FIXTURE), str(source), str(tmp_path / "out.csv"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["error: feature 'cate_id': missing from the input"]
+    assert result.stderr.strip().splitlines() == [f"error: feature 'cate_id': {source}: missing from the input"]
 
 
 @pytest.mark.slow
@@ -63,7 +63,7 @@ def test_variant_is_a_hidden_alias_of_precision(tmp_path: Path) -> None:
     assert "--variant is now --precision" in result.output
     assert read_manifest(tmp_path / "b")["onnx"]["precision"] == "int8"
     disagree = runner.invoke(main, ["export", str(FIXTURE), "--out", str(tmp_path / "b"), "--variant", "fp16", "--precision", "int8"])
-    assert disagree.exit_code == 2 and "disagree" in disagree.output
+    assert disagree.exit_code == 2 and "--variant is the old name of --precision; give --precision alone" in disagree.output
 
 
 def test_exported_graphs_carry_no_build_paths_and_the_manifest_hashes_the_shipped_file(bundle: Path) -> None:

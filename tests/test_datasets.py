@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from din_export.cli import main
-from din_export.data.prepare import Sources, prepare
+from din_export.data.prepare import prepare
+from din_export.data.rules import Sources
 from helpers import ML100K_RECIPE
 
 GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",

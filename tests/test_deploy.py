@@ -39,17 +39,17 @@ def test_export_graphs_then_verify_and_inspect(request, data: str, tmp_path: Pat
     """Each graph on one of the two bundles (training itself exports and verifies the folded graph of both)."""
     source_bundle = request.getfixturevalue("bundle" if data == "synthetic" else "ml100k_bundle")
     out = tmp_path / graph
-    invoke("export", source_bundle, "--out", out, "--graph", graph)
+    invoke("export", source_bundle, "--out", out, "--attention-form", graph)
     result = invoke("verify", out)
     assert "verified" in result.output and "reference evaluator" in result.output
     result = invoke("inspect", out)
-    assert f"graph {graph}" in result.output and "matches the manifest" in result.output and "seq_len" in result.output
+    assert f"attention form {graph}" in result.output and "matches the manifest" in result.output and "seq_len" in result.output
 
 
 @pytest.mark.slow
 def test_folded_graph_matches_plain_graph(bundle: Path, tmp_path: Path) -> None:
     for graph in ("folded", "plain"):
-        export_bundle(bundle, tmp_path / graph, graph=graph)
+        export_bundle(bundle, tmp_path / graph, attention_form=graph)
     rows = json.loads((bundle / "manifest.json").read_text())  # raw rows from the vocabularies, 40 long histories
     keys = {e["name"]: e["keys"] for e in rows["encoding"] if e["kind"] == "categorical"}
     rng = np.random.default_rng(0)

@@ -11,11 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from din_export.cli import main
-from din_export.data.layout import SEQUENCE_STORE
-from din_export.data.prepare import SPEC_FILE, Sources, prepare
+from din_export.data.prepare import prepare
+from din_export.data.prepared import SEQUENCE_STORE, SPEC_FILE
+from din_export.data.rules import Sources
+from din_export.data.samples import read_table
 from din_export.data.spec import load_spec
 from din_export.data.synthetic import LOG_SPEC_PATH, generate_log
-from din_export.data.tables import read_table
 
 SPLITS = ("train", "valid", "test")
 LABELLED_RECIPE = """
@@ -182,7 +183,8 @@ def test_a_bad_memory_limit_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_the_splits_share_one_encoded_store_in_mapped_pages(tmp_path: Path) -> None:
     """Train, valid and test point into one store: it is read and encoded once, into memory-mapped pages."""
-    from din_export.data.dataset import DataSource, load_data
+    from din_export.data.source import DataSource
+    from din_export.data.splits import load_data
 
     sources = positive_log(tmp_path / "log")
     out = tmp_path / "reference"

@@ -11,12 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from din_export.cli import main
-from din_export.data.layout import SEQUENCE_STORE
-from din_export.data.prepare import SPEC_FILE, Sources, prepare
-from din_export.data.sources import read_source
+from din_export.data.prepare import prepare
+from din_export.data.prepared import SEQUENCE_STORE, SPEC_FILE
+from din_export.data.readers import read_source
+from din_export.data.rules import Sources
+from din_export.data.samples import TableError, read_table
 from din_export.data.spec import SpecError, load_spec
 from din_export.data.synthetic import LOG_SPEC_PATH, generate_log
-from din_export.data.tables import TableError, read_table
 from helpers import ML100K, ML100K_RECIPE
 
 SPLITS = ("train", "valid", "test")

@@ -24,7 +24,7 @@ import tritonclient.http as httpclient
 from test_server import post, triton_inputs
 
 from din_export.config import ModelConfig, TrainConfig
-from din_export.data.dataset import DataSource
+from din_export.data.source import DataSource
 from din_export.data.spec import load_spec
 from din_export.data.synthetic import SPEC_PATH, generate
 from din_export.pipeline import train_and_export

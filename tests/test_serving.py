@@ -22,7 +22,7 @@ def rows(count: int, seed: int) -> dict:
 def test_large_batches_run_in_chunks_with_the_same_result(bundle: Path) -> None:
     batch = rows(50, seed=1)
     whole = Predictor.load(bundle, providers="cpu").predict(batch)
-    chunked = Predictor.load(bundle, providers="cpu", chunk_rows=7).predict(batch)
+    chunked = Predictor.load(bundle, providers="cpu", session_rows=7).predict(batch)
     assert np.max(np.abs(whole - chunked)) <= 1e-6 and chunked.shape == (50,)
 
 

@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from test_out_of_core import SPLITS, assert_same_files, labelled_log, positive_log
 
 from din_export.cli import main
-from din_export.data.prepare import SPEC_FILE, TIME_COLUMN, prepare
+from din_export.data.prepare import prepare
+from din_export.data.prepared import SPEC_FILE, TIME_COLUMN
+from din_export.data.samples import read_table
 from din_export.data.spec import load_spec
-from din_export.data.tables import read_table
 
 
 def samples(folder: Path) -> list[tuple]:

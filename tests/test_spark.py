@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from din_export.data.prepare import Sources, prepare
+from din_export.data.prepare import prepare
+from din_export.data.rules import Sources
 from din_export.data.synthetic import IMPRESSIONS_SPEC_PATH, LOG_SPEC_PATH, generate_impressions, generate_log
 from helpers import ML100K, need_ml100k
 
@@ -111,7 +112,7 @@ def test_generated_log_per_user(spark, generated: Sources, tmp_path: Path, drive
     assert_same_samples(duckdb, spark_out)
     assert all((spark_out / f"{split}.parquet").is_dir() for split in SPLITS)  # folders of part files, read as they are
     from din_export.config import ModelConfig, TrainConfig
-    from din_export.data.dataset import DataSource
+    from din_export.data.source import DataSource
     from din_export.data.spec import load_spec
     from din_export.pipeline import train_and_export
     from helpers import SMALL_MODEL
@@ -171,14 +172,14 @@ def test_every_timestamp_unit_is_the_integer_in_its_unit(spark, tmp_path: Path, 
     engine orders by."""
     import pyarrow as pa
 
-    from din_export.data.prepare import _read_recipe
-    from din_export.data.spark import SparkPrepare
+    from din_export.data.rules import read_recipe
+    from din_export.data.spark_job import SparkPrepare
 
     values = np.array(["1970-01-01T00:00:00", "2024-03-31T01:30:00.123", "2031-12-31T23:59:59.999"], dtype=f"datetime64[{unit}]")
     stamps = pa.array(values).cast(pa.timestamp(unit, tz=zone))
     pq.write_table(pa.table({"user_id": [1, 1, 2], "item_id": [1, 2, 3], "timestamp": stamps, "session_depth": [1.0, 2.0, 3.0]}),
                    tmp_path / "log.parquet")
-    spec, config = _read_recipe(LOG_SPEC_PATH)
+    spec, config = read_recipe(LOG_SPEC_PATH)
     job = SparkPrepare(spark, spec, config, Sources(tmp_path / "log.parquet"), None)
     found = [row["_t"] for row in job.read_log().orderBy("_din_row").select("_t").collect()]
     assert found == values.astype(np.int64).astype(float).tolist()

@@ -47,7 +47,7 @@ def test_builtin_spec_loads() -> None:
     ("features", "message"),
     [
         ({"a": {"kind": "vector"}}, "feature 'a': kind must be one of"),
-        ({"a": {"kind": "categorical", "size": 3}}, "feature 'a': unknown key(s) ['size']"),
+        ({"a": {"kind": "categorical", "size": 3}}, "feature 'a': unknown key 'size' for kind 'categorical'"),
         ({"a": {"kind": "categorical"}, "h": {"kind": "sequence", "shares": "b", "max_len": 5}}, "feature 'h': shares 'b'"),
         ({"a": {"kind": "categorical"}, "h": {"kind": "sequence", "shares": "a", "max_len": 0}}, "feature 'h': max_len"),
         ({"a": {"kind": "categorical"}, "x": {"kind": "numeric", "fill": "mode"}}, "feature 'x': fill"),

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from din_export.cli import main
 from din_export.config import ModelConfig, TrainConfig, resolve
-from din_export.data.dataset import EncodedSplit
 from din_export.data.spec import load_spec
+from din_export.data.splits import EncodedSplit
 from din_export.model.din import DIN
 from din_export.pipeline import checkpoint_path
 from din_export.training.train import embedding_frequencies, mini_batch_aware_l2
@@ -123,7 +123,7 @@ def test_unknown_model_setting_in_spec_is_rejected(tmp_path: Path) -> None:
     spec = tmp_path / "spec.toml"
     spec.write_text(SPEC_PATH.read_text() + "\n[model]\nlayers = 3\n")
     result = CliRunner().invoke(main, ["train-and-export", "--samples", "500", "--spec", str(spec), "--out", str(tmp_path / "b")])
-    assert result.exit_code == 2 and "[model]: unknown setting(s) ['layers']" in result.output
+    assert result.exit_code == 2 and "[model]: unknown setting 'layers' (did you mean 'encoder_layers'?)" in result.output
 
 
 @pytest.mark.parametrize("schedule", ["cosine"])

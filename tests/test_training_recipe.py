@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from din_export.cli import main
 from din_export.config import ModelConfig, TrainConfig
-from din_export.data.dataset import EncodedSplit
+from din_export.data.splits import EncodedSplit
 from din_export.model.din import DIN, in_form
 from din_export.training import augment
 from din_export.training.distributed import World

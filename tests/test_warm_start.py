@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from din_export.bundle import load_bundle
 from din_export.cli import main
 from din_export.config import ModelConfig, TrainConfig
-from din_export.data.dataset import DataSource
+from din_export.data.source import DataSource
 from din_export.data.spec import load_spec, spec_to_toml
 from din_export.data.synthetic import SPEC_PATH, generate
 from din_export.pipeline import train_and_export

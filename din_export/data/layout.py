@@ -27,7 +27,6 @@ from .behaviour import gather_recent
 from .reserved import HISTORY_END, HISTORY_FIRST
 from .spec import Spec
 
-SEQUENCE_STORE = "sequences.parquet"
 STORE_KEY = b"din_export.sequence_store"  # schema metadata of a table read with keep_references
 
 

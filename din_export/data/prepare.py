@@ -13,7 +13,6 @@ import dataclasses
 import tempfile
 import time as clock
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,10 @@ import pyarrow.parquet as pq
 
 from din_runtime.arrow import to_numpy
 
-from ..config import LAYOUTS, PREPARE_BLOCK_EVENTS, PREPARE_CHUNK_ROWS, PREPARE_MEMORY_LIMIT
+from ..config import LAYOUTS, PREPARE_BLOCK_EVENTS, PREPARE_MEMORY_LIMIT, PREPARE_WRITE_ROWS
 from ..errors import TableError
 from ..files import staged_bundle, write_json
 from .behaviour import (
-    TEST,
-    TRAIN,
-    VALID,
     NegativeDraw,
     assign_splits,
     event_order,
@@ -40,26 +36,23 @@ from .behaviour import (
     kept_events,
     sample_negatives,
 )
-from .layout import SEQUENCE_STORE
-from .recipe import LogConfig, SplitConfig, log_config_from_dict
+from .prepared import ITEMS_FILE, SEQUENCE_STORE, SPEC_FILE, SPLITS, SUMMARY_FILE, TIME_COLUMN, split_file
+from .readers import read_source
+from .recipe import LogConfig, SplitConfig
 from .reserved import HISTORY_END, HISTORY_FIRST
+from .rules import (
+    NUMBER_PATTERN,
+    Sources,
+    check_sources,
+    event_features,
+    feature_side,
+    log_columns,
+    read_recipe,
+    table_columns,
+    training_spec,
+)
 from .scan import LogScan
-from .sources import read_source
-from .spec import PREVIOUS_FILL, FeatureSpec, Spec, SpecError, read_toml, spec_from_dict, spec_to_toml
-
-SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
-TIME_COLUMN = "event_time"
-SPEC_FILE = "spec.toml"
-SUMMARY_FILE = "prepare.json"
-ITEMS_FILE = "items.parquet"  # every item with its candidate-side features (evaluate --rank --items)
-NUMBER_PATTERN = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
-
-
-@dataclass(frozen=True)
-class Sources:
-    log: Path
-    items: Path | None = None
-    users: Path | None = None
+from .spec import PREVIOUS_FILL, FeatureSpec, Spec, spec_to_toml
 
 
 def _shape(column: pa.ChunkedArray, feature: FeatureSpec) -> pa.Array:
@@ -71,6 +64,7 @@ def _shape(column: pa.ChunkedArray, feature: FeatureSpec) -> pa.Array:
         if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
             array = pc.if_else(pc.match_substring_regex(array, NUMBER_PATTERN), array, pa.scalar(None, array.type))
         array = pc.cast(array, pa.float64())
+        array = pc.if_else(pc.is_nan(array), pa.scalar(None, pa.float64()), array)  # rules: NaN is missing, a null
     return array
 
 
@@ -106,49 +100,6 @@ class _Catalogue:
         return np.searchsorted(self.keys, raw)
 
 
-def feature_side(feature: FeatureSpec, config: LogConfig) -> str:
-    """Whose fact a feature is: the item's (the item column, or the item table), the user's, or the event's."""
-    if feature.source == "items" or (feature.source == "log" and feature.column == config.item):
-        return "item"
-    if feature.source == "users" or feature.column == config.user:
-        return "user"
-    return "event"
-
-
-def event_features(spec: Spec, config: LogConfig) -> list[FeatureSpec]:
-    """Non-sequence features read from the log itself, other than the user and item columns."""
-    identity = (config.user, config.item)
-    return [f for f in spec.features if f.kind != "sequence" and f.source == "log" and f.column not in identity]
-
-
-def log_columns(spec: Spec, config: LogConfig) -> list[str]:
-    """The log columns the recipe needs: user, item, time, the label if any, and the event features' columns."""
-    columns = [config.user, config.item, config.time] + ([config.label] if config.label else [])
-    return columns + [f.column for f in event_features(spec, config) if f.column not in columns]
-
-
-def check_sources(spec: Spec, config: LogConfig, sources: Sources) -> None:
-    """Recipe errors found before any file is read: a table given without its section or a section without its
-    table, histories of user attributes, missing columns."""
-    for source, path, key in (("items", sources.items, config.item_key), ("users", sources.users, config.user_key)):
-        if path is not None and key is None:
-            raise SpecError(f"--{source} gives a table, but the recipe has no [{source}] section naming its key column "
-                            f"(add [{source}] key = \"...\", or leave --{source} out)")
-        if path is None and key is not None:
-            raise SpecError(f"[{source}] names a key column, but no {source} table was given: pass it with --{source}")
-    for feature in spec.features:
-        if feature.kind == "sequence":
-            target = next(f for f in spec.features if f.name == feature.shares)
-            if target.source == "users" or (target.source == "log" and target.column == config.user):
-                raise SpecError(f"feature '{feature.name}': a history of '{target.name}', a user attribute, is not a behaviour sequence")
-            continue
-        if feature.column is None:
-            raise SpecError(f"feature '{feature.name}': `prepare` needs 'column', the source column of its values")
-        for source, path, key in (("items", sources.items, config.item_key), ("users", sources.users, config.user_key)):
-            if feature.source == source and (path is None or key is None):
-                raise SpecError(f"feature '{feature.name}' comes from the {source} table: pass --{source} and set [{source}] key")
-
-
 class LogContext:
     """What every block needs from the whole log: user and item codes with their attribute tables, the negative
     draw, the split's time cuts, and the features' places (log, item or user)."""
@@ -158,8 +109,8 @@ class LogContext:
         self.since = None if since is None else scan.time_number(since)  # samples only from here on; histories reach back
         overview = scan.overview()
         self.events = overview.events
-        items = read_source(sources.items, self._columns("items", config.item_key)) if sources.items else None
-        users = read_source(sources.users, self._columns("users", config.user_key)) if sources.users else None
+        items = read_source(sources.items, table_columns(spec, "items", config.item_key)) if sources.items else None
+        users = read_source(sources.users, table_columns(spec, "users", config.user_key)) if sources.users else None
         item_table_keys = (as_keys(to_numpy(items.column(config.item_key)), overview.item_keys) if items is not None
                            else overview.item_keys[:0])
         item_keys = np.unique(np.concatenate([overview.item_keys, item_table_keys]))
@@ -198,8 +149,6 @@ class LogContext:
         valid_from = split.valid_from if split.valid_from is not None else next(found)
         return dataclasses.replace(split, test_from=test_from, valid_from=valid_from)
 
-    def _columns(self, source: str, key: str) -> list[str]:
-        return [key] + sorted({f.column for f in self.spec.features if f.kind != "sequence" and f.source == source} - {key})
 
 
 class EventBlock:
@@ -312,28 +261,13 @@ def _sorted_by_user_and_time(user: np.ndarray, time: np.ndarray) -> bool:
     return bool(np.all((next_user > 0) | ((next_user == 0) & (next_time >= 0))))
 
 
-def _training_spec(spec: Spec, config: LogConfig) -> Spec:
-    """The spec train-and-export reads: prepare's keys dropped; gaps left after 'previous' filled with the mean;
-    each categorical from the item table marked as an attribute of the item (the bundle then carries the
-    item-to-attribute table, so a client may send item IDs alone)."""
-    data = spec.to_dict()
-    item = next((f.name for f in spec.of_kind("categorical") if f.source == "log" and f.column == config.item), None)
-    for feature in spec.features:
-        entry = data["features"][feature.name]
-        if entry.get("fill") == PREVIOUS_FILL:
-            entry["fill"] = "mean"
-        if item is not None and feature.kind == "categorical" and feature.source == "items" and feature.attribute_of is None:
-            entry["attribute_of"] = item
-    return spec_from_dict(data)
-
-
 class _SampleWriter:
     """The split tables (and the reference layout's sequence store), written chunk by chunk. Parquet encoding
     releases the GIL: one chunk is written on a thread while the next is built."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.rows = {name: 0 for name in SPLIT_NAMES.values()}
+        self.rows = {name: 0 for name in SPLITS}
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.schema: pa.Schema | None = None
         self.thread = ThreadPoolExecutor(max_workers=1)
@@ -361,10 +295,10 @@ class _SampleWriter:
         self.pending = self.thread.submit(*work)
 
     def _write_samples(self, table: pa.Table, split: np.ndarray) -> None:
-        for code, name in SPLIT_NAMES.items():
+        for code, name in enumerate(SPLITS):
             part = table.filter(pa.array(split == code))
             if part.num_rows:
-                self._append(f"{name}.parquet", part.cast(self.schema))
+                self._append(split_file(Path(), name).name, part.cast(self.schema))
                 self.rows[name] += part.num_rows
 
     def _append(self, file: str, table: pa.Table) -> None:
@@ -373,38 +307,32 @@ class _SampleWriter:
         self.writers[file].write_table(table)
 
 
-def _read_recipe(recipe: Path) -> tuple[Spec, LogConfig]:
-    data = read_toml(recipe)
-    try:
-        return spec_from_dict(data), log_config_from_dict(data)
-    except SpecError as error:
-        raise SpecError(f"{recipe}: {error}") from None
-
-
-def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE_CHUNK_ROWS, layout: str = "inline",
+def prepare(recipe: Path, sources: Sources, out: Path, write_rows: int = PREPARE_WRITE_ROWS, layout: str = "inline",
             memory_limit: str = PREPARE_MEMORY_LIMIT, block_events: int = PREPARE_BLOCK_EVENTS,
             since: float | str | None = None) -> dict[str, Any]:
-    """Write out/{train,valid,test}.parquet, out/spec.toml and out/prepare.json (and, in the reference layout,
-    out/sequences.parquet); returns the summary. DuckDB sorts within `memory_limit` (spilling beside `out`). With
+    """Write the prepared folder `out` (prepared.py: a table per split, spec.toml, prepare.json, items.parquet and,
+    in the reference layout, sequences.parquet), `write_rows` samples at a time; returns the summary. DuckDB sorts
+    within `memory_limit` (spilling beside `out`). With
     `since` (a time in the log's units, or an ISO date for a timestamp column), only events at or after it become
     samples, split by the recipe's [split] among themselves, while histories and negatives' anti-joins still see
     every earlier event: a day's window for a model retrained daily."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     started = clock.perf_counter()
-    spec, config = _read_recipe(recipe)
+    spec, config = read_recipe(recipe)
     check_sources(spec, config, sources)
     behaviours = positives = negatives = dropped = 0
     with staged_bundle(out) as staging, tempfile.TemporaryDirectory(prefix=f".{Path(out).name}.spill-", dir=staging.parent) as spill:
-        scan = LogScan(sources.log, config.user, config.item, config.time, log_columns(spec, config), Path(spill), memory_limit)
+        scan = LogScan(sources.log, config.user, config.item, config.time, log_columns(spec, config), Path(spill), memory_limit,
+                       label=config.label)
         writer = _SampleWriter(staging)
         try:
             context = LogContext(spec, config, sources, scan, since)
             sequences = spec.of_kind("sequence")
             for events in scan.blocks(block_events):
                 block = EventBlock(context, events, behaviours, positives)
-                for start in range(0, len(block.sample_event), chunk_rows):
-                    writer.samples(*block.chunk(slice(start, start + chunk_rows), layout))
+                for start in range(0, len(block.sample_event), write_rows):
+                    writer.samples(*block.chunk(slice(start, start + write_rows), layout))
                 if layout == "reference" and (len(block.behaviours) or behaviours == 0):  # the store exists even if empty
                     writer.store(pa.table({f.name: block.history_values(f) for f in sequences}))
                 behaviours += len(block.behaviours)
@@ -414,10 +342,10 @@ def prepare(recipe: Path, sources: Sources, out: Path, chunk_rows: int = PREPARE
         finally:
             writer.close()
             scan.close()
-        empty = [name for name in SPLIT_NAMES.values() if writer.rows[name] == 0]
+        empty = [name for name in SPLITS if writer.rows[name] == 0]
         if empty:
             raise ValueError(f"the split leaves {empty} without samples; adjust [split] (valid/test) for this log")
-        (staging / SPEC_FILE).write_text(spec_to_toml(_training_spec(spec, config)), encoding="utf-8")
+        (staging / SPEC_FILE).write_text(spec_to_toml(training_spec(spec, config)), encoding="utf-8")
         item_table = context.item_table()
         if item_table is not None:
             pq.write_table(item_table, staging / ITEMS_FILE)

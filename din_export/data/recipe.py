@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import HOLDOUT, SPLIT_MODES, STRATEGIES
-from ..errors import SpecError
+from ..errors import SpecError, did_you_mean
 from .spec import keep_negatives_of
 
 # The keys each section of a recipe may hold (docs/guides/spec.md documents each; a test holds the two together).
@@ -59,7 +59,7 @@ def _table(data: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]
         raise SpecError(f"[{name}] must be a table")
     unknown = sorted(set(section) - allowed)
     if unknown:
-        raise SpecError(f"[{name}]: unknown key(s) {unknown}; expected some of {sorted(allowed)}")
+        raise SpecError(f"[{name}]: unknown key {unknown[0]!r}{did_you_mean(unknown[0], allowed)}; expected some of {sorted(allowed)}")
     return section
 
 

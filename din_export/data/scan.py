@@ -28,7 +28,7 @@ from din_runtime.errors import first_line
 
 from ..errors import TableError
 from .behaviour import numpy_quantile
-from .sources import checked_files, csv_options, reading
+from .readers import checked_files, csv_options, reading
 
 STREAM_BATCH_ROWS = 262_144
 LOG_ROW = "din_log_row"  # each event's row in the log (over all its files): the tie order of events at one time
@@ -95,8 +95,9 @@ class LogScan:
     """One log, readable by DuckDB: an overview of it, time quantiles, and its events sorted in user blocks."""
 
     def __init__(self, path: str | Path, user: str, item: str, time: str, columns: list[str], workspace: Path,
-                 memory_limit: str) -> None:
+                 memory_limit: str, label: str | None = None) -> None:
         self.path, self.user, self.item, self.time, self.columns = path, user, item, time, columns
+        self.required = [user, item, time] + ([label] if label else [])  # never empty (rules.py: null or NaN)
         self.spilled_bytes: int | None = None
         files = _as_parquet(path, columns, workspace)
         self.schema = pads.dataset([str(f) for f in files], format="parquet").schema
@@ -118,19 +119,24 @@ class LogScan:
         self.connection.close()
 
     def overview(self) -> LogOverview:
-        """Counts, keys and a check that user, item and time are never empty (naming the first empty row)."""
-        checks = ", ".join(f"count_if({_name(c)} IS NULL), min({LOG_ROW}) FILTER (WHERE {_name(c)} IS NULL)"
-                           for c in (self.user, self.item, self.time))
+        """Counts, keys and a check that user, item, time and label are never empty, null or NaN alike (naming the
+        first empty row)."""
+        checks = ", ".join(f"count_if({self._missing(c)}), min({LOG_ROW}) FILTER (WHERE {self._missing(c)})" for c in self.required)
         found = self.connection.sql(f"SELECT count(*), {checks} FROM events").fetchall()[0]
-        for index, column in enumerate((self.user, self.item, self.time)):
-            nulls, first = found[1 + 2 * index], found[2 + 2 * index]
-            if nulls:
-                raise TableError(f"{self.path}: column '{column}' is empty in {nulls} row(s), first at row {first}")
+        for index, column in enumerate(self.required):
+            empty, first = found[1 + 2 * index], found[2 + 2 * index]
+            if empty:
+                raise TableError(f"{self.path}: column '{column}' is empty (null or NaN) in {empty} row(s), first at row {first}")
         users = self._column(f"SELECT DISTINCT {_name(self.user)} AS key FROM events", self.user)
         items = self.connection.sql(f"SELECT {_name(self.item)} AS key, count(*) AS n FROM events GROUP BY 1").to_arrow_table()
         item_keys = to_numpy(items.column("key").cast(self.schema.field(self.item).type))
         order = np.argsort(item_keys, kind="stable")
         return LogOverview(int(found[0]), np.sort(users), item_keys[order], to_numpy(items.column("n"))[order].astype(np.int64))
+
+    def _missing(self, column: str) -> str:
+        """SQL true where a value is missing: null, or NaN in a floating-point column."""
+        floating = pa.types.is_floating(self.schema.field(column).type)
+        return f"({_name(column)} IS NULL OR isnan({_name(column)}))" if floating else f"({_name(column)} IS NULL)"
 
     def time_quantiles(self, quantiles: list[float], since: float | None = None) -> list[float]:
         """numpy's default (linear) quantiles of the event times (those at or after `since`, where given), computed

@@ -9,7 +9,7 @@ from typing import Any
 
 from din_runtime.schema import KINDS
 
-from ..errors import SpecError
+from ..errors import SpecError, did_you_mean
 from .reserved import RESERVED_NAMES
 
 FILLS = ("mean", "median", "zero")
@@ -109,9 +109,11 @@ def _feature(name: str, table: Any) -> FeatureSpec:
         raise SpecError(f"feature '{name}': expected a table of keys")
     kind = table.get("kind")
     _check_one_of(name, "kind", kind, tuple(KINDS))
-    unknown = sorted(set(table) - ALLOWED_KEYS[kind] - PREPARE_KEYS[kind])
+    allowed = ALLOWED_KEYS[kind] | PREPARE_KEYS[kind]
+    unknown = sorted(set(table) - allowed)
     if unknown:
-        raise SpecError(f"feature '{name}': unknown key(s) {unknown} for kind '{kind}'")
+        raise SpecError(f"feature '{name}': unknown key {unknown[0]!r} for kind '{kind}'{did_you_mean(unknown[0], allowed)}; "
+                        f"known: {sorted(allowed)}")
     feature = FeatureSpec(name=name, **table)
     _check_positive_integer(name, "min_count", feature.min_count)
     if feature.max_vocabulary is not None:
@@ -133,7 +135,7 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
     """Validate a parsed spec; every error names the offending feature or key."""
     unknown = sorted(set(data) - TOP_LEVEL_KEYS)
     if unknown:
-        raise SpecError(f"unknown top-level key(s) {unknown}; expected {sorted(TOP_LEVEL_KEYS)}")
+        raise SpecError(f"unknown top-level key {unknown[0]!r}{did_you_mean(unknown[0], TOP_LEVEL_KEYS)}; expected {sorted(TOP_LEVEL_KEYS)}")
     label = data.get("label")
     if not isinstance(label, str):
         raise SpecError("'label' must name the label column")

@@ -23,8 +23,8 @@ from onnxruntime.transformers.float16 import convert_float_to_float16
 from din_runtime.manifest import OUTPUT_NAME
 from din_runtime.providers import cpu_session
 
-from ..config import PRECISIONS
-from ..data.dataset import EncodedSplit
+from ..config import PRECISIONS, SCORING_BATCH_ROWS
+from ..data.splits import EncodedSplit
 from ..training.metrics import evaluate
 from .errors import ExportError
 
@@ -66,7 +66,7 @@ def convert(source: Path, target: Path, precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS[1:]} to convert, not {precision!r}")
 
 
-def session_metrics(path: Path, split: EncodedSplit, batch_size: int = 4096) -> dict[str, Any]:
+def session_metrics(path: Path, split: EncodedSplit, batch_size: int = SCORING_BATCH_ROWS) -> dict[str, Any]:
     """AUC, GAUC, logloss and accuracy of an ONNX file on an encoded split, run by ONNX Runtime on CPU."""
     session = cpu_session(path)
     probabilities = np.empty(len(split), dtype=np.float32)

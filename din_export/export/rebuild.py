@@ -1,6 +1,6 @@
 """`din-export export`: a new bundle from a bundle or a weights-only checkpoint, without retraining.
 
-Choices: the graph form (folded or plain), the precision (fp32, int8, fp16) and offline graph optimisation. A
+Choices: the attention form (folded or plain), the precision (fp32, int8, fp16) and offline graph optimisation. A
 precision other than fp32 is scored on the validation split beside the float32 graph and refused when its AUC
 drops by more than the threshold, unless forced.
 """
@@ -19,9 +19,10 @@ from din_runtime.manifest import PLOT_FILE, RELIABILITY_FILE
 from din_runtime.providers import cpu_session
 
 from ..bundle import LoadedBundle, load_bundle, save_checkpoint, write_manifest
-from ..config import DEFAULT_MAX_AUC_DROP
-from ..data.dataset import DataSource, EncodedSplit, encode_split, load_tables
-from ..data.tables import read_table
+from ..config import DEFAULT_MAX_AUC_DROP, FORMS
+from ..data.samples import read_table
+from ..data.source import DataSource
+from ..data.splits import EncodedSplit, encode_split, load_tables
 from ..files import staged_bundle
 from .errors import ExportError
 from .graph_files import export_verified
@@ -56,7 +57,7 @@ def optimize_offline(path: Path) -> None:
     os.replace(optimized, path)
 
 
-def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str = "fp32", valid: Path | None = None,
+def export_bundle(source: Path, out: Path, attention_form: str = FORMS[0], precision: str = "fp32", valid: Path | None = None,
                   max_auc_drop: float = DEFAULT_MAX_AUC_DROP, force: bool = False, optimize: bool = False) -> dict[str, Any]:
     """Write a verified bundle at `out` and return its manifest."""
     source, out = Path(source), Path(out)
@@ -81,7 +82,7 @@ def export_bundle(source: Path, out: Path, graph: str = "folded", precision: str
             optimize_offline(path)
 
     with staged_bundle(out) as staging:
-        graphs = export_verified(bundle.din, staging, graph, precision=precision, optimization=OPTIMIZATION_LEVEL if optimize else None,
+        graphs = export_verified(bundle.din, staging, attention_form, precision=precision, optimization=OPTIMIZATION_LEVEL if optimize else None,
                                  finish=finish)
         graphs["onnx"]["precisions"] = precisions
         save_checkpoint(staging, bundle.din)

@@ -15,6 +15,7 @@ import onnx
 
 from din_runtime.manifest import MANIFEST_FILE, MODEL_FILE, RANKING_FILE, read_manifest, schema_of, verify_model_file
 
+from ..config import TRITON_INSTANCES, TRITON_MAX_BATCH_SIZE, TRITON_THREADS
 from ..files import staged_bundle
 from .graphs import describe_io
 from .raw_inputs import raw_input_model
@@ -66,8 +67,9 @@ parameters {{
 '''
 
 
-def write_repository(bundle: Path, repository: Path, name: str | None = None, gpu: bool = False, max_batch_size: int = 4096,
-                     instances: int = 1, threads: int = 2, queue_delay_us: int = 100, raw_inputs: bool = False) -> Path:
+def write_repository(bundle: Path, repository: Path, name: str | None = None, gpu: bool = False,
+                     max_batch_size: int = TRITON_MAX_BATCH_SIZE, instances: int = TRITON_INSTANCES, threads: int = TRITON_THREADS,
+                     queue_delay_us: int = 100, raw_inputs: bool = False) -> Path:
     """Write repository/name/{config.pbtxt, 1/model.onnx}, and beside model.onnx the bundle's manifest.json and
     rank.onnx, so `din-runtime serve repository` serves the same folder; other models in the repository are left
     alone, and this one is replaced only once complete. raw_inputs: the graph takes raw IDs and numbers (raw_inputs.py)

@@ -36,6 +36,7 @@ class CalibrationFit:
     bias: float = 0.0
     knots: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())  # (corrected logits, probabilities), increasing
     fitted_rows: int = 0
+    reason: str = ""  # why the method is none where another was asked for (said by train-and-export, report, inspect)
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATIONS:
@@ -45,7 +46,8 @@ class CalibrationFit:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "keep_negatives": self.keep_negatives, "scale": self.scale, "bias": self.bias,
-                "knots": [list(self.knots[0]), list(self.knots[1])], "fitted_rows": self.fitted_rows}
+                "knots": [list(self.knots[0]), list(self.knots[1])], "fitted_rows": self.fitted_rows,
+                **({"reason": self.reason} if self.reason else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> CalibrationFit:
@@ -53,7 +55,7 @@ class CalibrationFit:
             return cls()
         knots = data.get("knots") or [[], []]
         return cls(data["method"], float(data["keep_negatives"]), float(data["scale"]), float(data["bias"]),
-                   (tuple(knots[0]), tuple(knots[1])), int(data.get("fitted_rows", 0)))
+                   (tuple(knots[0]), tuple(knots[1])), int(data.get("fitted_rows", 0)), str(data.get("reason", "")))
 
 
 class Calibration(nn.Module):
@@ -146,11 +148,16 @@ def fit_calibration(method: str, logits: np.ndarray, labels: np.ndarray, keep_ne
     y = (np.asarray(labels) > 0.5).astype(np.float64)
     if method not in CALIBRATIONS:
         raise ValueError(f"calibration must be one of {CALIBRATIONS}, not {method!r}")
-    if method == "none" or len(y) == 0 or y.min() == y.max():  # one class only: nothing to fit against
+    if method == "none":
         return CalibrationFit("none", keep_negatives, fitted_rows=len(y))
+    if len(y) == 0 or y.min() == y.max():  # one class only: nothing to fit against
+        return CalibrationFit("none", keep_negatives, fitted_rows=len(y),
+                              reason=f"{method} not fitted: the validation split holds one label only ({len(y)} rows)")
     if method == "platt":
         scale, bias = _logloss_newton(z, y)
         if scale <= 0:  # a model that ranks no better than chance on validation: its order is kept, uncalibrated
-            return CalibrationFit("none", keep_negatives, fitted_rows=len(y))
+            return CalibrationFit("none", keep_negatives, fitted_rows=len(y),
+                                  reason=f"platt not fitted: the model ranks validation no better than chance (its fitted scale "
+                                         f"{scale:.3g} would reverse its order), so its scores are served uncorrected")
         return CalibrationFit("platt", keep_negatives, scale, bias, fitted_rows=len(y))
     return CalibrationFit("isotonic", keep_negatives, knots=_isotonic_knots(z, y), fitted_rows=len(y))

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..config import DEVICES, TrainConfig
-from ..data.dataset import EncodedSplit
+from ..data.splits import EncodedSplit
 from ..files import write_atomic
 from ..model.din import DIN
 from . import augment

@@ -11,8 +11,9 @@ import optuna
 import torch
 
 from ..config import TuneConfig, resolve
-from ..data.dataset import DataSource, load_data
+from ..data.source import DataSource
 from ..data.spec import Spec, spec_from_dict, spec_to_toml
+from ..data.splits import load_data
 from ..files import write_atomic
 from ..model.din import DIN
 from .train import train

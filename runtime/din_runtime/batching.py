@@ -17,26 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """The server's limits and their defaults, the one place they are stated (`din-runtime serve` shows them):
-    rows per session call (1: no batching), extra wait for a batch to fill, requests waiting before 503, and the
-    largest request body before 413."""
-
-    max_batch: int = 64
-    max_delay_ms: float = 0.0
-    max_queue: int = 1024
-    max_body_mb: float = 64.0
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 1 or self.max_delay_ms < 0 or self.max_body_mb <= 0:
-            raise ValueError("max_batch and max_queue must be at least 1, max_delay_ms at least 0 and max_body_mb above 0")
-
-    @property
-    def max_body(self) -> int:
-        """The body limit in bytes."""
-        return int(self.max_body_mb * (1 << 20))
+from .config import ServerLimits
 
 
 class QueueFull(RuntimeError):

@@ -17,8 +17,8 @@ from typing import Any
 import click
 
 from . import __version__
-from .batching import ServerLimits
-from .commands import OneLineErrors
+from .commands import OneLineErrors, from_renamed, renamed_flag
+from .config import BATCH_SESSION_ROWS, READ_ROWS, SERVE_HOST, SERVE_PORT, ServerLimits
 from .errors import InputError
 from .files import write_atomic
 from .manifest import MANIFEST_FILE
@@ -26,9 +26,6 @@ from .predictor import Predictor
 from .providers import CHOICES
 from .repository import CONTROL_MODES, Repository, check_name
 
-# Measured on a 161,616-row Parquet file of the built-in data at the default --chunk-rows: the session fed 16,384
-# rows at a time peaked at 2.36 GB resident, 4,096 at 0.84 GB, 1,024 at 0.50 GB, and 1,024 was also the fastest.
-SESSION_ROWS = 1024
 LIMITS = ServerLimits()  # the serve options' defaults
 
 
@@ -57,12 +54,12 @@ def _parquet_chunks(path: Path, rows: int) -> Iterator[dict[str, Any]]:
         yield columns
 
 
-def score(bundle: Path, source: Path, target: Path, id_column: str | None, chunk_rows: int, providers: str, progress: bool) -> int:
-    """Score every row of `source` into `target`; returns the number of rows."""
-    # The session sees at most SESSION_ROWS rows at a time: its activations (rows x history x attention width floats)
-    # and ONNX Runtime's arena, which keeps its largest size, are what bound memory, not the chunk read.
-    predictor = Predictor.load(bundle, providers=providers, chunk_rows=SESSION_ROWS)
-    chunks = _parquet_chunks(source, chunk_rows) if source.suffix.lower() in (".parquet", ".pq") else _csv_chunks(source, chunk_rows)
+def score(bundle: Path, source: Path, target: Path, id_column: str | None, read_rows: int, providers: str, progress: bool) -> int:
+    """Score every row of `source` into `target`, `read_rows` rows read at a time; returns the number of rows."""
+    # The session sees at most BATCH_SESSION_ROWS rows at a time: its activations (rows x history x attention width
+    # floats) and ONNX Runtime's arena, which keeps its largest size, are what bound memory, not the rows read.
+    predictor = Predictor.load(bundle, providers=providers, session_rows=BATCH_SESSION_ROWS)
+    chunks = _parquet_chunks(source, read_rows) if source.suffix.lower() in (".parquet", ".pq") else _csv_chunks(source, read_rows)
     done = 0
 
     def write(temporary: Path) -> None:
@@ -72,8 +69,11 @@ def score(bundle: Path, source: Path, target: Path, id_column: str | None, chunk
             writer.writerow([id_column or "row", "probability"])
             for columns in chunks:
                 if id_column is not None and id_column not in columns:
-                    raise InputError(id_column, "the ID column is not in the input")
-                probabilities = predictor.predict(columns)
+                    raise InputError(id_column, f"{source}: the ID column is not in the input")
+                try:
+                    probabilities = predictor.predict(columns)
+                except InputError as error:  # the file, and the row counted from the file's first data row
+                    raise InputError(error.feature, f"{source}: {error.problem}", None if error.row is None else done + error.row) from None
                 ids = columns[id_column] if id_column else range(done, done + len(probabilities))
                 writer.writerows(zip(ids, (f"{p:.7g}" for p in probabilities), strict=True))
                 done += len(probabilities)
@@ -98,14 +98,16 @@ def main(debug: bool) -> None:
 @click.argument("input", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--id-column", help="Input column written beside each probability (default: the row number).")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=65_536, show_default=True, help="Rows read and scored at a time.")
+@click.option("--read-rows", type=click.IntRange(min=1), default=READ_ROWS, show_default=True, callback=from_renamed,
+              help="Rows read and scored at a time.")
+@renamed_flag("--chunk-rows", "--read-rows", "read_rows", type=click.IntRange(min=1))
 @click.option("--providers", type=click.Choice(CHOICES), default="auto", show_default=True,
               help="auto: CUDA where usable, else the CPU; cuda: an error unless CUDA is in use.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
-def predict_command(bundle: Path, input: Path, output: Path, id_column: str | None, chunk_rows: int, providers: str, quiet: bool) -> None:
+def predict_command(bundle: Path, input: Path, output: Path, id_column: str | None, read_rows: int, providers: str, quiet: bool) -> None:
     """Score a CSV or Parquet table in chunks into OUTPUT (CSV: the ID column and probability)."""
     try:
-        rows = score(bundle, input, output, id_column, chunk_rows, providers, not quiet)
+        rows = score(bundle, input, output, id_column, read_rows, providers, not quiet)
     except csv.Error as error:
         raise InputError("input", f"{input}: not readable as CSV ({error})") from None
     click.echo(f"{rows:,} rows scored into {output}")
@@ -113,8 +115,8 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
 
 @main.command("serve")
 @click.argument("source", metavar="BUNDLE_OR_REPOSITORY", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--host", default=SERVE_HOST, show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=SERVE_PORT, show_default=True)
 @click.option("--name", help="A bundle's model name in the URLs (default: the bundle folder's name, as `din-export triton` names it).")
 @click.option("--model-control", type=click.Choice(CONTROL_MODES), default=None,
               help="A repository's model control, as Triton's: none (what is there at start, fixed), poll (rescanned every "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,24 +13,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .config import RANK_BLOCK, SESSION_ROWS, SMALL_CALL_MAX_BYTES, SMALL_CALL_ROWS
 from .encoding import FeatureEncoder, to_ragged
 from .errors import BundleError, InputError, ProviderError, first_line
 from .manifest import OUTPUT_NAME, WEIGHTS_NAME, read_manifest, schema_of, verify_model_file
-from .providers import ProviderChoice, create_session, resolve
+from .providers import ProviderChoice, create_session
 
-DEFAULT_CHUNK_ROWS = 16_384
-# rank scores candidates in blocks of at most this many candidate x behaviour pairs, which bounds the attention
-# unit's activations (about 1 KiB per pair at hidden sizes 80-40: 128 MiB here). Measured at 1,000 candidates: blocks
-# under 64 candidates cost up to 3x in per-call overhead; from about 50,000 pairs up, time was flat within noise.
-DEFAULT_RANK_BLOCK = 131_072
-# Calls of up to this many rows go to a second, single-threaded session where the batch session has more threads:
-# handing one row's small kernels to a worker thread costs more than they take. Measured on 2 cores (reference
-# bundle, histories of 50, interleaved in one process): predict of 1 row 0.152 against 0.196 ms, 4 rows 0.290
-# against 0.342, 16 rows 0.710 against 0.759; at 64 rows two threads win (2.15 against 2.58 ms). The serving race
-# (benchmarks/test_serving_race.py) keeps the one-row case measured: "predict" against "predict, batch session".
-SMALL_CALL_ROWS = 16
-# ...where the graph file is at most this large: the second session holds its own copy of the weights.
-SMALL_CALL_MAX_BYTES = 64 << 20
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -94,17 +83,17 @@ class Predictor:
     """
 
     def __init__(self, bundle: Path, manifest: dict[str, Any], session: ort.InferenceSession,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS, ranking_session: ort.InferenceSession | None = None,
-                 rank_block: int = DEFAULT_RANK_BLOCK, session_options: ort.SessionOptions | None = None,
+                 session_rows: int = SESSION_ROWS, ranking_session: ort.InferenceSession | None = None,
+                 rank_block: int = RANK_BLOCK, session_options: ort.SessionOptions | None = None,
                  small_call_options: ort.SessionOptions | None = None) -> None:
-        for name, value in (("chunk_rows", chunk_rows), ("rank_block", rank_block)):
+        for name, value in (("session_rows", session_rows), ("rank_block", rank_block)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, not {value}")
         self.bundle = bundle
         self.manifest = manifest
         self.session = session
         self.ranking_session = ranking_session
-        self.chunk_rows = chunk_rows
+        self.session_rows = session_rows
         self.rank_block = rank_block
         self.schema = schema_of(manifest)
         self.encoder = FeatureEncoder(self.schema)
@@ -122,9 +111,9 @@ class Predictor:
 
     @classmethod
     def load(cls, bundle: str | Path, providers: ProviderChoice = "auto", session_options: ort.SessionOptions | None = None,
-             threads: int | None = None, optimization: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+             threads: int | None = None, optimization: str | None = None, session_rows: int = SESSION_ROWS,
              fallback: bool = False, provider_options: list[dict[str, Any]] | None = None,
-             rank_block: int = DEFAULT_RANK_BLOCK) -> Predictor:
+             rank_block: int = RANK_BLOCK, chunk_rows: int | None = None) -> Predictor:
         """Check the manifest and the graphs' sha256, then open ONNX Runtime sessions (the ranking graph's too,
         where the bundle has one).
 
@@ -132,9 +121,14 @@ class Predictor:
         fallback=True), or an explicit list of ONNX Runtime provider names (the first must end up in use).
         provider_options: passed through to ONNX Runtime, one dict per requested provider.
         threads, optimization ("disable", "basic", "extended", "all"): session settings, unless session_options is given.
-        chunk_rows: larger batches are run in chunks of this many rows, bounding the session's memory.
+        session_rows: larger batches are run in session calls of this many rows, bounding the session's memory
+        (`chunk_rows`, its name in 0.1.0, is accepted with a DeprecationWarning for one release).
         rank_block: rank scores its candidates in blocks of at most this many candidate x behaviour pairs.
         """
+        if chunk_rows is not None:
+            warnings.warn("Predictor.load(chunk_rows=...) is now session_rows=...; chunk_rows goes in the next release",
+                          DeprecationWarning, stacklevel=2)
+            session_rows = chunk_rows
         bundle = Path(bundle)
         manifest = read_manifest(bundle)
         options = session_options or session_options_for(threads, optimization)
@@ -143,14 +137,14 @@ class Predictor:
         sessions = [session]
         if manifest.get("ranking") is not None:
             # The ranking graph goes where the batch graph went: after a fallback its warning is not repeated.
-            fell_back = session.get_providers()[0] != resolve(providers)[0][0]
+            fell_back = fallback and session.get_providers()[0] == "CPUExecutionProvider" and providers not in ("auto", "cpu")
             sessions.append(_open_session(verify_model_file(bundle, manifest, "ranking"), session.get_providers() if fell_back else providers,
                                           options, fallback, None if fell_back else provider_options))
         # A single-threaded session for small calls: only where the settings are ours (not the caller's own options),
         # on the CPU, with more than one thread for the batch session and a graph small enough to hold twice.
         small = (session_options is None and (threads or os.cpu_count() or 1) > 1 and model_path.stat().st_size <= SMALL_CALL_MAX_BYTES
                  and session.get_providers()[0] == "CPUExecutionProvider")
-        return cls(bundle, manifest, sessions[0], chunk_rows, sessions[1] if len(sessions) > 1 else None, rank_block, options,
+        return cls(bundle, manifest, sessions[0], session_rows, sessions[1] if len(sessions) > 1 else None, rank_block, options,
                    session_options_for(1, optimization) if small else None)
 
     @property
@@ -174,7 +168,7 @@ class Predictor:
         """Probabilities for a feed as encode() returns it (what a server that encodes each request and batches
         many into one call uses)."""
         rows = len(next(iter(feed.values())))
-        return self._run(self._session_for(rows), dict(feed), rows, self.chunk_rows)
+        return self._run(self._session_for(rows), dict(feed), rows, self.session_rows)
 
     def _session_for(self, rows: int) -> ort.InferenceSession:
         """The single-threaded session (opened on first use) for a small call where there is one, else the batch one."""
@@ -218,7 +212,7 @@ class Predictor:
         session = self._lazy_session("explain", self._open_explainer)
         if rows == 0:
             return np.zeros(0, dtype=np.float32), np.zeros((0, 0), dtype=np.float32)
-        parts = self._chunks(session, [OUTPUT_NAME, WEIGHTS_NAME], feed, rows, self.chunk_rows)
+        parts = self._chunks(session, [OUTPUT_NAME, WEIGHTS_NAME], feed, rows, self.session_rows)
         weights = np.zeros((rows, max(weight.shape[1] for _, weight in parts)), dtype=np.float32)
         start = 0
         for _, weight in parts:
@@ -261,7 +255,7 @@ class Predictor:
             probabilities = self._run(self.ranking_session, feed, count, block, shared=self.sequences)
         else:  # a bundle without rank.onnx: the batch graph on the replicated rows
             replicated = {name: np.repeat(array, count, axis=0) if name in self.sequences else array for name, array in feed.items()}
-            probabilities = self._run(self.session, replicated, count, self.chunk_rows)
+            probabilities = self._run(self.session, replicated, count, self.session_rows)
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         reordered = {name: column[order] if isinstance(column, np.ndarray) else [column[i] for i in order]
                      for name, column in candidates.items()}

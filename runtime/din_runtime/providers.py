@@ -72,7 +72,13 @@ def create_session(model_path: str, choice: ProviderChoice, options: ort.Session
                    provider_options: list[dict[str, Any]] | None = None) -> ort.InferenceSession:
     """Create a session and check that the first requested provider is in use when it was required; with
     fallback=True a provider that could not be used is a logged warning instead of an error."""
-    requested, required = resolve(choice)
+    try:
+        requested, required = resolve(choice)
+    except ProviderError as error:  # e.g. CUDA asked of ONNX Runtime's CPU package: with fallback, the CPU and a warning
+        if not fallback:
+            raise
+        logging.getLogger("din_runtime").warning("%s (fallback=True: continuing on %s)", error, CPU)
+        requested, required, provider_options = [CPU], False, None
     if provider_options is not None and len(provider_options) != len(requested):
         raise ValueError(f"provider_options needs one dict per provider {requested}")
     held = [""]

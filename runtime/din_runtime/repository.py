@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .batching import DynamicBatcher, ServerLimits
+from .batching import DynamicBatcher
+from .config import ServerLimits
 from .errors import BundleError
 from .manifest import MANIFEST_FILE
 from .predictor import Predictor

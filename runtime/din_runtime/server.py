@@ -28,7 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .batching import QueueFull, ServerLimits
+from .batching import QueueFull
+from .config import ServerLimits
 from .dataplane import DataPlane, LoadFailed
 from .protocol import (
     HEADER_LENGTH,

@@ -14,8 +14,9 @@ from din_runtime.arrow import to_numpy, to_ragged
 from din_runtime.encoding import Ragged
 
 from ..errors import TableError
-from .layout import SEQUENCE_STORE, STORE_KEY, inline, is_reference, windows
-from .sources import read_source
+from .layout import STORE_KEY, inline, is_reference, windows
+from .prepared import SEQUENCE_STORE
+from .readers import read_source
 from .spec import Spec
 
 

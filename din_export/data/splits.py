@@ -4,7 +4,6 @@ by the runtime's own encoder into contiguous arrays."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,47 +12,19 @@ import pyarrow as pa
 from din_runtime.encoding import FeatureEncoder
 from din_runtime.schema import FeatureSchema
 
-from ..config import SYNTHETIC_SAMPLES
+from ..config import HELD_OUT_FRACTION
 from ..phases import Phases
 from .fitting import fit_schema, with_attribute_tables
 from .layout import Windows, memory_mapped
+from .prepared import SPLITS
+from .samples import labels, raw_columns, read_table
+from .source import DataSource
 from .spec import Spec
 from .synthetic import generate
-from .tables import labels, raw_columns, read_table
-
-SPLITS = ("train", "valid", "test")
-HELD_OUT_FRACTION = 0.1
-
-
-@dataclass
-class DataSource:
-    """Where the samples come from: files, or the built-in generator when no --data is given."""
-
-    data: Path | None = None
-    valid: Path | None = None
-    test: Path | None = None
-    synthetic_samples: int = SYNTHETIC_SAMPLES
-
-    @property
-    def name(self) -> str:
-        return self.data.stem if self.data else "synthetic"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Recorded in the manifest so that later steps (variant checks in `export`) can reload the same splits."""
-        return {"paths": {k: str(Path(v).resolve()) if v else None for k, v in (("data", self.data), ("valid", self.valid), ("test", self.test))},
-                "synthetic_samples": None if self.data else self.synthetic_samples}
-
-    @classmethod
-    def from_manifest(cls, data: dict[str, Any]) -> DataSource:
-        paths = data.get("paths") or {}
-        return cls(*(Path(paths[k]) if paths.get(k) else None for k in ("data", "valid", "test")),
-                   synthetic_samples=data.get("synthetic_samples") or SYNTHETIC_SAMPLES)
 
 
 def load_tables(source: DataSource, spec: Spec, seed: int) -> dict[str, pa.Table]:
     """Train, valid and test tables; those not given are held out of the train table at random (seeded)."""
-    if source.data is None and (source.valid or source.test):
-        raise ValueError("--valid and --test need --data")
     train_table = read_table(source.data, spec, keep_references=True) if source.data else generate(source.synthetic_samples, seed=seed)
     given = {"valid": source.valid, "test": source.test}
     tables = {name: read_table(path, spec, keep_references=True) for name, path in given.items() if path}
