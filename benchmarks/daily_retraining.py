@@ -78,11 +78,11 @@ def _cli(*args: str) -> str:
 
 def _test_auc(bundle: Path, table: Path) -> float:
     sys.path.insert(0, str(ROOT))
-    from din_export.compare import score_table
+    from din_export.scoring import bundle_table
     from din_export.training.metrics import evaluate
 
-    probabilities, truth, groups, _ = score_table(bundle, table)
-    return float(evaluate(truth, probabilities, groups)["auc"])
+    scored = bundle_table(bundle, table)
+    return float(evaluate(scored.labels, scored.probabilities, scored.groups)["auc"])
 
 
 class Days:

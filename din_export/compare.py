@@ -16,13 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from din_runtime.manifest import read_manifest
-
 from .config import COMPARE_MAX_AUC_DROP, COMPARE_MIN_RESAMPLES, COMPARE_RESAMPLES
-from .data.samples import labels, raw_columns, read_table
-from .data.spec import spec_from_dict
-from .data.splits import groups_of
 from .errors import SpecError
+from .scoring import bundle_table
 from .training.metrics import evaluate
 
 CONFIDENCE = 0.95
@@ -91,31 +87,16 @@ def paired_bootstrap(old: np.ndarray, new: np.ndarray, truth: np.ndarray, units:
     return float(low), float(high)
 
 
-def score_table(bundle: Path, table: Any, providers: str = "cpu") -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
-    """(probabilities, labels, user groups, label name) of a table (or a table file) scored by the bundle's Predictor."""
-    from din_runtime import Predictor
-
-    spec = spec_from_dict(read_manifest(bundle)["spec"])
-    if isinstance(table, (str, Path)):
-        table = read_table(Path(table), spec)
-    missing = [name for name in [spec.label, *spec.names] if name not in table.column_names]
-    if missing:
-        raise SpecError(f"{bundle}: the table lacks column(s) {missing} this bundle's spec names")
-    columns = raw_columns(table, spec)
-    probabilities = Predictor.load(bundle, providers=providers).predict(columns).astype(np.float64)
-    return probabilities, labels(table, spec), groups_of(columns, spec), spec.label
-
-
 def compare(old: Path, new: Path, data: Path, max_auc_drop: float = COMPARE_MAX_AUC_DROP, resamples: int = COMPARE_RESAMPLES,
             seed: int = 0, providers: str = "cpu") -> Comparison:
     """Score `data` with both bundles and compare them (see the module's docstring for the interval)."""
     if resamples < COMPARE_MIN_RESAMPLES:
         raise ValueError(f"resamples must be at least {COMPARE_MIN_RESAMPLES} for a 95% interval, not {resamples}")
-    table = read_table(data, spec_from_dict(read_manifest(old)["spec"]))
-    old_p, truth, groups, old_label = score_table(old, table, providers)
-    new_p, new_truth, _, new_label = score_table(new, table, providers)
-    if old_label != new_label or not np.array_equal(truth, new_truth):
-        raise SpecError(f"the two bundles read different labels ('{old_label}' and '{new_label}'); compare models of one label")
+    first = bundle_table(old, data, providers)
+    second = bundle_table(new, first.table, providers)  # the table read once, with the old bundle's spec
+    old_p, new_p, truth, groups = first.probabilities, second.probabilities, first.labels, first.groups
+    if first.spec.label != second.spec.label or not np.array_equal(truth, second.labels):
+        raise SpecError(f"the two bundles read different labels ('{first.spec.label}' and '{second.spec.label}'); compare models of one label")
     units = groups if groups is not None else np.arange(len(truth))
     interval = paired_bootstrap(old_p, new_p, truth, units, resamples, seed)
     old_metrics, new_metrics = evaluate(truth, old_p, groups), evaluate(truth, new_p, groups)

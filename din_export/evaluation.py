@@ -18,13 +18,11 @@ from typing import Any
 import numpy as np
 
 from din_runtime.encoding import Ragged
-from din_runtime.manifest import read_manifest
 
-from .compare import score_table
 from .config import RANK_CUTOFFS
-from .data.samples import raw_columns, read_table
-from .data.spec import Spec, spec_from_dict
+from .data.spec import Spec
 from .errors import SpecError
+from .scoring import bundle_table
 from .training.metrics import evaluate
 
 
@@ -148,12 +146,9 @@ def evaluate_bundle(bundle: Path, data: Path, rank: int | None = None, items: Pa
                     plot: Path | None = None, providers: str = "cpu") -> dict[str, Any]:
     """Every metric of `data` scored by the bundle; with `rank`, the ranking evaluation; with `plot`, the
     reliability diagram written there."""
-    from din_runtime import Predictor
-
-    spec = spec_from_dict(read_manifest(bundle)["spec"])
-    table = read_table(data, spec)
-    probabilities, truth, groups, _ = score_table(bundle, table, providers)
-    metrics = evaluate(truth, probabilities, groups)
+    scored = bundle_table(bundle, data, providers)
+    probabilities, truth = scored.probabilities, scored.labels
+    metrics = evaluate(truth, probabilities, scored.groups)
     result: dict[str, Any] = {"bundle": str(bundle), "data": str(data), **metrics}
     if plot is not None:
         from .files import write_atomic
@@ -163,9 +158,8 @@ def evaluate_bundle(bundle: Path, data: Path, rank: int | None = None, items: Pa
     if rank is not None:
         if rank < 1:
             raise ValueError(f"--rank must be at least 1, not {rank}")
-        predictor = Predictor.load(bundle, providers=providers)
-        pool = item_pool(predictor, spec, items)
-        ranks = rank_positives(predictor, raw_columns(table, spec), truth, rank, pool, seed)
+        pool = item_pool(scored.predictor, scored.spec, items)
+        ranks = rank_positives(scored.predictor, scored.columns, truth, rank, pool, seed)
         if len(ranks) == 0:
             raise ValueError(f"{data}: no positive rows to rank")
         result["ranking"] = {"negatives": rank, "pool": pool.source, "seed": seed, "positives": int(len(ranks)),

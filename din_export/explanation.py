@@ -7,28 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-from din_runtime.manifest import read_manifest
-
-from .data.samples import raw_columns, read_table
-from .data.spec import spec_from_dict
 from .evaluation import candidate_features, item_feature, row_value
 from .files import write_atomic
+from .scoring import bundle_table
 
 
 def draw_explanation(bundle: Path, table_path: Path, rows: int, out: Path) -> int:
     """The first row's user (history and user-side values) against the candidates of the table's first `rows`
     distinct items, ranked; one heat-map line per candidate over the behaviours the model used. Returns how many
     candidates it drew."""
-    from din_runtime import Predictor
 
     from .training.plots import plt
 
-    spec = spec_from_dict(read_manifest(bundle)["spec"])
-    table = read_table(table_path, spec)
-    if table.num_rows == 0:
+    scored = bundle_table(bundle, table_path)
+    if scored.rows == 0:
         raise ValueError(f"{table_path}: no rows to explain")
-    columns = raw_columns(table, spec)
-    predictor = Predictor.load(bundle, providers="cpu")
+    table, columns, predictor = scored.table, scored.columns, scored.predictor
     item, per_candidate = item_feature(predictor), candidate_features(predictor)
     given = [name for name in per_candidate if name in columns]
     chosen, seen = [], set()

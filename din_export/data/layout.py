@@ -10,7 +10,6 @@ sample. Reading a reference table rebuilds the inline list columns, so everythin
 from __future__ import annotations
 
 import tempfile
-import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -49,18 +48,19 @@ def _references(table: pa.Table, store_path: Path) -> tuple[int, np.ndarray, np.
     return rows, first, end
 
 
-_READ_STORES: weakref.WeakValueDictionary[tuple[Any, ...], np.ndarray] = weakref.WeakValueDictionary()
+StoreReads = dict[tuple[str, str], np.ndarray]  # (store path, feature) -> the raw values read
 
 
-def store_values(store_path: Path, name: str) -> np.ndarray:
-    """A sequence feature's raw values in the store, read once for as long as anything holds them: the train,
-    valid and test tables of one prepared folder share one store, so they share one array."""
-    stat = store_path.stat()
-    key = (str(store_path.resolve()), stat.st_mtime_ns, stat.st_size, name)
-    values = _READ_STORES.get(key)
-    if values is None:
-        values = to_numpy(pq.read_table(store_path, columns=[name]).column(name).combine_chunks())
-        _READ_STORES[key] = values
+def store_values(store_path: Path, name: str, reads: StoreReads | None = None) -> np.ndarray:
+    """A sequence feature's raw values in the store. With `reads` (one run's, e.g. data.splits.load_data's), a
+    store already read there is not read again: the train, valid and test tables of one prepared folder share one
+    store, so they share one array."""
+    key = (str(store_path.resolve()), name)
+    if reads is not None and key in reads:
+        return reads[key]
+    values = to_numpy(pq.read_table(store_path, columns=[name]).column(name).combine_chunks())
+    if reads is not None:
+        reads[key] = values
     return values
 
 
@@ -132,8 +132,8 @@ class Windows:
         return out
 
 
-def windows(table: pa.Table, store_path: Path, spec: Spec) -> dict[str, Windows]:
-    """Each sequence feature of a reference-layout table as Windows over the store's raw values."""
+def windows(table: pa.Table, store_path: Path, spec: Spec, reads: StoreReads | None = None) -> dict[str, Windows]:
+    """Each sequence feature of a reference-layout table as Windows over the store's raw values (store_values)."""
     _, first, end = _references(table, store_path)
-    return {f.name: Windows(store_values(store_path, f.name), np.maximum(first, end - int(f.max_len)), end)
+    return {f.name: Windows(store_values(store_path, f.name, reads), np.maximum(first, end - int(f.max_len)), end)
             for f in spec.of_kind("sequence")}

@@ -14,7 +14,7 @@ from din_runtime.arrow import to_numpy, to_ragged
 from din_runtime.encoding import Ragged
 
 from ..errors import TableError
-from .layout import STORE_KEY, inline, is_reference, windows
+from .layout import STORE_KEY, StoreReads, inline, is_reference, windows
 from .prepared import SEQUENCE_STORE
 from .readers import read_source
 from .spec import Spec
@@ -58,12 +58,12 @@ def _ragged(name: str, column: pa.ChunkedArray) -> Ragged:
     return Ragged(ragged.values[kept].astype(np.str_), offsets)
 
 
-def raw_columns(table: pa.Table, spec: Spec) -> dict[str, Any]:
+def raw_columns(table: pa.Table, spec: Spec, reads: StoreReads | None = None) -> dict[str, Any]:
     """Each feature as the encoder takes it: a 1-D numpy array, or a Ragged for sequences (Windows over the store
-    for a reference-layout table read with keep_references)."""
+    for a reference-layout table read with keep_references; `reads` shares one store read among its splits)."""
     columns: dict[str, Any] = {}
     if is_reference(table):
-        columns.update(windows(table, Path(table.schema.metadata[STORE_KEY].decode()), spec))
+        columns.update(windows(table, Path(table.schema.metadata[STORE_KEY].decode()), spec, reads))
     for feature in spec.features:
         if feature.name in columns:
             continue

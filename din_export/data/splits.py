@@ -15,7 +15,7 @@ from din_runtime.schema import FeatureSchema
 from ..config import HELD_OUT_FRACTION
 from ..phases import Phases
 from .fitting import fit_schema, with_attribute_tables
-from .layout import Windows, memory_mapped
+from .layout import StoreReads, Windows, memory_mapped
 from .prepared import SPLITS
 from .samples import labels, raw_columns, read_table
 from .source import DataSource
@@ -104,10 +104,11 @@ class EncodedData:
 
 
 def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder,
-                 stores: list[tuple[str, np.ndarray, np.ndarray]] | None = None) -> EncodedSplit:
-    """A table as contiguous arrays, encoded by the runtime's own encoder. A reference-layout store is encoded
-    once, not per sample, into memory-mapped pages; `stores` keeps it for the other splits over the same store."""
-    columns = raw_columns(table, spec)
+                 stores: list[tuple[str, np.ndarray, np.ndarray]] | None = None, columns: dict[str, Any] | None = None) -> EncodedSplit:
+    """A table as contiguous arrays, encoded by the runtime's own encoder (from its raw `columns` where already
+    read). A reference-layout store is encoded once, not per sample, into memory-mapped pages; `stores` keeps it
+    for the other splits over the same store."""
+    columns = raw_columns(table, spec) if columns is None else columns
     schema = encoder.schema
     windows = {name: column for name, column in columns.items() if isinstance(column, Windows)}
     feed = encoder.encode(columns, only=[name for name in schema.names if name not in windows])
@@ -135,8 +136,10 @@ def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None =
             tables = {"train": read_table(source.data, spec, keep_references=True)}
         else:
             tables = load_tables(source, spec, seed)
+    reads: StoreReads = {}  # a prepared folder's sequence store, read once for its three splits
     with phases.timed("fit encoding"):
-        fitted = fit_schema(raw_columns(tables["train"], spec), spec, parent)
+        columns: dict[str, Any] | None = raw_columns(tables["train"], spec, reads)  # read once: fitted on, then encoded
+        fitted = fit_schema(columns, spec, parent)
     schema = fitted.schema
     encoder, splits = FeatureEncoder(schema), {}
     stores: list[tuple[str, np.ndarray, np.ndarray]] = []  # (feature, raw store array, its encoding), shared by the splits
@@ -145,7 +148,9 @@ def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None =
             with phases.timed("read"):
                 tables[name] = read_table(files[name], spec, keep_references=True)
         with phases.timed("encode"):
-            splits[name] = encode_split(tables.pop(name), spec, encoder, stores)
+            table = tables.pop(name)
+            splits[name] = encode_split(table, spec, encoder, stores, columns if name == "train" else raw_columns(table, spec, reads))
+            columns = table = None  # the split's table and raw columns let go before the next is read
     with phases.timed("fit encoding"):  # item-to-attribute tables, from the encoded training split
         schema = with_attribute_tables(schema, splits["train"].indices, parent)
     return EncodedData(spec, {name: len(split) for name, split in splits.items()}, schema, splits, fitted.vocabularies)
