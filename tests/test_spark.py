@@ -230,3 +230,107 @@ def test_spark_submit_runs_the_example_application(generated: Sources, tmp_path:
     assert '"engine": "spark"' in result.stdout.splitlines()[-1]
     prepare(LOG_SPEC_PATH, generated, tmp_path / "duckdb", layout="reference")
     assert_same_samples(tmp_path / "duckdb", tmp_path / "spark")
+
+
+@pytest.fixture(scope="module")
+def nan_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sources]:
+    """A labelled impression log with coarse times (hour ties) and NaN in every kind of numeric column: float64 and
+    float32 event columns (previous, mean and zero fills), numbers as text with 'NaN' and 'nan' in them, and float
+    item and user attributes; and its recipe."""
+    import pyarrow as pa
+
+    folder = tmp_path_factory.mktemp("nan")
+    log, items = generate_impressions(8_000, seed=4)
+    rng = np.random.default_rng(4)
+
+    def with_nan(values: np.ndarray, share: float = 0.05) -> np.ndarray:
+        values = values.astype(values.dtype, copy=True)
+        values[rng.random(len(values)) < share] = np.nan
+        return values
+
+    hours = (log.column("timestamp").to_numpy() // 3600) * 3600
+    dwell = with_nan(rng.gamma(2.0, 3.0, log.num_rows))
+    text = np.where(rng.random(log.num_rows) < 0.05, rng.choice(["NaN", "nan", ""], log.num_rows), np.round(rng.random(log.num_rows) * 9, 2).astype(str))
+    log = (log.set_column(log.column_names.index("timestamp"), "timestamp", pa.array(hours))
+              .append_column("dwell", pa.array(dwell)).append_column("dwell32", pa.array(with_nan(rng.random(log.num_rows)).astype(np.float32)))
+              .append_column("depth", pa.array(with_nan(rng.random(log.num_rows) * 5))).append_column("score", pa.array(text)))
+    items = items.append_column("price", pa.array(with_nan(rng.random(items.num_rows) * 30, 0.1)))
+    users = np.unique(log.column("user_id").to_numpy())
+    users_table = pa.table({"user_id": users, "age": with_nan(rng.integers(18, 70, len(users)).astype(np.float64), 0.1)})
+    for name, table in (("log", log), ("items", items), ("users", users_table)):
+        pq.write_table(table, folder / f"{name}.parquet")
+    extra = """
+[users]
+key = "user_id"
+
+[features.dwell]
+kind = "numeric"
+column = "dwell"
+fill = "previous"
+
+[features.dwell32]
+kind = "numeric"
+column = "dwell32"
+fill = "mean"
+
+[features.depth]
+kind = "numeric"
+column = "depth"
+fill = "zero"
+
+[features.score]
+kind = "numeric"
+column = "score"
+fill = "previous"
+
+[features.price]
+kind = "numeric"
+source = "items"
+column = "price"
+fill = "median"
+
+[features.age]
+kind = "numeric"
+source = "users"
+column = "age"
+fill = "mean"
+"""
+    recipe = folder / "recipe.toml"
+    recipe.write_text(IMPRESSIONS_SPEC_PATH.read_text().replace("keep_negatives = 0.1", "keep_negatives = 0.5") + extra)
+    return recipe, Sources(folder / "log.parquet", folder / "items.parquet", folder / "users.parquet")
+
+
+def test_nan_in_every_kind_of_numeric_column_is_missing_to_both_engines(spark, nan_log: tuple[Path, Sources], tmp_path: Path) -> None:
+    """NaN is missing to both engines, as the preparing guide says: the `previous` fill skips it (Spark's
+    last(ignorenulls) alone would keep it), and what stays missing is written as null by both."""
+    import pyarrow.compute as pc
+
+    recipe, sources = nan_log
+    duckdb, spark_out = both(spark, recipe, sources, tmp_path)
+    assert_same_samples(duckdb, spark_out)
+    train = pq.read_table(duckdb / "train.parquet")
+    for name in ("dwell", "dwell32", "depth", "score", "price", "age"):
+        column = train.column(name)
+        assert not pc.any(pc.is_nan(column.cast("double"))).as_py(), name  # no NaN written: missing is null
+    assert train.column("dwell").null_count < train.column("depth").null_count  # the previous fill filled most gaps
+
+
+@pytest.mark.parametrize("column", ["click", "timestamp"])
+def test_a_nan_label_or_time_is_the_same_one_line_error_in_both_engines(spark, nan_log: tuple[Path, Sources], tmp_path: Path,
+                                                                         column: str) -> None:
+    import pyarrow as pa
+
+    from din_export.data.spark import prepare as prepare_spark
+
+    recipe, sources = nan_log
+    log = pq.read_table(sources.log)
+    values = log.column(column).to_numpy().astype(np.float64)
+    values[[17, 40]] = np.nan
+    pq.write_table(log.set_column(log.column_names.index(column), column, pa.array(values)), tmp_path / "log.parquet")
+    broken = Sources(tmp_path / "log.parquet", sources.items, sources.users)
+    messages = []
+    for run in (lambda: prepare(recipe, broken, tmp_path / "duckdb"), lambda: prepare_spark(spark, recipe, broken, tmp_path / "spark")):
+        with pytest.raises(ValueError) as raised:
+            run()
+        messages.append(str(raised.value))
+    assert messages[0] == messages[1] == f"{broken.log}: column '{column}' is empty (null or NaN) in 2 row(s), first at row 17"

@@ -134,9 +134,12 @@ class LogScan:
         return LogOverview(int(found[0]), np.sort(users), item_keys[order], to_numpy(items.column("n"))[order].astype(np.int64))
 
     def _missing(self, column: str) -> str:
-        """SQL true where a value is missing: null, or NaN in a floating-point column."""
-        floating = pa.types.is_floating(self.schema.field(column).type)
-        return f"({_name(column)} IS NULL OR isnan({_name(column)}))" if floating else f"({_name(column)} IS NULL)"
+        """SQL true where a value is missing: null, or NaN in a floating-point column. Not isnan(): DuckDB 2.0 folds it
+        to false from a Parquet column's min and max statistics, which leave NaN out; isfinite() is evaluated."""
+        name = _name(column)
+        if pa.types.is_floating(self.schema.field(column).type):
+            return f"({name} IS NULL OR (NOT isfinite({name}) AND abs({name}) <> 'infinity'::DOUBLE))"
+        return f"({name} IS NULL)"
 
     def time_quantiles(self, quantiles: list[float], since: float | None = None) -> list[float]:
         """numpy's default (linear) quantiles of the event times (those at or after `since`, where given), computed
