@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -69,6 +71,45 @@ def test_isotonic_map_is_non_decreasing_bounded_and_calibrated_where_it_was_fitt
 def test_a_validation_split_of_one_class_leaves_the_correction_alone() -> None:
     fit = fit_calibration("platt", np.zeros(10), np.zeros(10), keep_negatives=0.5)
     assert fit.method == "none" and fit.keep_negatives == 0.5
+    assert fit.reason == "platt not fitted: the validation split holds one label only (10 rows)"
+    assert CalibrationFit.from_dict(fit.to_dict()) == fit  # the reason travels in the manifest
+
+
+def test_a_calibration_that_cannot_be_fitted_says_why() -> None:
+    """A model that ranks validation below chance keeps its order uncalibrated, and says so; asking for none does not."""
+    rng = np.random.default_rng(3)
+    labels = (rng.random(400) < 0.5).astype(np.float32)
+    reversed_logits = np.where(labels > 0, -1.0, 1.0) + rng.normal(0, 0.5, 400)
+    fit = fit_calibration("platt", reversed_logits, labels)
+    assert fit.method == "none" and fit.reason.startswith("platt not fitted: the model ranks validation no better than chance")
+    assert fit_calibration("none", reversed_logits, labels).reason == ""
+    from din_export.cli.output import calibration_text
+
+    assert calibration_text({"calibration": fit.to_dict()}) == f"calibration none ({fit.reason})"
+
+
+@pytest.mark.slow
+def test_train_and_export_prints_why_calibration_fell_back(tmp_path: Path) -> None:
+    """A validation table whose labels are the training rows' flipped: the model ranks it below chance, so Platt's
+    map would reverse its order; training says so on its one line, and report too. A validation table of one label
+    is refused before training, in one line."""
+    from din_export.data.synthetic import SPEC_PATH, generate
+
+    table = generate(6000, seed=5)
+    pq.write_table(table, tmp_path / "train.parquet")
+    flipped = table.slice(0, 1000)
+    pq.write_table(flipped.set_column(flipped.column_names.index("label"), "label", pa.compute.subtract(1, flipped.column("label"))),
+                   tmp_path / "flipped.parquet")
+    common = ["--data", str(tmp_path / "train.parquet"), "--spec", str(SPEC_PATH), "--epochs", "3", "--batch-size", "128", "--quiet"]
+    result = cli("train-and-export", *common, "--valid", str(tmp_path / "flipped.parquet"), "--out", str(tmp_path / "b"))
+    assert result.returncode == 0, result.stderr
+    assert "calibration none (platt not fitted: the model ranks validation no better than chance" in result.stdout
+    assert "platt not fitted" in cli("report", str(tmp_path / "b")).stdout
+    pq.write_table(table.filter(pa.compute.equal(table.column("label"), 1)).slice(0, 100), tmp_path / "clicks.parquet")
+    result = cli("train-and-export", *common, "--valid", str(tmp_path / "clicks.parquet"), "--out", str(tmp_path / "c"))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: the validation split holds one label only (100 rows, every label 1): choosing the best epoch needs both clicks "
+        "and non-clicks; give --valid a table with both"]
 
 
 def test_calibration_metrics_on_known_cases() -> None:

@@ -103,3 +103,32 @@ def test_the_combinations_that_fit_still_run(files) -> None:
                          "attributes.csv", "--out", "out"], files)
     assert code == 0, output
     assert (Path(files["out"]) / "train.parquet").is_file()
+
+
+def test_a_renamed_flag_keeps_its_old_name_hidden_for_a_release(files) -> None:
+    """prepare's --chunk-rows is now --write-rows: the old name still works, prints one note, is not in --help, and
+    the two names at once are refused."""
+    runner = CliRunner()
+    assert "--chunk-rows" not in runner.invoke(main, ["prepare", "--help"]).output
+    code, output = _run(["prepare", "--log", "log.csv", "--spec", "plain.toml", "--out", "out", "--chunk-rows", "1000"], files)
+    assert code == 0 and "note: --chunk-rows is now --write-rows; --chunk-rows goes in the next release" in output
+    code, output = _run(["prepare", "--log", "log.csv", "--spec", "plain.toml", "--out", "out", "--chunk-rows", "1000",
+                         "--write-rows", "2000"], files)
+    assert code == 2 and "--chunk-rows is the old name of --write-rows; give --write-rows alone" in output
+    code, output = _run(["prepare", "--log", "log.csv", "--spec", "plain.toml", "--out", "out", "--chunk-rows", "10"], files)
+    assert code == 2 and "10 is not in the range x>=1000" in output  # the old name takes the new one's range
+
+
+@pytest.mark.slow
+def test_renamed_training_flags_reach_the_bundle(tmp_path: Path) -> None:
+    """--activation (now --mlp-activation) and --graph (now --attention-form) still set what they set."""
+    out = tmp_path / "b"
+    result = CliRunner().invoke(main, ["train-and-export", "--samples", "400", "--epochs", "1", "--embedding-dim", "4",
+                                       "--attention-hidden", "8", "--mlp-hidden", "8", "--activation", "relu", "--graph", "plain",
+                                       "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "note: --activation is now --mlp-activation" in result.output and "note: --graph is now --attention-form" in result.output
+    from din_runtime.manifest import read_manifest
+
+    manifest = read_manifest(out)
+    assert manifest["model"]["mlp_activation"] == "relu" and manifest["onnx"]["graph"] == "plain"

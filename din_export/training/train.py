@@ -158,6 +158,10 @@ def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, conf
     is written there after every epoch; `resume` continues from it exactly as an uninterrupted run would.
     `start_counts` (a warm start): the model as given is scored first, as epoch 0, and kept if no epoch beats it."""
     world = world or World()
+    if len(np.unique(valid_split.labels)) < 2:  # AUC, the best epoch and early stopping are undefined
+        held = f"{len(valid_split)} rows, every label {valid_split.labels[0]:g}" if len(valid_split) else "no rows"
+        raise ValueError(f"the validation split holds one label only ({held}): choosing the best epoch needs both clicks and "
+                         "non-clicks; give --valid a table with both")
     device = resolve_device(config.device)
     model.to(device)
     rng = np.random.default_rng(config.seed)
