@@ -113,7 +113,8 @@ def test_flags_take_their_ranges_from_the_config(tmp_path: Path, flags: list[str
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ('[features.hist_item_id]\nkind = "sequence"\nshares = "item_id"\nmax_lenn = 5\n', "unknown key 'max_lenn' for kind 'sequence' (did you mean 'max_len'?)"),
+    ('[features.hist_item_id]\nkind = "sequence"\nshares = "item_id"\nmax_lenn = 5\n',
+     "unknown key 'max_lenn' for kind 'sequence' (did you mean 'max_len'?)"),
     ('labl = "x"\n', "unknown top-level key 'labl' (did you mean 'label'?)"),
     ('[sampling]\nstrategi = "uniform"\n', "[sampling]: unknown key 'strategi' (did you mean 'strategy'?)"),
 ])

@@ -250,7 +250,8 @@ def nan_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sources]:
 
     hours = (log.column("timestamp").to_numpy() // 3600) * 3600
     dwell = with_nan(rng.gamma(2.0, 3.0, log.num_rows))
-    text = np.where(rng.random(log.num_rows) < 0.05, rng.choice(["NaN", "nan", ""], log.num_rows), np.round(rng.random(log.num_rows) * 9, 2).astype(str))
+    numbers = np.round(rng.random(log.num_rows) * 9, 2).astype(str)
+    text = np.where(rng.random(log.num_rows) < 0.05, rng.choice(["NaN", "nan", ""], log.num_rows), numbers)
     log = (log.set_column(log.column_names.index("timestamp"), "timestamp", pa.array(hours))
               .append_column("dwell", pa.array(dwell)).append_column("dwell32", pa.array(with_nan(rng.random(log.num_rows)).astype(np.float32)))
               .append_column("depth", pa.array(with_nan(rng.random(log.num_rows) * 5))).append_column("score", pa.array(text)))
