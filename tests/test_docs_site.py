@@ -81,13 +81,54 @@ def served(site: Path) -> Iterator[str]:
 def test_the_architecture_diagram_renders_to_an_svg_in_a_browser(served: str, tmp_path: Path) -> None:
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}",
-               "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # nothing outside 127.0.0.1 is reachable
-               "--virtual-time-budget=15000", "--dump-dom", f"{served}/architecture/"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    diagrams = re.findall(r'<div class="mermaid"[^>]*>(.*?)</div>', result.stdout, flags=re.S)
+    dom = dump_dom(f"{served}/architecture/", tmp_path / "profile")
+    diagrams = re.findall(r'<div class="mermaid"[^>]*>(.*?)</div>', dom, flags=re.S)
     assert diagrams, "no diagram on the architecture page"
     assert all(diagram.lstrip().startswith("<svg") for diagram in diagrams), [d[:200] for d in diagrams]
-    assert "flowchart LR" not in result.stdout  # no diagram left as its source text
+    assert "flowchart LR" not in dom  # no diagram left as its source text
+
+
+# Added to each page with a table: once it has loaded, writes which of its tables need a horizontal scroll bar.
+TABLE_PROBE = ('<script>addEventListener("load", () => setTimeout(() => { const over = []; '
+               'document.querySelectorAll(".md-typeset__scrollwrap").forEach((wrap, i) => { '
+               'if (wrap.scrollWidth > wrap.clientWidth + 1) over.push(i + 1); }); const out = document.createElement("pre"); '
+               'out.id = "table-overflow"; out.textContent = JSON.stringify(over); document.body.appendChild(out); }, 100));</script>')
+LAPTOP = (1280, 900)
+
+
+def dump_dom(url: str, profile: Path, window: tuple[int, int] = LAPTOP) -> str:
+    """The page's DOM after its scripts ran, from headless Chromium that reaches nothing outside 127.0.0.1."""
+    assert CHROMIUM is not None
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={profile}",
+               "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--window-size={window[0]},{window[1]}",
+               "--virtual-time-budget=10000", "--dump-dom", url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_every_table_fits_the_page_of_a_laptop_screen(site: Path, served: str, tmp_path: Path) -> None:
+    """No table of any page needs a horizontal scroll bar (which hides its last columns) in a window 1,280 pixels
+    wide: each page with a table is measured in the browser, with a probe added to the served copy."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
+    pages = sorted(p for p in site.rglob("index.html") if "<table" in p.read_text(encoding="utf-8"))
+    assert len(pages) > 5
+    for page in pages:
+        page.write_text(page.read_text(encoding="utf-8").replace("</body>", TABLE_PROBE + "</body>"), encoding="utf-8")
+
+    def overflowing(index_page: Path) -> tuple[str, list[int]]:
+        path = f"/{index_page.parent.relative_to(site)}/".replace("/./", "/")
+        dom = dump_dom(served + path, tmp_path / f"profile-{abs(hash(path))}")
+        found = re.search(r'<pre id="table-overflow">(.*?)</pre>', dom, flags=re.S)
+        assert found, f"{path}: the probe did not run"
+        return path, json.loads(found.group(1))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        measured = dict(pool.map(overflowing, pages))
+    assert {path: tables for path, tables in measured.items() if tables} == {}
