@@ -26,6 +26,10 @@ from helpers import ML100K, start_server
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SNIPPET = re.compile(r"^```(python|bash)\n(.*?)^```", flags=re.S | re.M)
+# A snippet, or an output block: a text block right after an `<!-- output -->` line shows what the snippet before it
+# printed (tested against a real run, numbers masked).
+BLOCK = re.compile(r"^(?:```(python|bash)\n(.*?)^```|<!-- output -->\n```text\n(.*?)^```)", flags=re.S | re.M)
+NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?")
 SERVER_PORT = "8000"  # the port the docs' serve lines and clients use
 
 
@@ -45,6 +49,23 @@ def pages() -> list[Path]:
 
 def snippets(page: Path) -> list[tuple[str, str]]:
     return SNIPPET.findall(page.read_text(encoding="utf-8"))
+
+
+def snippets_with_output(page: Path) -> list[tuple[str, str, str | None]]:
+    """(language, code, the output block shown after it or None) of each snippet, in page order."""
+    found: list[tuple[str, str, str | None]] = []
+    for language, code, shown in BLOCK.findall(page.read_text(encoding="utf-8")):
+        if language:
+            found.append((language, code, None))
+        else:
+            assert found and found[-1][2] is None, f"{page.name}: an output block follows no snippet, or a second one follows it"
+            found[-1] = (found[-1][0], found[-1][1], shown)
+    return found
+
+
+def masked(text: str) -> list[str]:
+    """Printed lines with every number masked (times, metrics and counts vary from run to run; words must not)."""
+    return [NUMBER.sub("#", line.rstrip()) for line in text.strip().splitlines()]
 
 
 def readme_commands() -> tuple[str, str]:
@@ -80,15 +101,22 @@ class Reader:
     def local(self, code: str) -> str:
         return code if self.port is None else code.replace(f"localhost:{SERVER_PORT}", f"127.0.0.1:{self.port}")
 
-    def python(self, code: str, where: str) -> None:
-        previous = Path.cwd()
+    def python(self, code: str, where: str) -> str:
+        """Run the snippet; what it printed."""
+        import contextlib
+        import io
+
+        previous, printed = Path.cwd(), io.StringIO()
         os.chdir(self.root)
         try:
-            exec(compile(self.local(code), where, "exec"), self.namespace)  # noqa: S102 - the docs' own code
+            with contextlib.redirect_stdout(printed):
+                exec(compile(self.local(code), where, "exec"), self.namespace)  # noqa: S102 - the docs' own code
         finally:
             os.chdir(previous)
+        return printed.getvalue()
 
-    def bash(self, code: str, where: str) -> None:
+    def bash(self, code: str, where: str) -> str:
+        """Run the snippet; what it printed on standard output."""
         lines = []
         for line in code.splitlines():
             serve = re.search(r"din-runtime serve (\S+)(.*)$", line)
@@ -104,6 +132,7 @@ class Reader:
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", self.local("\n".join(lines))], cwd=self.root, env=self.env,
                                 capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, f"{where} failed:\n{code}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}"
+        return result.stdout
 
     def close(self) -> None:
         for process in self.servers:
@@ -140,17 +169,32 @@ def test_the_first_command_installs_nothing_only_tests_docs_or_spark_need() -> N
 @pytest.mark.slow
 @pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_snippet_runs_as_written(page: Path, project: Path) -> None:
-    found = snippets(page)
+    """Each snippet runs, in page order; where the page shows what one printed (an output block), the real run
+    prints the same lines, numbers aside."""
+    found = snippets_with_output(page)
     if page == README:
         found = found[1:]  # the fresh-machine commands: CI runs them (the test above holds the two together)
-    if any("../shared" in code for _, code in found) and not ML100K.is_dir():
+    if any("../shared" in code for _, code, _ in found) and not ML100K.is_dir():
         pytest.skip(f"{page.name} reads MovieLens-100k: din-export datasets ml-100k --to {ML100K}")
     reader = Reader(project)
     try:
-        for index, (language, code) in enumerate(found):
-            getattr(reader, language)(code, f"{page.name} snippet {index + 1}")
+        for index, (language, code, shown) in enumerate(found):
+            where = f"{page.name} snippet {index + 1}"
+            printed = getattr(reader, language)(code, where)
+            if shown is not None:
+                assert masked(printed) == masked(shown), f"{where} printed, numbers masked:\n" + "\n".join(masked(printed))
     finally:
         reader.close()
+
+
+def test_the_outputs_shown_are_checked_and_the_readme_shows_the_getting_started_run() -> None:
+    """The README shows the main job's output as getting started does (whose block the run above checks), and the
+    masking keeps every word: a changed phase name or metric would fail."""
+    (readme_output,) = [shown for _, _, shown in snippets_with_output(README) if shown is not None]
+    shown = [s for _, code, s in snippets_with_output(ROOT / "docs" / "getting-started.md") if s is not None]
+    assert readme_output in shown
+    assert masked("time: training 26.6 s (read 0.6, export onnx 3.1)") == ["time: training # s (read #, export onnx #)"]
+    assert masked("auc 0.8297, ece 0.0228, 1.79e-07 over 1,639 users") == ["auc #, ece #, # over # users"]
 
 
 @pytest.mark.slow

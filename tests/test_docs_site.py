@@ -83,7 +83,7 @@ def test_the_architecture_diagram_renders_to_an_svg_in_a_browser(served: str, tm
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium; .ci/run installs it)")
     dom = dump_dom(f"{served}/architecture/", tmp_path / "profile")
     diagrams = re.findall(r'<div class="mermaid"[^>]*>(.*?)</div>', dom, flags=re.S)
-    assert diagrams, "no diagram on the architecture page"
+    assert diagrams, f"no diagram on the architecture page; its DOM ends: {dom[-1500:]}"
     assert all(diagram.lstrip().startswith("<svg") for diagram in diagrams), [d[:200] for d in diagrams]
     assert "flowchart LR" not in dom  # no diagram left as its source text
 
@@ -102,7 +102,7 @@ def dump_dom(url: str, profile: Path, window: tuple[int, int] = LAPTOP) -> str:
     command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={profile}",
                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", f"--window-size={window[0]},{window[1]}",
-               "--virtual-time-budget=10000", "--dump-dom", url]
+               "--virtual-time-budget=30000", "--dump-dom", url]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
