@@ -42,6 +42,7 @@ from ..config import FORMS
 from ..model.din import DIN, ExplainedModel, ProbabilityModel, in_form
 from ..model.layers import AttentionPooling
 from .errors import CheckerError, DimensionError, ExportError, OutputNameError
+from .registry import cached_registry
 
 BATCH_DIM = "batch"
 CANDIDATE_DIM = "candidates"
@@ -176,7 +177,7 @@ def write_onnx(module: torch.nn.Module, example: dict[str, np.ndarray], dynamic_
     previous_level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), cached_registry():
             warnings.simplefilter("ignore")
             torch.onnx.export(module.eval(), tuple(torch.from_numpy(example[n]) for n in names), str(path),
                               dynamo=True, external_data=False, input_names=[placeholder(i) for i in range(len(names))],
