@@ -21,16 +21,17 @@ if shutil.which("java") is None:
 
 pytestmark = pytest.mark.slow
 SPLITS = ("train", "valid", "test")
+# two partitions, so prefix sums and windows cross partition boundaries; adaptive execution and whole-stage code
+# generation off: on logs of thousands of events they cost more than they save (about 40% of the tests' time)
+SMALL_LOG_CONF = {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.sql.adaptive.enabled": "false",
+                  "spark.sql.codegen.wholeStage": "false"}
 
 
 @pytest.fixture(scope="module")
 def spark():
     from din_export.data.spark import session
 
-    # two partitions, so prefix sums and windows cross partition boundaries; adaptive execution and whole-stage code
-    # generation off: on logs of thousands of events they cost more than they save (about 40% of the tests' time)
-    spark = session("local[2]", {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
-                                 "spark.sql.adaptive.enabled": "false", "spark.sql.codegen.wholeStage": "false"})
+    spark = session("local[2]", SMALL_LOG_CONF)
     yield spark
     spark.stop()
 
@@ -223,7 +224,8 @@ def test_spark_submit_runs_the_example_application(generated: Sources, tmp_path:
     submit = Path(sys.executable).parent / "spark-submit"
     example = Path(__file__).resolve().parent.parent / "examples" / "spark_prepare.py"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    result = subprocess.run([str(submit), "--master", "local[2]", "--conf", "spark.sql.shuffle.partitions=2", str(example),
+    small_log = [f"--conf={key}={value}" for key, value in SMALL_LOG_CONF.items()]  # as the session fixture's
+    result = subprocess.run([str(submit), "--master", "local[2]", *small_log, str(example),
                              str(LOG_SPEC_PATH), str(generated.log), str(tmp_path / "spark"), "--items", str(generated.items),
                              "--users", str(generated.users), "--layout", "reference"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
