@@ -17,7 +17,7 @@ from .config import RANK_BLOCK, SESSION_ROWS, SMALL_CALL_MAX_BYTES, SMALL_CALL_R
 from .encoding import FeatureEncoder, to_ragged
 from .errors import BundleError, InputError, ProviderError, first_line
 from .manifest import OUTPUT_NAME, WEIGHTS_NAME, read_manifest, schema_of, verify_model_file
-from .providers import ProviderChoice, create_session
+from .providers import ProviderChoice, create_session, preferred
 
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -137,7 +137,7 @@ class Predictor:
         sessions = [session]
         if manifest.get("ranking") is not None:
             # The ranking graph goes where the batch graph went: after a fallback its warning is not repeated.
-            fell_back = fallback and session.get_providers()[0] == "CPUExecutionProvider" and providers not in ("auto", "cpu")
+            fell_back = session.get_providers()[0] != preferred(providers)
             sessions.append(_open_session(verify_model_file(bundle, manifest, "ranking"), session.get_providers() if fell_back else providers,
                                           options, fallback, None if fell_back else provider_options))
         # A single-threaded session for small calls: only where the settings are ours (not the caller's own options),

@@ -68,6 +68,15 @@ def resolve(choice: ProviderChoice) -> tuple[list[str], bool]:
     return requested, True
 
 
+def preferred(choice: ProviderChoice) -> str:
+    """The provider a choice asks for first, whether or not this ONNX Runtime build offers it."""
+    if choice == "auto":
+        return CUDA if CUDA in ort.get_available_providers() else CPU
+    if isinstance(choice, str):
+        return {"cpu": CPU, "cuda": CUDA}.get(choice, choice)
+    return list(choice)[0] if list(choice) else CPU
+
+
 def create_session(model_path: str, choice: ProviderChoice, options: ort.SessionOptions | None = None, fallback: bool = False,
                    provider_options: list[dict[str, Any]] | None = None) -> ort.InferenceSession:
     """Create a session and check that the first requested provider is in use when it was required; with
