@@ -6,7 +6,7 @@ output.py what the commands print; data.py, training.py, bundles.py and evaluati
 a thin layer over the library function that does the work.
 """
 
-from . import bundles, data, evaluation, training  # noqa: F401 - importing a module registers its commands on `main`
+from . import bundles, data, evaluation, events, training  # noqa: F401 - importing a module registers its commands on `main`
 from .group import main
 
 __all__ = ["main"]

@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .completion import complete, complete_user
 from .config import RANK_BLOCK, SESSION_ROWS, SMALL_CALL_MAX_BYTES, SMALL_CALL_ROWS
 from .encoding import FeatureEncoder, to_ragged
 from .errors import BundleError, InputError, ProviderError, first_line
 from .manifest import OUTPUT_NAME, WEIGHTS_NAME, read_manifest, schema_of, verify_model_file
 from .providers import ProviderChoice, create_session, preferred
+from .stores import BehaviourStore
 
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -160,9 +162,18 @@ class Predictor:
         """The exact feed predict hands to ONNX Runtime: ONNX input name to numpy array."""
         return self.encoder.encode(features)
 
-    def predict(self, features: Mapping[str, Any]) -> np.ndarray:
-        """Click probability per row, float32 of shape (n,), from raw values as they appear in the training table."""
-        return self.run_encoded(self.encode(features))
+    def predict(self, features: Mapping[str, Any], store: BehaviourStore | None = None, as_of: Any = None) -> np.ndarray:
+        """Click probability per row, float32 of shape (n,), from raw values as they appear in the training table.
+        store: a behaviour store (din_runtime.stores) that fills the histories (and user attributes) the rows leave
+        out, for each row's user, as of `as_of` (one time, one per row, or None: everything stored)."""
+        return self.run_encoded(self.encode(self._completed(features, store, as_of)))
+
+    def _completed(self, features: Mapping[str, Any], store: BehaviourStore | None, as_of: Any) -> Mapping[str, Any]:
+        if store is None:
+            if as_of is not None:
+                raise InputError("as_of", "applies to histories filled from a store; give store= too")
+            return features
+        return complete(features, self.schema, store, as_of)
 
     def run_encoded(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
         """Probabilities for a feed as encode() returns it (what a server that encodes each request and batches
@@ -191,8 +202,10 @@ class Predictor:
                 self._opened[name] = open_session()
             return self._opened[name]
 
-    def explain(self, features: Mapping[str, Any]) -> Explanation:
-        """Probabilities and each row's attention weights over its behaviours (explain.onnx: din and din-seq bundles)."""
+    def explain(self, features: Mapping[str, Any], store: BehaviourStore | None = None, as_of: Any = None) -> Explanation:
+        """Probabilities and each row's attention weights over its behaviours (explain.onnx: din and din-seq bundles);
+        `store` and `as_of` as for predict."""
+        features = self._completed(features, store, as_of)
         feed = self.encode(features)
         rows = len(next(iter(feed.values())))
         probabilities, weights = self._explained(feed, rows)
@@ -228,7 +241,7 @@ class Predictor:
         return np.minimum(to_ragged(given.name, columns[given.name]).lengths, given.max_len)
 
     def rank(self, user_row: Mapping[str, Any], candidates: Mapping[str, Any], top_k: int | None = None,
-             explain: bool = False) -> Ranking:
+             explain: bool = False, store: BehaviourStore | None = None, as_of: float | None = None) -> Ranking:
         """Score many candidates for one user and return them best first (the top_k best, if given).
 
         user_row: one value per user-side feature, the behaviour histories as lists, as in one row of the table.
@@ -237,7 +250,13 @@ class Predictor:
         The history is encoded and sent once; with the bundle's ranking graph it is also embedded once and the
         attention unit's first layer becomes one large product. Probabilities equal predict's on the replicated rows.
         explain: also each ranked candidate's attention weights over the history (explain.onnx on the ranked rows).
+        store, as_of: the user's histories (and attributes) the row leaves out, filled from a behaviour store as of a
+        time (one read for the user).
         """
+        if store is not None:
+            user_row = complete_user(user_row, self.schema, store, as_of, per_candidate=list(candidates))
+        elif as_of is not None:
+            raise InputError("as_of", "applies to histories filled from a store; give store= too")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None, not {top_k!r}")
         per_candidate, per_user = self._split_features(user_row, candidates)

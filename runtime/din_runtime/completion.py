@@ -1,0 +1,98 @@
+"""A request's user side completed from the behaviour store: the histories a request leaves out (and the user's
+attributes the store holds) are filled for each row's user, as of a time, exactly as `prepare` builds a sample at
+that time (the most recent `max_len` behaviours strictly before it). A request that sends a history is left as
+it is. The store is read once per (user, time) in the request, never per candidate or per row of that user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .schema import FeatureSchema
+from .stores import BehaviourStore, StoreError, StoreFields
+
+
+def item_feature(schema: FeatureSchema) -> str:
+    """The categorical the behaviours share that is no attribute of another: what a candidate is."""
+    attributes = {f.name for f in schema.categoricals if f.attribute_of is not None}
+    return next(name for name in schema.shared if name not in attributes)
+
+
+def fields_of(schema: FeatureSchema, user: str) -> StoreFields:
+    """What a store must hold to serve this schema: its user and item, and the values of the shared features its
+    histories need that the bundle cannot look up from the item (attributes that are not `attribute_of` it)."""
+    item = item_feature(schema)
+    derived = schema.derivations()
+    values = tuple(dict.fromkeys(s.shares for s in schema.sequences if s.shares != item and s.name not in derived))
+    return StoreFields(user, item, values)
+
+
+def check_fields(schema: FeatureSchema, user: str, fields: StoreFields) -> None:
+    """The store holds what this schema reads: the same user and item features, every history's values."""
+    needed = fields_of(schema, user)
+    if (needed.user, needed.item) != (fields.user, fields.item):
+        raise StoreError(f"the store holds behaviours of '{fields.user}' and '{fields.item}'; this model's user and item are "
+                         f"'{needed.user}' and '{needed.item}'")
+    lacking = [name for name in needed.behaviour_values if name not in fields.behaviour_values]
+    if lacking:
+        raise StoreError(f"the store does not hold {lacking} per behaviour, which this model's histories need")
+
+
+def _times(as_of: Any, rows: int) -> list[float | None]:
+    if as_of is None:
+        return [None] * rows
+    if np.isscalar(as_of):
+        as_of = [as_of] * rows
+    times = list(as_of)
+    if len(times) != rows:
+        raise InputError("as_of", f"gives {len(times)} times for {rows} rows (one time, or one per row)")
+    bad = next((t for t in times if isinstance(t, bool) or not isinstance(t, (int, float, np.number)) or not np.isfinite(t)), None)
+    if bad is not None:
+        raise InputError("as_of", f"must be a finite number (in the log's time units), not {bad!r}")
+    return [float(t) for t in times]
+
+
+def complete(columns: Mapping[str, Any], schema: FeatureSchema, store: BehaviourStore, as_of: Any = None) -> dict[str, Any]:
+    """`columns` with each history it lacks, and each user attribute the store holds that it lacks, filled from
+    the store for each row's user. `as_of`: one time for every row, one per row, or None (everything stored)."""
+    fields = store.fields
+    derived = schema.derivations()
+    histories = [s for s in schema.sequences if s.name not in columns and s.name not in derived]  # the encoder derives the rest
+    attributes = [name for name in fields.user_values if name in schema.names and name not in columns]
+    if not histories and not attributes:
+        return dict(columns)
+    if fields.user not in columns:
+        raise InputError(fields.user, "missing from the input: the histories are filled from the store by the user")
+    users = list(columns[fields.user])
+    times = _times(as_of, len(users))
+    filled = dict(columns)
+    if histories:
+        pairs = list(dict.fromkeys((str(u), t) for u, t in zip(users, times, strict=True)))  # one read per user and time
+        found = dict(zip(pairs, store.histories([u for u, _ in pairs], [t for _, t in pairs], max(s.max_len for s in histories)),
+                         strict=True))
+        for sequence in histories:
+            kept = sequence.max_len
+            if sequence.shares == fields.item:
+                filled[sequence.name] = [found[str(u), t].items[-kept:] for u, t in zip(users, times, strict=True)]
+            elif sequence.shares in fields.behaviour_values:
+                filled[sequence.name] = [found[str(u), t].values[sequence.shares][-kept:] for u, t in zip(users, times, strict=True)]
+            else:
+                raise InputError(sequence.name, "missing from the input, and the store does not hold its values")
+    if attributes:
+        distinct = list(dict.fromkeys(str(u) for u in users))
+        held = dict(zip(distinct, store.user_values(distinct), strict=True))
+        for name in attributes:
+            filled[name] = [held[str(u)].get(name) for u in users]
+    return filled
+
+
+def complete_user(user_row: Mapping[str, Any], schema: FeatureSchema, store: BehaviourStore, as_of: float | None,
+                  per_candidate: Sequence[str] = ()) -> dict[str, Any]:
+    """One user's row (as `Predictor.rank` takes it) completed from the store: one read for the user."""
+    row = {name: [value] for name, value in user_row.items()}
+    filled = complete(row, schema, store, as_of)
+    return {name: values[0] for name, values in filled.items() if name not in per_candidate}

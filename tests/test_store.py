@@ -1,0 +1,130 @@
+"""The behaviour store: histories served from it are the ones `prepare` built (every MovieLens-100k test sample, as
+of its time), and events are stored as the issue asks: idempotent retries, out-of-order events placed by time,
+all-or-nothing batches, a cap per user, durable across a restart, concurrent writers and readers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from din_export.cli import main
+from din_export.data.samples import raw_columns, read_table
+from din_export.data.spec import load_spec
+from din_runtime import InputError, Predictor
+from din_runtime.stores import StoreError, StoreFields, checked_events, open_store
+from helpers import ML100K, ML100K_RECIPE
+
+FIELDS = StoreFields("user_id", "item_id")
+
+
+@pytest.fixture(scope="module")
+def movielens_store(ml100k_samples: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """MovieLens-100k's log loaded into a SQLite store by the real command, with the recipe `prepare` read."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'ml.db'}"
+    result = CliRunner().invoke(main, ["events", "load", "--recipe", str(ML100K_RECIPE), "--log", str(ML100K / "ml-100k.inter"),
+                                       "--items", str(ML100K / "ml-100k.item"), "--users", str(ML100K / "ml-100k.user"), "--store", url])
+    assert result.exit_code == 0, result.output
+    assert "loaded 100,000 behaviours of 100,000 events" in result.output and "943 users' attributes" in result.output
+    return url
+
+
+def test_every_test_sample_scores_the_same_from_the_user_and_candidate_alone(movielens_store: str, ml100k_samples: Path,
+                                                                            ml100k_bundle: Path) -> None:
+    """The training/serving skew test: each test sample that prepare wrote, scored from its user ID, its candidate
+    (the movie and its release year) and the store as of the sample's time, equals the prepared row's score."""
+    predictor = Predictor.load(ml100k_bundle, providers="cpu")
+    spec = load_spec(ml100k_samples / "spec.toml")
+    table = read_table(ml100k_samples / "test.parquet", spec)
+    columns = raw_columns(table, spec)
+    expected = predictor.predict(columns)
+    store = open_store(movielens_store)
+    try:
+        given = {name: columns[name] for name in ("user_id", "item_id", "release_year")}  # gender, age, histories: the store's
+        served = predictor.predict(given, store=store, as_of=table.column("event_time").to_numpy())
+        assert len(served) == table.num_rows == 19_192
+        np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
+        row = int(np.argmax(columns["hist_item_id"].lengths))  # the longest history: cut to max_len from the store too
+        user = {"user_id": columns["user_id"][row].item()}
+        candidates = {"item_id": columns["item_id"][:5].tolist(), "release_year": columns["release_year"][:5].tolist()}
+        as_of = float(table.column("event_time")[row].as_py())
+        by_store = predictor.rank(user, candidates, store=store, as_of=as_of)
+        replicated = predictor.predict({**candidates, "user_id": [user["user_id"]] * 5}, store=store, as_of=as_of)
+        np.testing.assert_allclose(by_store.probabilities, np.sort(replicated)[::-1], rtol=0, atol=1e-6)
+    finally:
+        store.close()
+
+
+def events(*rows: tuple) -> list[dict]:
+    return [{"id": identity, "user_id": user, "item_id": item, "time": time} for identity, user, item, time in rows]
+
+
+def test_retries_count_once_late_events_are_placed_by_time_and_ties_keep_arrival_order(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}", FIELDS, keep=4)
+    try:
+        assert store.add(checked_events(events(("a", 1, 10, 5.0), ("b", 1, 11, 7.0)), FIELDS)) == (2, 0)
+        assert store.add(checked_events(events(("b", 1, 11, 7.0), ("c", 1, 12, 6.0)), FIELDS)) == (1, 1)  # a retry, a late one
+        assert store.add(checked_events(events(("d", 1, 13, 7.0)), FIELDS)) == (1, 0)  # same time as b: after it
+        (history,) = store.histories([1], [None], 10)
+        assert history.items == [10, 12, 11, 13] and history.times == [5.0, 6.0, 7.0, 7.0]
+        (before,) = store.histories(["1"], [7.0], 10)  # strictly before 7; the user's key as text is the same user
+        assert before.items == [10, 12]
+        assert store.add(checked_events(events(("e", 1, 14, 8.0)), FIELDS)) == (1, 0)
+        (capped,) = store.histories([1], [None], 10)
+        assert capped.items == [12, 11, 13, 14]  # keep=4: the oldest went
+    finally:
+        store.close()
+    reopened = open_store(f"sqlite:///{tmp_path / 's.db'}")  # a restart keeps every acknowledged event, and the fields
+    try:
+        assert reopened.fields == FIELDS and reopened.count() == 4
+        with pytest.raises(StoreError, match="holds"):
+            open_store(f"sqlite:///{tmp_path / 's.db'}", StoreFields("user_id", "movie"))
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"user_id": 1, "item_id": 2, "time": 1.0}, "feature 'id': event 1: missing"),
+    ({"id": "y", "item_id": 2, "time": 1.0}, "feature 'user_id': event 1: missing"),
+    ({"id": "y", "user_id": 1, "item_id": 2, "time": "late"}, "feature 'time': event 1: must be a finite number"),
+    ({"id": "y", "user_id": 1.5, "item_id": 2, "time": 1.0}, "feature 'user_id': event 1: must be an integer or a non-empty string"),
+    ({"id": "x", "user_id": 1, "item_id": 2, "time": 1.0}, "feature 'id': event 1: 'x' is given twice in this batch"),
+])
+def test_a_bad_event_refuses_the_whole_batch_naming_its_index_and_field(tmp_path: Path, bad: dict, message: str) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}", FIELDS)
+    try:
+        with pytest.raises(InputError) as raised:
+            store.add(checked_events([{"id": "x", "user_id": 1, "item_id": 2, "time": 0.0}, bad], FIELDS))
+        assert str(raised.value).startswith(message) and store.count() == 0
+    finally:
+        store.close()
+
+
+def test_concurrent_writers_and_readers_lose_and_double_nothing(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}", FIELDS, keep=10_000)
+    counts: list[tuple[int, int]] = []
+
+    def writer(worker: int) -> None:
+        for batch in range(20):  # every batch posted twice, as a client retrying after a timeout
+            sent = events(*[(f"{worker}-{batch}-{i}", worker % 3, i, float(batch * 10 + i)) for i in range(10)])
+            counts.append(store.add(checked_events(sent, FIELDS)))
+            counts.append(store.add(checked_events(sent, FIELDS)))
+
+    def reader() -> None:
+        for _ in range(200):
+            for history in store.histories([0, 1, 2], [None, None, None], 50):
+                assert history.times == sorted(history.times)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)] + [threading.Thread(target=reader) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    try:
+        assert sum(a for a, _ in counts) == store.count() == 6 * 20 * 10
+        assert sum(d for _, d in counts) == 6 * 20 * 10
+    finally:
+        store.close()
