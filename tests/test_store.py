@@ -4,7 +4,12 @@ all-or-nothing batches, a cap per user, durable across a restart, concurrent wri
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,7 @@ from din_export.data.samples import raw_columns, read_table
 from din_export.data.spec import load_spec
 from din_runtime import InputError, Predictor
 from din_runtime.stores import StoreError, StoreFields, checked_events, open_store
-from helpers import ML100K, ML100K_RECIPE
+from helpers import ML100K, ML100K_RECIPE, start_server
 
 FIELDS = StoreFields("user_id", "item_id")
 
@@ -128,3 +133,86 @@ def test_concurrent_writers_and_readers_lose_and_double_nothing(tmp_path: Path) 
         assert sum(d for _, d in counts) == 6 * 20 * 10
     finally:
         store.close()
+
+
+def post(url: str, path: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://{url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def tensor(name: str, values: list) -> dict:
+    datatype = "BYTES" if any(isinstance(v, str) for v in values) else "FP32" if any(isinstance(v, float) for v in values) else "INT64"
+    return {"name": name, "shape": [len(values)], "datatype": datatype, "data": values}
+
+
+@pytest.fixture(scope="module")
+def served(movielens_store: str, ml100k_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The MovieLens bundle served with a copy of the loaded store (the tests post events to it)."""
+    folder = tmp_path_factory.mktemp("served-store")
+    copy = folder / "ml.db"
+    shutil.copy(movielens_store.removeprefix("sqlite:///"), copy)
+    process, url = start_server(ml100k_bundle, "ml", "--store", f"sqlite:///{copy}")
+    yield url, f"sqlite:///{copy}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_server_fills_each_request_from_the_store_as_of_its_time(served: tuple[str, str], ml100k_samples: Path,
+                                                                     ml100k_bundle: Path) -> None:
+    """Test samples scored over HTTP by user and candidate alone, as of each sample's time (one request per time):
+    the prepared rows' scores; and a request that sends its histories is served as before."""
+    url, _ = served
+    predictor = Predictor.load(ml100k_bundle, providers="cpu")
+    spec = load_spec(ml100k_samples / "spec.toml")
+    table = read_table(ml100k_samples / "test.parquet", spec).slice(0, 400)
+    columns = raw_columns(table, spec)
+    expected = predictor.predict(columns)
+    times = table.column("event_time").to_numpy()
+    for time in np.unique(times):
+        rows = np.flatnonzero(times == time)
+        inputs = [tensor(name, columns[name][rows].tolist()) for name in ("user_id", "item_id", "release_year")]
+        status, answer = post(url, "/v2/models/ml/infer", {"inputs": inputs, "parameters": {"as_of": float(time)}})
+        assert status == 200, answer
+        np.testing.assert_allclose(answer["outputs"][0]["data"], expected[rows], rtol=0, atol=1e-6)
+    status, answer = post(url, "/v2/models/ml/infer", {"inputs": [tensor("user_id", [1])]})
+    assert status == 400 and answer["feature"] == "item_id"  # the candidate is the client's to send
+
+
+@pytest.mark.slow
+def test_an_event_posted_is_in_the_next_requests_history(served: tuple[str, str], ml100k_bundle: Path) -> None:
+    url, store_url = served
+    request = {"user": {"user_id": 1}, "candidates": {"item_id": [50, 172], "release_year": [1977.0, 1980.0]},
+               "explain": True}
+    status, before = post(url, "/v2/models/ml/rank", request)
+    assert status == 200
+    sent = {"events": [{"id": "fresh-1", "user_id": 1, "item_id": 1682, "time": 2.0e9}]}
+    assert post(url, "/v2/events", sent) == (200, {"accepted": 1, "duplicates": 0})
+    assert post(url, "/v2/events", sent) == (200, {"accepted": 0, "duplicates": 1})  # a retry counts once
+    status, after = post(url, "/v2/models/ml/rank", request)
+    assert status == 200 and len(after["weights"][0]) == min(50, len(before["weights"][0]) + 1)
+    store = open_store(store_url)
+    try:
+        (history,) = store.histories([1], [None], 50)
+        assert history.items[-1] == 1682
+        predictor = Predictor.load(ml100k_bundle, providers="cpu")
+        direct = predictor.rank({"user_id": 1, "hist_item_id": history.items, **store.user_values([1])[0]},
+                                {k: v for k, v in request["candidates"].items()})
+        assert after["order"] == direct.order.tolist()
+        np.testing.assert_allclose(after["probabilities"], direct.probabilities, rtol=0, atol=1e-6)
+    finally:
+        store.close()
+    status, error = post(url, "/v2/events", {"events": [{"id": "ok", "user_id": 1, "item_id": 1, "time": 1.0}, {"id": "bad", "user_id": 1}]})
+    assert status == 400 and error["error"] == "feature 'item_id': event 1: missing"
+    status, error = post(url, "/v2/models/ml/infer", {"inputs": [tensor("user_id", [1]), tensor("item_id", [50]),
+                                                                tensor("release_year", [1977.0])], "parameters": {"as_of": "now"}})
+    assert status == 400 and "parameters.as_of must be a finite number" in error["error"]
+    with urllib.request.urlopen(f"http://{url}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert 'din_events_total{result="accepted"} 1.0' in metrics and 'din_events_total{result="duplicate"} 1.0' in metrics
+    assert 'din_events_total{result="refused"} 1.0' in metrics and 'din_store_seconds_count{operation="histories"}' in metrics
+    assert "din_store_behaviours 100001.0" in metrics

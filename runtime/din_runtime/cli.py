@@ -18,13 +18,15 @@ import click
 
 from . import __version__
 from .commands import OneLineErrors, from_renamed, renamed_flag
+from .completion import check_fields, fields_of
 from .config import BATCH_SESSION_ROWS, READ_ROWS, SERVE_HOST, SERVE_PORT, ServerLimits
 from .errors import InputError
 from .files import write_atomic
-from .manifest import MANIFEST_FILE
+from .manifest import MANIFEST_FILE, read_manifest, schema_of
 from .predictor import Predictor
 from .providers import CHOICES
 from .repository import CONTROL_MODES, Repository, check_name
+from .stores import KEEP, StoreFields, open_store
 
 LIMITS = ServerLimits()  # the serve options' defaults
 
@@ -134,8 +136,14 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
               help="Larger request bodies are refused with 413.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads (default: its own choice).")
 @click.option("--providers", type=click.Choice(CHOICES), default="auto", show_default=True)
+@click.option("--store", "store_url", help="A behaviour store (sqlite:///PATH): requests may leave the user's histories and "
+                                           "attributes out (filled for each row's user, as of parameters.as_of), and "
+                                           "POST /v2/events adds behaviours. A new store takes its fields from the model.")
+@click.option("--keep", type=click.IntRange(min=1), default=KEEP, show_default=True,
+              help="With a new --store: most behaviours kept per user (the most recent).")
 def serve_command(source: Path, host: str, port: int, name: str | None, model_control: str | None, poll_seconds: float | None,
-                  max_batch: int, max_delay_ms: float, max_queue: int, max_body_mb: float, threads: int | None, providers: str) -> None:
+                  max_batch: int, max_delay_ms: float, max_queue: int, max_body_mb: float, threads: int | None, providers: str,
+                  store_url: str | None, keep: int) -> None:
     """Serve a bundle, or a model repository in Triton's layout (REPO/NAME/VERSION/, each version a bundle), over HTTP
     with the KServe v2 protocol (Triton's): infer, rank, health, metadata, the repository extension, /metrics."""
     try:
@@ -149,8 +157,13 @@ def serve_command(source: Path, host: str, port: int, name: str | None, model_co
     if poll_seconds is not None and control != "poll":
         raise click.UsageError(f"--poll rescans in poll mode; --model-control {control} does not poll")
 
+    store = None if store_url is None else open_store(store_url, keep=keep, new_fields=store_fields_for(source))
+
     def load(folder: Path) -> Predictor:
-        return Predictor.load(folder, providers=providers, threads=threads)
+        predictor = Predictor.load(folder, providers=providers, threads=threads)
+        if store is not None:  # a version the store cannot serve is refused with the reason, like any bad version
+            check_fields(predictor.schema, predictor.manifest["spec"].get("user") or "", store.fields)
+        return predictor
 
     if (source / MANIFEST_FILE).is_file():  # one bundle: model version 1, checked now so a bad one is one line
         if model_control is not None or poll_seconds is not None:
@@ -168,4 +181,22 @@ def serve_command(source: Path, host: str, port: int, name: str | None, model_co
             raise click.UsageError(f"{source} holds neither {MANIFEST_FILE} (a bundle) nor model folders (a repository)")
         click.echo(f"serving the repository {source} ({len(models)} model(s): {', '.join(models)}; model control {control}) "
                    f"on http://{host}:{port}", err=True)
-    serve(repository, host, port, limits, poll_seconds)
+    try:
+        serve(repository, host, port, limits, poll_seconds, store)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def store_fields_for(source: Path) -> StoreFields:
+    """A new store's fields from the bundle, or from a repository's first model's newest version."""
+    bundle = source
+    if not (source / MANIFEST_FILE).is_file():
+        versions = sorted((p for model in sorted(source.iterdir()) if model.is_dir() and not model.name.startswith(".")
+                           for p in model.iterdir() if p.is_dir() and p.name.isdigit() and (p / MANIFEST_FILE).is_file()),
+                          key=lambda p: (p.parent.name, int(p.name)))
+        if not versions:
+            raise click.UsageError(f"--store: {source} holds no bundle to take a new store's fields from")
+        bundle = versions[-1]
+    manifest = read_manifest(bundle)
+    return fields_of(schema_of(manifest), manifest["spec"].get("user") or "")

@@ -11,18 +11,50 @@ index) is reached through it too, so the routes hold no logic of their own. Feat
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 
 from . import __version__
+from .completion import complete
+from .errors import InputError
 from .predictor import Explanation, Predictor, Ranking
 from .protocol import Contract, InferRequest, RankRequest, model_metadata
 from .repository import Repository, RepositoryError, Version
+from .stores import BehaviourStore, checked_events
 
 EXTENSIONS = ("binary_tensor_data", "model_repository")  # the protocol extensions this server speaks
+
+
+class TimedStore:
+    """A behaviour store whose calls report their seconds (the server's store latency metric); otherwise the store."""
+
+    def __init__(self, store: BehaviourStore, on_call: Callable[[str, float], None]) -> None:
+        self.inner, self.on_call = store, on_call
+        self.fields, self.keep = store.fields, store.keep
+
+    def _timed(self, operation: str, work: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return work(*args)
+        finally:
+            self.on_call(operation, time.perf_counter() - started)
+
+    def add(self, events: Any) -> tuple[int, int]:
+        return self._timed("add", self.inner.add, events)
+
+    def histories(self, users: Any, as_of: Any, limit: int) -> Any:
+        return self._timed("histories", self.inner.histories, users, as_of, limit)
+
+    def user_values(self, users: Any) -> Any:
+        return self._timed("user_values", self.inner.user_values, users)
+
+    def count(self) -> int:
+        return self.inner.count()
 
 
 class LoadFailed(RepositoryError):
@@ -30,10 +62,13 @@ class LoadFailed(RepositoryError):
 
 
 class DataPlane:
-    """Runs decoded requests on the repository's versions."""
+    """Runs decoded requests on the repository's versions; with a behaviour store, fills the user side each request
+    leaves out and takes events."""
 
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: Repository, store: BehaviourStore | None = None,
+                 on_store: Callable[[str, float], None] | None = None) -> None:
         self.repository = repository
+        self.store = None if store is None else TimedStore(store, on_store or (lambda operation, seconds: None))
         self._contracts: weakref.WeakKeyDictionary[Predictor, Contract] = weakref.WeakKeyDictionary()
 
     # -- health and metadata ----------------------------------------------------------------------------------------
@@ -62,17 +97,31 @@ class DataPlane:
 
     # -- inference --------------------------------------------------------------------------------------------------
     async def infer(self, version: Version, request: InferRequest) -> np.ndarray:
-        """Each row's click probability: the request encoded on its own (a bad value is this request's error, naming
-        its row), then scored with whatever else the version's batcher gathers."""
-        feed = version.predictor.encode(request.columns)
+        """Each row's click probability: the request completed from the store where it leaves the user side out,
+        encoded on its own (a bad value is this request's error, naming its row), then scored with whatever else
+        the version's batcher gathers."""
+        columns = request.columns
+        if self.store is not None:
+            columns = await asyncio.to_thread(complete, columns, version.predictor.schema, self.store, request.as_of)
+        elif request.as_of is not None:
+            raise InputError("as_of", "applies to histories from a behaviour store; this server has none (serve --store URL)")
+        feed = version.predictor.encode(columns)
         rows = len(next(iter(feed.values())))
         return await version.batcher.submit(feed, rows) if rows else np.zeros(0, dtype=np.float32)
 
     async def explain(self, version: Version, request: InferRequest) -> Explanation:
-        return await asyncio.to_thread(version.predictor.explain, request.columns)
+        return await asyncio.to_thread(version.predictor.explain, request.columns, self.store, request.as_of)
 
     async def rank(self, version: Version, request: RankRequest) -> Ranking:
-        return await asyncio.to_thread(version.predictor.rank, request.user, request.candidates, request.top_k, request.explain)
+        return await asyncio.to_thread(version.predictor.rank, request.user, request.candidates, request.top_k, request.explain,
+                                       self.store, request.as_of)
+
+    async def events(self, events: list[Any]) -> tuple[int, int]:
+        """Store the events, all or nothing: (accepted, duplicates)."""
+        if self.store is None:
+            raise LookupError("this server holds no behaviour store (serve --store URL)")
+        checked = checked_events(events, self.store.fields)
+        return await asyncio.to_thread(self.store.add, checked)
 
     # -- the repository ---------------------------------------------------------------------------------------------
     def index(self, ready_only: bool) -> list[dict[str, str]]:

@@ -126,13 +126,24 @@ def model_metadata(name: str, schema: FeatureSchema, versions: list[int] | None 
 # -- infer and explain requests ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class InferRequest:
-    """An infer (or explain) request: the columns for the encoder, the request's id, and whether the client asked
-    for the output as binary tensor data."""
+    """An infer (or explain) request: the columns for the encoder, the request's id, whether the client asked for
+    the output as binary tensor data, and the time the store's histories are taken as of (`parameters.as_of`)."""
 
     columns: dict[str, Any]
     id: Any = None
     binary_output: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
+    as_of: float | None = None
+
+
+def _as_of(parameters: Any) -> float | None:
+    """`parameters.as_of`: histories filled from the store hold only behaviours strictly before it."""
+    if not isinstance(parameters, dict) or parameters.get("as_of") is None:
+        return None
+    value = parameters["as_of"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+        raise ProtocolError(f"parameters.as_of must be a finite number (in the log's time units), not {value!r}")
+    return float(value)
 
 
 def _bytes_elements(name: str, raw: bytes) -> list[str]:
@@ -283,7 +294,7 @@ def decode_infer(body: bytes, header_length: str | None, contract: Contract) -> 
         columns[name] = _tensor(entry, chunk)
         if name in contract.integer_histories and isinstance(columns[name], list):
             columns[name] = _id_lists(columns[name])
-    return InferRequest(columns, request.get("id"), _wants_binary_output(request), parameters)
+    return InferRequest(columns, request.get("id"), _wants_binary_output(request), parameters, _as_of(parameters))
 
 
 # -- rank and index requests ---------------------------------------------------------------------------------------------
@@ -296,6 +307,7 @@ class RankRequest:
     top_k: Any = None  # Predictor.rank checks it
     explain: bool = False
     id: Any = None
+    as_of: float | None = None
 
 
 def decode_rank(body: bytes) -> RankRequest:
@@ -305,7 +317,16 @@ def decode_rank(body: bytes) -> RankRequest:
     explain = request.get("explain", False)
     if not isinstance(explain, bool):
         raise ProtocolError(f"'explain' must be true or false, not {explain!r}")
-    return RankRequest(request["user"], request["candidates"], request.get("top_k"), explain, request.get("id"))
+    return RankRequest(request["user"], request["candidates"], request.get("top_k"), explain, request.get("id"),
+                       _as_of(request.get("parameters")))
+
+
+def decode_events(body: bytes) -> list[Any]:
+    """An events request ({"events": [...]}): the events as sent, for the store to check (stores.checked_events)."""
+    request = _object(body, '{"events": [{"id": ..., "USER": ..., "ITEM": ..., "time": ...}, ...]}')
+    if not isinstance(request.get("events"), list):
+        raise ProtocolError('expected {"events": [...]}, a list of events')
+    return request["events"]
 
 
 def decode_index(body: bytes) -> bool:

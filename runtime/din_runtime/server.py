@@ -34,6 +34,7 @@ from .dataplane import DataPlane, LoadFailed
 from .protocol import (
     HEADER_LENGTH,
     BodyTooLarge,
+    decode_events,
     decode_index,
     decode_infer,
     decode_rank,
@@ -44,6 +45,7 @@ from .protocol import (
     read_body,
 )
 from .repository import Repository, Version
+from .stores import BehaviourStore, StoreError
 
 log = logging.getLogger("din_runtime.server")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
@@ -66,6 +68,11 @@ class Metrics:
                              registry=self.registry)
         self.current = Gauge("din_model_version", "The version a request without one gets, by model (0: none)", ["model"],
                              registry=self.registry)
+        self.store_seconds = Histogram("din_store_seconds", "Behaviour store calls by operation", ["operation"],
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.events = Counter("din_events_total", "Events posted, by result (accepted, duplicate, refused)", ["result"],
+                              registry=self.registry)
+        self.store_behaviours = Gauge("din_store_behaviours", "Behaviours the store holds", registry=self.registry)
 
     def watch(self, repository: Repository, version: Version, serving: bool) -> None:
         """Follow a version as it starts or stops serving: its batch sizes and queue, and its model's current version."""
@@ -85,17 +92,22 @@ REFUSALS: tuple[tuple[type[Exception], str, int], ...] = (
     (LookupError, "unknown_model", 404),
     (BodyTooLarge, "too_large", 413),
     (LoadFailed, "load_failed", 400),
+    (StoreError, "store_unavailable", 503),
     (ValueError, "bad_request", 400),  # ProtocolError, InputError, RepositoryError, a bad top_k
     (QueueFull, "queue_full", 503),
 )
 
 
-def create_app(repository: Repository, limits: ServerLimits | None = None, poll_seconds: float | None = None) -> Starlette:
-    """The ASGI application serving the repository's models; with `poll_seconds` it rescans the repository that often.
+def create_app(repository: Repository, limits: ServerLimits | None = None, poll_seconds: float | None = None,
+               store: BehaviourStore | None = None) -> Starlette:
+    """The ASGI application serving the repository's models; with `poll_seconds` it rescans the repository that often;
+    with `store`, requests may leave the user side out and events are taken at /v2/events.
     Routes only read, decode (protocol.py), run on the data plane (dataplane.py) and encode."""
     limits = limits or ServerLimits()
     metrics = Metrics()
-    plane = DataPlane(repository)
+    plane = DataPlane(repository, store, lambda operation, seconds: metrics.store_seconds.labels(operation).observe(seconds))
+    if store is not None:
+        metrics.store_behaviours.set_function(store.count)
     repository.on_load = lambda model, result: metrics.loads.labels(model, result).inc()
     repository.on_change = lambda version, serving: metrics.watch(repository, version, serving)
 
@@ -176,6 +188,16 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    async def events(request: Request) -> Response:
+        try:
+            accepted, duplicates = await plane.events(decode_events(await body(request)))
+        except ValueError:
+            metrics.events.labels("refused").inc()
+            raise
+        metrics.events.labels("accepted").inc(accepted)
+        metrics.events.labels("duplicate").inc(duplicates)
+        return JSONResponse({"accepted": accepted, "duplicates": duplicates})
+
     async def index(request: Request) -> Response:
         return JSONResponse(plane.index(ready_only=decode_index(await body(request))))
 
@@ -197,6 +219,7 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
     routes = [Route("/v2/health/live", guarded("live", live)), Route("/v2/health/ready", guarded("ready", ready)),
               Route("/v2", guarded("server", server)), Route("/metrics", guarded("metrics", prometheus)),
               Route("/v2/repository/index", guarded("index", index), methods=["POST"]),
+              Route("/v2/events", guarded("events", events), methods=["POST"]),
               Route("/v2/repository/models/{model}/load", guarded("load", control(unload=False)), methods=["POST"]),
               Route("/v2/repository/models/{model}/unload", guarded("unload", control(unload=True)), methods=["POST"])]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
@@ -217,7 +240,8 @@ async def _poll(repository: Repository, seconds: float) -> None:
             log.exception("repository scan failed")
 
 
-def serve(repository: Repository, host: str, port: int, limits: ServerLimits | None = None, poll_seconds: float | None = None) -> None:
+def serve(repository: Repository, host: str, port: int, limits: ServerLimits | None = None, poll_seconds: float | None = None,
+          store: BehaviourStore | None = None) -> None:
     """Run until SIGINT or SIGTERM: uvicorn then stops accepting, lets requests in flight finish, and this returns
     (exit status 0; uvicorn itself would re-raise the signal after draining, ending the process by it). SIGHUP
     rescans the repository (loading, swapping and unloading as in poll mode), outside of none mode."""
@@ -238,6 +262,6 @@ def serve(repository: Repository, host: str, port: int, limits: ServerLimits | N
                 if repository.control != "none":
                     loop.remove_signal_handler(signal.SIGHUP)
 
-    app = create_app(repository, limits, poll_seconds)
+    app = create_app(repository, limits, poll_seconds, store)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
     DrainingServer(config).run()

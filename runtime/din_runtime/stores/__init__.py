@@ -16,13 +16,14 @@ from .base import ID, KEEP, TIME, BehaviourStore, Event, History, StoreError, St
 __all__ = ["ID", "KEEP", "TIME", "BehaviourStore", "Event", "History", "StoreError", "StoreFields", "checked_events", "open_store"]
 
 
-def open_store(url: str, fields: StoreFields | None = None, keep: int = KEEP) -> BehaviourStore:
-    """The store at `url` (`sqlite:///PATH`). `fields`: what it holds; a store that exists keeps its own, and a
-    different `fields` is refused in one line (its bundles would read other features)."""
+def open_store(url: str, fields: StoreFields | None = None, keep: int = KEEP, new_fields: StoreFields | None = None) -> BehaviourStore:
+    """The store at `url` (`sqlite:///PATH`). `fields`: what it must hold (a store holding other fields is refused
+    in one line: its bundles would read other features); `new_fields`: what a new store holds, where `fields` is
+    not given (an existing store keeps its own)."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, not {keep}")
     if url.startswith("sqlite:///"):
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite:///"), fields, keep)
+        return SQLiteStore(url.removeprefix("sqlite:///"), fields, keep, new_fields)
     raise StoreError(f"store URL {url!r}: expected sqlite:///PATH")

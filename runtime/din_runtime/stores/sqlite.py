@@ -35,7 +35,7 @@ TRIM = ("DELETE FROM behaviours WHERE seq IN (SELECT seq FROM behaviours WHERE u
 class SQLiteStore:
     """A BehaviourStore in one SQLite file."""
 
-    def __init__(self, path: str | Path, fields: StoreFields | None, keep: int) -> None:
+    def __init__(self, path: str | Path, fields: StoreFields | None, keep: int, new_fields: StoreFields | None = None) -> None:
         self.path, self.keep = Path(path), keep
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,11 +46,12 @@ class SQLiteStore:
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"sqlite store {self.path}: cannot be opened ({error})") from None
         self.lock = threading.Lock()
-        self.fields = self._fields(fields)
+        self.fields = self._fields(fields, new_fields)
 
-    def _fields(self, fields: StoreFields | None) -> StoreFields:
+    def _fields(self, fields: StoreFields | None, new_fields: StoreFields | None) -> StoreFields:
         row = self.connection.execute("SELECT value FROM meta WHERE key = 'fields'").fetchone()
         if row is None:
+            fields = fields or new_fields
             if fields is None:
                 raise StoreError(f"sqlite store {self.path} is empty and no fields were given (the bundle's user and item features)")
             self.connection.execute("INSERT INTO meta VALUES ('fields', ?)", (json.dumps(fields.to_dict()),))
