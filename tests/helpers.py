@@ -60,13 +60,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(bundle: Path, name: str | None, *options: str) -> tuple[subprocess.Popen, str]:
+def start_server(bundle: Path, name: str | None, *options: str, cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
     """`din-runtime serve` in a process of its own on a free port of 127.0.0.1, serving `bundle` as `name` (or a
     model repository, with name None), once ready."""
     port = free_port()
     named = ["--name", name] if name is not None else []
     process = subprocess.Popen([sys.executable, "-m", "din_runtime", "serve", str(bundle), "--port", str(port), *named,
-                                "--providers", "cpu", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--providers", "cpu", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
     url = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -80,3 +80,33 @@ def start_server(bundle: Path, name: str | None, *options: str) -> tuple[subproc
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("the server did not become ready in 60 s")
+
+
+REDIS_MISSING = "redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it)"
+
+
+def start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
+    """A real redis-server on a free port of 127.0.0.1, its files in `folder` (append-only, so a restart keeps every
+    acknowledged write); skips, saying why, where redis-server is absent."""
+    import shutil
+
+    import pytest
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip(REDIS_MISSING)
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+                                "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
+                connection.sendall(b"PING\r\n")
+                if connection.recv(16).startswith(b"+PONG"):
+                    return process, port
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("redis-server did not answer in 20 s")

@@ -124,7 +124,7 @@ class Reader:
                 options = serve.group(2).replace(f"--port {SERVER_PORT}", "").split()
                 bundle = self.root / serve.group(1)
                 name = bundle.name if (bundle / "manifest.json").is_file() else None  # else a model repository
-                process, url = start_server(bundle, name, *options)
+                process, url = start_server(bundle, name, *options, cwd=self.root)  # relative paths in options: the project's
                 self.servers.append(process)
                 self.port = url.rsplit(":", 1)[1]
                 continue

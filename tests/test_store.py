@@ -5,7 +5,7 @@ all-or-nothing batches, a cap per user, durable across a restart, concurrent wri
 from __future__ import annotations
 
 import json
-import shutil
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -21,19 +21,57 @@ from din_export.data.samples import raw_columns, read_table
 from din_export.data.spec import load_spec
 from din_runtime import InputError, Predictor
 from din_runtime.stores import StoreError, StoreFields, checked_events, open_store
-from helpers import ML100K, ML100K_RECIPE, start_server
+from helpers import ML100K, ML100K_RECIPE, start_redis, start_server
 
 FIELDS = StoreFields("user_id", "item_id")
+BACKENDS = ("sqlite", "redis")
 
 
 @pytest.fixture(scope="module")
-def movielens_store(ml100k_samples: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """MovieLens-100k's log loaded into a SQLite store by the real command, with the recipe `prepare` read."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'ml.db'}"
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen, int, Path]]:
+    """One real redis-server for the module, on a free port, its files in a temporary folder."""
+    folder = tmp_path_factory.mktemp("redis")
+    process, port = start_redis(folder)
+    yield process, port, folder
+    process.terminate()
+    process.wait(timeout=30)
+
+
+class Databases:
+    """A fresh store URL per test: a new SQLite file, or the next of Redis's 16 numbered databases, emptied."""
+
+    def __init__(self, redis_port: int | None, folder: Path) -> None:
+        self.redis_port, self.folder, self.next = redis_port, folder, 0
+
+    def url(self, backend: str) -> str:
+        self.next += 1
+        if backend == "sqlite":
+            return f"sqlite:///{self.folder / f'store-{self.next}.db'}"
+        import redis
+
+        number = self.next % 16
+        redis.Redis(port=self.redis_port).flushdb() if number == 0 else redis.Redis(port=self.redis_port, db=number).flushdb()
+        return f"redis://127.0.0.1:{self.redis_port}/{number}"
+
+
+@pytest.fixture(scope="module")
+def databases(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Databases:
+    port = request.getfixturevalue("redis_server")[1]
+    return Databases(port, tmp_path_factory.mktemp("stores"))
+
+
+def load_movielens(url: str) -> None:
     result = CliRunner().invoke(main, ["events", "load", "--recipe", str(ML100K_RECIPE), "--log", str(ML100K / "ml-100k.inter"),
                                        "--items", str(ML100K / "ml-100k.item"), "--users", str(ML100K / "ml-100k.user"), "--store", url])
     assert result.exit_code == 0, result.output
     assert "loaded 100,000 behaviours of 100,000 events" in result.output and "943 users' attributes" in result.output
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def movielens_store(request: pytest.FixtureRequest, databases: Databases, ml100k_samples: Path) -> str:
+    """MovieLens-100k's log loaded into each backend by the real command, with the recipe `prepare` read."""
+    url = databases.url(request.param)
+    load_movielens(url)
     return url
 
 
@@ -67,8 +105,10 @@ def events(*rows: tuple) -> list[dict]:
     return [{"id": identity, "user_id": user, "item_id": item, "time": time} for identity, user, item, time in rows]
 
 
-def test_retries_count_once_late_events_are_placed_by_time_and_ties_keep_arrival_order(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 's.db'}", FIELDS, keep=4)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_retries_count_once_late_events_are_placed_by_time_and_ties_keep_arrival_order(databases: Databases, backend: str) -> None:
+    url = databases.url(backend)
+    store = open_store(url, FIELDS, keep=4)
     try:
         assert store.add(checked_events(events(("a", 1, 10, 5.0), ("b", 1, 11, 7.0)), FIELDS)) == (2, 0)
         assert store.add(checked_events(events(("b", 1, 11, 7.0), ("c", 1, 12, 6.0)), FIELDS)) == (1, 1)  # a retry, a late one
@@ -82,11 +122,11 @@ def test_retries_count_once_late_events_are_placed_by_time_and_ties_keep_arrival
         assert capped.items == [12, 11, 13, 14]  # keep=4: the oldest went
     finally:
         store.close()
-    reopened = open_store(f"sqlite:///{tmp_path / 's.db'}")  # a restart keeps every acknowledged event, and the fields
+    reopened = open_store(url)  # a new connection finds every acknowledged event, and the fields
     try:
         assert reopened.fields == FIELDS and reopened.count() == 4
         with pytest.raises(StoreError, match="holds"):
-            open_store(f"sqlite:///{tmp_path / 's.db'}", StoreFields("user_id", "movie"))
+            open_store(url, StoreFields("user_id", "movie"))
     finally:
         reopened.close()
 
@@ -99,7 +139,7 @@ def test_retries_count_once_late_events_are_placed_by_time_and_ties_keep_arrival
     ({"id": "x", "user_id": 1, "item_id": 2, "time": 1.0}, "feature 'id': event 1: 'x' is given twice in this batch"),
 ])
 def test_a_bad_event_refuses_the_whole_batch_naming_its_index_and_field(tmp_path: Path, bad: dict, message: str) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 's.db'}", FIELDS)
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}", FIELDS)  # the check comes before any backend
     try:
         with pytest.raises(InputError) as raised:
             store.add(checked_events([{"id": "x", "user_id": 1, "item_id": 2, "time": 0.0}, bad], FIELDS))
@@ -108,8 +148,9 @@ def test_a_bad_event_refuses_the_whole_batch_naming_its_index_and_field(tmp_path
         store.close()
 
 
-def test_concurrent_writers_and_readers_lose_and_double_nothing(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 's.db'}", FIELDS, keep=10_000)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_writers_and_readers_lose_and_double_nothing(databases: Databases, backend: str) -> None:
+    store = open_store(databases.url(backend), FIELDS, keep=10_000)
     counts: list[tuple[int, int]] = []
 
     def writer(worker: int) -> None:
@@ -149,14 +190,13 @@ def tensor(name: str, values: list) -> dict:
     return {"name": name, "shape": [len(values)], "datatype": datatype, "data": values}
 
 
-@pytest.fixture(scope="module")
-def served(movielens_store: str, ml100k_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The MovieLens bundle served with a copy of the loaded store (the tests post events to it)."""
-    folder = tmp_path_factory.mktemp("served-store")
-    copy = folder / "ml.db"
-    shutil.copy(movielens_store.removeprefix("sqlite:///"), copy)
-    process, url = start_server(ml100k_bundle, "ml", "--store", f"sqlite:///{copy}")
-    yield url, f"sqlite:///{copy}"
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request: pytest.FixtureRequest, databases: Databases, ml100k_bundle: Path) -> Iterator[tuple[str, str]]:
+    """The MovieLens bundle served with each backend, MovieLens loaded into it (the tests post events to it)."""
+    store_url = databases.url(request.param)
+    load_movielens(store_url)
+    process, url = start_server(ml100k_bundle, "ml", "--store", store_url)
+    yield url, store_url
     process.terminate()
     process.wait(timeout=30)
 
@@ -216,3 +256,51 @@ def test_an_event_posted_is_in_the_next_requests_history(served: tuple[str, str]
     assert 'din_events_total{result="accepted"} 1.0' in metrics and 'din_events_total{result="duplicate"} 1.0' in metrics
     assert 'din_events_total{result="refused"} 1.0' in metrics and 'din_store_seconds_count{operation="histories"}' in metrics
     assert "din_store_behaviours 100001.0" in metrics
+
+
+@pytest.mark.slow
+def test_a_stopped_redis_fails_requests_fast_with_503_and_serving_resumes_when_it_returns(ml100k_bundle: Path,
+                                                                                         tmp_path: Path) -> None:
+    """Redis stopped under traffic: requests that need it answer 503 in one line within its timeout (none hangs),
+    readiness goes false, and both come back by themselves once Redis is back with its data."""
+    import time
+
+    import redis
+
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    redis_process, port = start_redis(folder)
+    store_url = f"redis://127.0.0.1:{port}/0"
+    load_movielens(store_url)
+    redis.Redis(port=port).execute_command("BGREWRITEAOF")  # everything loaded is on disk before Redis stops
+    time.sleep(1)
+    process, url = start_server(ml100k_bundle, "ml", "--store", store_url)
+    request = {"user": {"user_id": 1}, "candidates": {"item_id": [50, 172], "release_year": [1977.0, 1980.0]}}
+    try:
+        status, expected = post(url, "/v2/models/ml/rank", request)
+        assert status == 200
+        redis_process.terminate()
+        redis_process.wait(timeout=30)
+        started = time.monotonic()
+        status, error = post(url, "/v2/models/ml/rank", request)
+        assert status == 503 and error["error"].startswith(f"redis store {store_url}:") and time.monotonic() - started < 5
+        with pytest.raises(urllib.error.HTTPError) as unready:
+            urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=10)
+        assert unready.value.code == 503
+        redis_process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", "",
+                                          "--appendonly", "yes", "--appendfsync", "always"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status, answer = post(url, "/v2/models/ml/rank", request)
+            if status == 200:
+                break
+            time.sleep(0.2)
+        assert status == 200 and answer["probabilities"] == expected["probabilities"]  # the data came back with Redis
+        with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        redis_process.terminate()
+        redis_process.wait(timeout=30)

@@ -56,6 +56,9 @@ class TimedStore:
     def count(self) -> int:
         return self.inner.count()
 
+    def ping(self) -> bool:
+        return self.inner.ping()
+
 
 class LoadFailed(RepositoryError):
     """An explicit load request whose model did not load (HTTP 400, its reasons in the message)."""
@@ -73,8 +76,9 @@ class DataPlane:
 
     # -- health and metadata ----------------------------------------------------------------------------------------
     def ready(self) -> bool:
-        """Ready once any model has a version to serve."""
-        return any(model.current is not None for model in self.repository.models.values())
+        """Ready once any model has a version to serve, and while the behaviour store (if any) answers."""
+        serving = any(model.current is not None for model in self.repository.models.values())
+        return serving and (self.store is None or self.store.ping())
 
     @staticmethod
     def server_metadata() -> dict[str, Any]:

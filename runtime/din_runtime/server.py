@@ -107,7 +107,7 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
     metrics = Metrics()
     plane = DataPlane(repository, store, lambda operation, seconds: metrics.store_seconds.labels(operation).observe(seconds))
     if store is not None:
-        metrics.store_behaviours.set_function(store.count)
+        metrics.store_behaviours.set_function(lambda: _held(store))
     repository.on_load = lambda model, result: metrics.loads.labels(model, result).inc()
     repository.on_change = lambda version, serving: metrics.watch(repository, version, serving)
 
@@ -180,7 +180,7 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
         return Response(status_code=200)
 
     async def ready(request: Request) -> Response:
-        return Response(status_code=200 if plane.ready() else 503)
+        return Response(status_code=200 if await asyncio.to_thread(plane.ready) else 503)  # the store's ping may wait
 
     async def server(request: Request) -> Response:
         return JSONResponse(plane.server_metadata())
@@ -228,6 +228,14 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
                    Route(f"{prefix}/rank", on_version("rank", rank), methods=["POST"]),
                    Route(f"{prefix}/explain", on_version("explain", explain), methods=["POST"])]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: no_route, 405: no_route})
+
+
+def _held(store: BehaviourStore) -> float:
+    """The behaviours a store holds, for the metric; NaN while it cannot be reached (a scrape never fails for it)."""
+    try:
+        return float(store.count())
+    except StoreError:
+        return float("nan")
 
 
 async def _poll(repository: Repository, seconds: float) -> None:

@@ -1,6 +1,7 @@
 """The behaviour store: each user's behaviours (and attributes) held server-side, fed by events, read by requests
 that name the user alone. One interface, `BehaviourStore`, and its backends by URL (`open_store`):
-`sqlite:///PATH` (embedded, durable, the default for one machine; the standard library's sqlite3 in WAL mode).
+`sqlite:///PATH` (embedded, durable, the default for one machine; the standard library's sqlite3 in WAL mode) and
+`redis://HOST:PORT/DB` (shared by several server replicas; the `redis` extra).
 
 What is kept follows `din-export prepare`'s rules exactly, so a history served from the store is the history
 training saw (tests/test_store.py checks every MovieLens-100k test sample): behaviours only (a labelled log's
@@ -26,4 +27,8 @@ def open_store(url: str, fields: StoreFields | None = None, keep: int = KEEP, ne
         from .sqlite import SQLiteStore
 
         return SQLiteStore(url.removeprefix("sqlite:///"), fields, keep, new_fields)
-    raise StoreError(f"store URL {url!r}: expected sqlite:///PATH")
+    if url.startswith("redis://"):
+        from .redis import RedisStore
+
+        return RedisStore(url, fields, keep, new_fields)
+    raise StoreError(f"store URL {url!r}: expected sqlite:///PATH or redis://HOST:PORT/DB")

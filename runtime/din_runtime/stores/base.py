@@ -116,4 +116,7 @@ class BehaviourStore(Protocol):
     def count(self) -> int:
         """Behaviours held."""
 
+    def ping(self) -> bool:
+        """Whether the store answers now (readiness)."""
+
     def close(self) -> None: ...

@@ -124,6 +124,10 @@ class SQLiteStore:
                 raise StoreError(f"sqlite store {self.path}: {error}") from None
         return [json.loads(row[0]) if row else {} for row in rows]
 
+    def ping(self) -> bool:
+        """A file is always there to read; a failing disk shows in the calls themselves."""
+        return True
+
     def count(self) -> int:
         with self.lock:
             return int(self.connection.execute("SELECT count(*) FROM behaviours").fetchone()[0])
