@@ -35,6 +35,7 @@ COMPARE_MIN_RESAMPLES = 100  # fewer cannot place a 95% interval's ends
 ENGINES = ("duckdb", "spark")  # `prepare --engine`: this machine out of core, or a Spark job
 SPARK_MASTER = "local[*]"  # `prepare --engine spark`: every core of this machine
 LAYOUTS = ("inline", "reference")  # how `prepare` writes histories: list columns, or references into a store
+SERVED_JOINS = ("request", "window")  # prepare --served: clicks matched by request id and item, or by user and item in a window
 PREPARE_WRITE_ROWS = 200_000  # samples `prepare` builds and writes at once
 PREPARE_MIN_WRITE_ROWS = 1000
 PREPARE_BLOCK_EVENTS = 1_000_000  # events (whole users) `prepare` handles at once: its memory besides DuckDB's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -110,3 +111,19 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
             time.sleep(0.05)
     process.kill()
     raise RuntimeError("redis-server did not answer in 20 s")
+
+
+def post_json(url: str, path: str, body: dict) -> tuple[int, dict]:
+    """POST a JSON body to the server at `url`: (status, the JSON answer), errors included."""
+    request = urllib.request.Request(f"http://{url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def tensor(name: str, values: list) -> dict:
+    """A KServe v2 JSON input tensor of `values`, its datatype from them."""
+    datatype = "BYTES" if any(isinstance(v, str) for v in values) else "FP32" if any(isinstance(v, float) for v in values) else "INT64"
+    return {"name": name, "shape": [len(values)], "datatype": datatype, "data": values}

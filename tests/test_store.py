@@ -4,7 +4,6 @@ all-or-nothing batches, a cap per user, durable across a restart, concurrent wri
 
 from __future__ import annotations
 
-import json
 import subprocess
 import threading
 import urllib.error
@@ -21,7 +20,8 @@ from din_export.data.samples import raw_columns, read_table
 from din_export.data.spec import load_spec
 from din_runtime import InputError, Predictor
 from din_runtime.stores import StoreError, StoreFields, checked_events, open_store
-from helpers import ML100K, ML100K_RECIPE, start_redis, start_server
+from helpers import ML100K, ML100K_RECIPE, start_redis, start_server, tensor
+from helpers import post_json as post
 
 FIELDS = StoreFields("user_id", "item_id")
 BACKENDS = ("sqlite", "redis")
@@ -174,20 +174,6 @@ def test_concurrent_writers_and_readers_lose_and_double_nothing(databases: Datab
         assert sum(d for _, d in counts) == 6 * 20 * 10
     finally:
         store.close()
-
-
-def post(url: str, path: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://{url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def tensor(name: str, values: list) -> dict:
-    datatype = "BYTES" if any(isinstance(v, str) for v in values) else "FP32" if any(isinstance(v, float) for v in values) else "INT64"
-    return {"name": name, "shape": [len(values)], "datatype": datatype, "data": values}
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

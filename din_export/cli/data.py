@@ -10,7 +10,7 @@ import click
 
 from din_runtime.commands import from_renamed, renamed_flag
 
-from ..config import ENGINES, LAYOUTS, PREPARE_MEMORY_LIMIT, PREPARE_MIN_WRITE_ROWS, PREPARE_WRITE_ROWS, SPARK_MASTER
+from ..config import ENGINES, LAYOUTS, PREPARE_MEMORY_LIMIT, PREPARE_MIN_WRITE_ROWS, PREPARE_WRITE_ROWS, SERVED_JOINS, SPARK_MASTER
 from .group import main
 from .options import key_values, only_with
 
@@ -18,7 +18,7 @@ from .options import key_values, only_with
 @main.command("prepare")
 @click.option("--spec", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Recipe (TOML): the feature spec plus [log], [items], [users], [sampling] and [split] sections.")
-@click.option("--log", required=True, help="Interaction log: .csv, .tsv (also RecBole's .inter), .parquet, or a glob or folder of Parquet parts.")
+@click.option("--log", help="Interaction log: .csv, .tsv (also RecBole's .inter), .parquet, or a glob or folder of Parquet parts.")
 @click.option("--items", help="Item attribute table, joined on [items] key.")
 @click.option("--users", help="User attribute table, joined on [users] key.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -40,12 +40,31 @@ from .options import key_values, only_with
                                                                               "spark://HOST:7077, yarn, k8s://...).")
 @click.option("--spark-conf", multiple=True, metavar="KEY=VALUE", callback=key_values, help="--engine spark: a Spark setting "
                                                                                            "(repeatable), e.g. spark.executor.memory=8g.")
+@click.option("--served", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Instead of --log: the rows a server scored (din-runtime serve --log-requests DIR), labelled by --clicks: "
+                   "samples carry exactly the features that were served.")
+@click.option("--clicks", help="With --served: the clicks (CSV, TSV or Parquet): request_id and the item (--join request), or "
+                               "the user, the item and time (--join window), named as in events.")
+@click.option("--join", type=click.Choice(SERVED_JOINS), default=SERVED_JOINS[0], show_default=True,
+              help="With --served: request: a row is a click where the clicks hold its request id and item; window: where its "
+                   "user clicked its item within --window after it was served.")
+@click.option("--window", type=click.FloatRange(min=0, min_open=True), help="--join window: how long after a row was served a "
+                                                                              "click counts (the log's time units).")
+@click.option("--served-model", help="With --served: whose rows (needed where the log holds several models).")
 @click.pass_context
-def prepare_command(ctx: click.Context, spec: Path, log: str, items: str | None, users: str | None, out: Path, write_rows: int,
-                    layout: str, memory_limit: str, since: str | None, engine: str, spark_master: str, spark_conf: dict[str, str]) -> None:
-    """Turn a behaviour log (and item and user tables) into train, valid and test sample tables for train-and-export."""
+def prepare_command(ctx: click.Context, spec: Path, log: str | None, items: str | None, users: str | None, out: Path, write_rows: int,
+                    layout: str, memory_limit: str, since: str | None, engine: str, spark_master: str, spark_conf: dict[str, str],
+                    served: Path | None, clicks: str | None, join: str, window: float | None, served_model: str | None) -> None:
+    """Turn a behaviour log (and item and user tables) into train, valid and test sample tables for train-and-export;
+    or, with --served and --clicks, the rows a server scored, labelled by their clicks."""
     from ..data.rules import Sources
 
+    if served is not None:
+        _prepare_served(ctx, spec, served, clicks, out, join, window, served_model, memory_limit, log)
+        return
+    if log is None:
+        raise click.UsageError("Missing option '--log' (or '--served' with '--clicks')")
+    only_with(ctx, ("clicks", "join", "window", "served_model"), False, "--served")
     sources = Sources(Path(log), items and Path(items), users and Path(users))
     only_with(ctx, ("write_rows", "memory_limit"), engine == "duckdb", "--engine duckdb; Spark takes --spark-conf")
     only_with(ctx, ("spark_master", "spark_conf"), engine == "spark", "--engine spark")
@@ -59,6 +78,26 @@ def prepare_command(ctx: click.Context, spec: Path, log: str, items: str | None,
     click.echo(f"prepared {summary['events']} events of {summary['users']} users into {out}: "
                f"{rows['train']} train, {rows['valid']} valid, {rows['test']} test samples "
                f"({summary['negatives_drawn']} negatives drawn) in {summary['seconds']:.1f} s")
+
+
+def _prepare_served(ctx: click.Context, recipe: Path, served: Path, clicks: str | None, out: Path, join: str, window: float | None,
+                    model: str | None, memory_limit: str, log: str | None) -> None:
+    from ..data.served import prepare_served
+
+    if log is not None:
+        raise click.UsageError("--log and --served are two sources of samples; give one")
+    if clicks is None:
+        raise click.UsageError("--served needs --clicks, the clicks that label its rows")
+    only_with(ctx, ("items", "users", "since", "layout", "write_rows", "engine", "spark_master", "spark_conf"), False,
+              "a log (--log); the served rows hold every feature already")
+    if join == "window" and window is None:
+        raise click.UsageError("--join window needs --window SECONDS, how long after serving a click counts")
+    only_with(ctx, ("window",), join == "window", "--join window")
+    summary = prepare_served(recipe, served, Path(clicks), out, join, window, model, memory_limit)
+    rows = summary["rows"]
+    click.echo(f"prepared {summary['served_rows']} served rows of {summary['requests']} requests ({summary['positives']} clicked, "
+               f"joined by {join}) into {out}: {rows['train']} train, {rows['valid']} valid, {rows['test']} test samples "
+               f"in {summary['seconds']:.1f} s")
 
 
 def _prepare_on_spark(recipe: Path, sources: Any, out: Path, layout: str, since: str | None, master: str,

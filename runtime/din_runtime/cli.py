@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import sys
 from collections.abc import Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,23 @@ import click
 from . import __version__
 from .commands import OneLineErrors, from_renamed, renamed_flag
 from .completion import check_fields, fields_of
-from .config import BATCH_SESSION_ROWS, READ_ROWS, SERVE_HOST, SERVE_PORT, ServerLimits
+from .config import (
+    BATCH_SESSION_ROWS,
+    READ_ROWS,
+    SERVE_HOST,
+    SERVE_PORT,
+    SERVED_LOG_MAX_ROWS,
+    SERVED_LOG_MAX_SECONDS,
+    SERVED_LOG_QUEUE_ROWS,
+    ServerLimits,
+)
 from .errors import InputError
 from .files import write_atomic
 from .manifest import MANIFEST_FILE, read_manifest, schema_of
 from .predictor import Predictor
 from .providers import CHOICES
 from .repository import CONTROL_MODES, Repository, check_name
+from .served_log import ServedLog
 from .stores import KEEP, StoreFields, open_store
 
 LIMITS = ServerLimits()  # the serve options' defaults
@@ -141,9 +152,19 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
                                            "POST /v2/events adds behaviours. A new store takes its fields from the model.")
 @click.option("--keep", type=click.IntRange(min=1), default=KEEP, show_default=True,
               help="With a new --store: most behaviours kept per user (the most recent).")
+@click.option("--log-requests", "log_folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Log every scored row (request id, time, model, version, the features as the model received them, the "
+                   "probability) as Parquet under DIR/MODEL/VERSION/, for `din-export prepare --served DIR`.")
+@click.option("--log-max-rows", type=click.IntRange(min=1), default=SERVED_LOG_MAX_ROWS, show_default=True,
+              help="With --log-requests: a file per model version every this many rows...")
+@click.option("--log-max-seconds", type=click.FloatRange(min=0.01), default=SERVED_LOG_MAX_SECONDS, show_default=True,
+              help="...or once its oldest row is this old, whichever comes first.")
+@click.option("--log-queue-rows", type=click.IntRange(min=1), default=SERVED_LOG_QUEUE_ROWS, show_default=True,
+              help="With --log-requests: rows waiting for the writer beyond this many are dropped and counted, never waited for.")
 def serve_command(source: Path, host: str, port: int, name: str | None, model_control: str | None, poll_seconds: float | None,
                   max_batch: int, max_delay_ms: float, max_queue: int, max_body_mb: float, threads: int | None, providers: str,
-                  store_url: str | None, keep: int) -> None:
+                  store_url: str | None, keep: int, log_folder: Path | None, log_max_rows: int, log_max_seconds: float,
+                  log_queue_rows: int) -> None:
     """Serve a bundle, or a model repository in Triton's layout (REPO/NAME/VERSION/, each version a bundle), over HTTP
     with the KServe v2 protocol (Triton's): infer, rank, health, metadata, the repository extension, /metrics."""
     try:
@@ -181,8 +202,15 @@ def serve_command(source: Path, host: str, port: int, name: str | None, model_co
             raise click.UsageError(f"{source} holds neither {MANIFEST_FILE} (a bundle) nor model folders (a repository)")
         click.echo(f"serving the repository {source} ({len(models)} model(s): {', '.join(models)}; model control {control}) "
                    f"on http://{host}:{port}", err=True)
+    served_log = None
+    if log_folder is not None:
+        try:
+            import pyarrow  # noqa: F401 - the log's files are Parquet
+        except ImportError:
+            raise click.UsageError("--log-requests needs pyarrow: pip install 'din-runtime[parquet]'") from None
+        served_log = partial(ServedLog, log_folder, log_max_rows, log_max_seconds, log_queue_rows)
     try:
-        serve(repository, host, port, limits, poll_seconds, store)
+        serve(repository, host, port, limits, poll_seconds, store, served_log)
     finally:
         if store is not None:
             store.close()

@@ -25,6 +25,12 @@ SERVE_HOST, SERVE_PORT = "127.0.0.1", 8000  # `din-runtime serve`: this machine 
 # Measured on a 161,616-row Parquet file of the built-in data at the default --read-rows: the session fed 16,384
 # rows at a time peaked at 2.36 GB resident, 4,096 at 0.84 GB, 1,024 at 0.50 GB, and 1,024 was also the fastest.
 BATCH_SESSION_ROWS = 1024
+# `serve --log-requests DIR`: a file per model version every this many rows or seconds, whichever comes first;
+# rows beyond SERVED_LOG_QUEUE_ROWS waiting for the writer are dropped and counted (about 1 KiB a row at histories
+# of 50: 100 MiB at most).
+SERVED_LOG_MAX_ROWS = 100_000
+SERVED_LOG_MAX_SECONDS = 60.0
+SERVED_LOG_QUEUE_ROWS = 100_000
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ index) is reached through it too, so the routes hold no logic of their own. Feat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import weakref
 from collections.abc import Callable
@@ -20,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .completion import complete
+from .completion import complete, complete_user
 from .errors import InputError
 from .predictor import Explanation, Predictor, Ranking
 from .protocol import Contract, InferRequest, RankRequest, model_metadata
 from .repository import Repository, RepositoryError, Version
+from .served_log import Served, ServedLog, new_request_id
 from .stores import BehaviourStore, checked_events
 
 EXTENSIONS = ("binary_tensor_data", "model_repository")  # the protocol extensions this server speaks
@@ -69,8 +71,9 @@ class DataPlane:
     leaves out and takes events."""
 
     def __init__(self, repository: Repository, store: BehaviourStore | None = None,
-                 on_store: Callable[[str, float], None] | None = None) -> None:
+                 on_store: Callable[[str, float], None] | None = None, served_log: ServedLog | None = None) -> None:
         self.repository = repository
+        self.served_log = served_log
         self.store = None if store is None else TimedStore(store, on_store or (lambda operation, seconds: None))
         self._contracts: weakref.WeakKeyDictionary[Predictor, Contract] = weakref.WeakKeyDictionary()
 
@@ -100,25 +103,56 @@ class DataPlane:
         return self.repository.lease(model, version)
 
     # -- inference --------------------------------------------------------------------------------------------------
+    def identified(self, request: Any) -> Any:
+        """The request with an id where the served log needs one and the client gave none (answered in the
+        response's `id`, so the client can report the request's clicks by it)."""
+        if self.served_log is not None and request.id is None:
+            return dataclasses.replace(request, id=new_request_id())
+        return request
+
+    async def _completed(self, version: Version, columns: dict[str, Any], as_of: float | None) -> dict[str, Any]:
+        if self.store is not None:
+            return await asyncio.to_thread(complete, columns, version.predictor.schema, self.store, as_of)
+        if as_of is not None:
+            raise InputError("as_of", "applies to histories from a behaviour store; this server has none (serve --store URL)")
+        return columns
+
+    def _log(self, version: Version, request: Any, columns: dict[str, Any], probabilities: np.ndarray) -> None:
+        """Hand the scored rows to the served log (never waits: a full queue drops and counts them)."""
+        if self.served_log is not None and len(probabilities):
+            self.served_log.record(Served(str(request.id), request.as_of if request.as_of is not None else time.time(),
+                                          version.model, version.number, version.predictor.encoder, columns, probabilities))
+
     async def infer(self, version: Version, request: InferRequest) -> np.ndarray:
         """Each row's click probability: the request completed from the store where it leaves the user side out,
         encoded on its own (a bad value is this request's error, naming its row), then scored with whatever else
         the version's batcher gathers."""
-        columns = request.columns
-        if self.store is not None:
-            columns = await asyncio.to_thread(complete, columns, version.predictor.schema, self.store, request.as_of)
-        elif request.as_of is not None:
-            raise InputError("as_of", "applies to histories from a behaviour store; this server has none (serve --store URL)")
+        columns = await self._completed(version, request.columns, request.as_of)
         feed = version.predictor.encode(columns)
         rows = len(next(iter(feed.values())))
-        return await version.batcher.submit(feed, rows) if rows else np.zeros(0, dtype=np.float32)
+        probabilities = await version.batcher.submit(feed, rows) if rows else np.zeros(0, dtype=np.float32)
+        self._log(version, request, columns, probabilities)
+        return probabilities
 
     async def explain(self, version: Version, request: InferRequest) -> Explanation:
-        return await asyncio.to_thread(version.predictor.explain, request.columns, self.store, request.as_of)
+        columns = await self._completed(version, request.columns, request.as_of)
+        explanation = await asyncio.to_thread(version.predictor.explain, columns)
+        self._log(version, request, columns, explanation.probabilities)
+        return explanation
 
     async def rank(self, version: Version, request: RankRequest) -> Ranking:
-        return await asyncio.to_thread(version.predictor.rank, request.user, request.candidates, request.top_k, request.explain,
-                                       self.store, request.as_of)
+        """The candidates best first; the user's row completed from the store once (one read for the user)."""
+        user, candidates = request.user, request.candidates
+        if self.store is not None:
+            user = await asyncio.to_thread(complete_user, user, version.predictor.schema, self.store, request.as_of, list(candidates))
+        elif request.as_of is not None:
+            raise InputError("as_of", "applies to histories from a behaviour store; this server has none (serve --store URL)")
+        ranking = await asyncio.to_thread(version.predictor.rank, user, candidates, request.top_k, request.explain)
+        if self.served_log is not None:
+            count = len(ranking.scores)
+            rows = {**candidates, **{name: [value] * count for name, value in user.items() if name not in candidates}}
+            self._log(version, request, rows, ranking.scores)
+        return ranking
 
     async def events(self, events: list[Any]) -> tuple[int, int]:
         """Store the events, all or nothing: (accepted, duplicates)."""

@@ -66,12 +66,14 @@ class Explanation:
 class Ranking:
     """Candidates best first: `order` holds their positions in the candidates given, `probabilities` their click
     probabilities, and `candidates` their columns in the same order; with explain=True, `weights` holds each
-    ranked candidate's attention weights over the history (as Explanation.weights)."""
+    ranked candidate's attention weights over the history (as Explanation.weights). `scores` holds every
+    candidate's probability in the order given (top_k or not)."""
 
     order: np.ndarray
     probabilities: np.ndarray
     candidates: dict[str, Any]
     weights: list[np.ndarray] | None = None
+    scores: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.order)
@@ -283,7 +285,7 @@ class Predictor:
             ranked = {name: np.repeat(array, len(order), axis=0) if name in self.sequences else array[order] for name, array in feed.items()}
             kept = int(self._kept_lengths({n: [user_row[n]] for n in self.sequences if n in user_row}, 1)[0])
             weights = [row[:kept].copy() for row in self._explained(ranked, len(order))[1]]
-        return Ranking(order, probabilities[order], reordered, weights)
+        return Ranking(order, probabilities[order], reordered, weights, probabilities)
 
     def _split_features(self, user_row: Mapping[str, Any], candidates: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         """Which features come per candidate and which once from the user row; every feature from exactly one. An

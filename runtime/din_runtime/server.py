@@ -45,6 +45,7 @@ from .protocol import (
     read_body,
 )
 from .repository import Repository, Version
+from .served_log import ServedLog
 from .stores import BehaviourStore, StoreError
 
 log = logging.getLogger("din_runtime.server")
@@ -73,6 +74,8 @@ class Metrics:
         self.events = Counter("din_events_total", "Events posted, by result (accepted, duplicate, refused)", ["result"],
                               registry=self.registry)
         self.store_behaviours = Gauge("din_store_behaviours", "Behaviours the store holds", registry=self.registry)
+        self.served_rows = Counter("din_served_rows_total", "Scored rows of the served log, by result (logged: written; "
+                                   "dropped: the writer's queue was full, or the write failed)", ["result"], registry=self.registry)
 
     def watch(self, repository: Repository, version: Version, serving: bool) -> None:
         """Follow a version as it starts or stops serving: its batch sizes and queue, and its model's current version."""
@@ -99,13 +102,16 @@ REFUSALS: tuple[tuple[type[Exception], str, int], ...] = (
 
 
 def create_app(repository: Repository, limits: ServerLimits | None = None, poll_seconds: float | None = None,
-               store: BehaviourStore | None = None) -> Starlette:
+               store: BehaviourStore | None = None, served_log: Callable[..., ServedLog] | None = None) -> Starlette:
     """The ASGI application serving the repository's models; with `poll_seconds` it rescans the repository that often;
-    with `store`, requests may leave the user side out and events are taken at /v2/events.
+    with `store`, requests may leave the user side out and events are taken at /v2/events; with `served_log` (a
+    ServedLog factory taking on_rows), every scored row is logged, and the log is written out at shutdown.
     Routes only read, decode (protocol.py), run on the data plane (dataplane.py) and encode."""
     limits = limits or ServerLimits()
     metrics = Metrics()
-    plane = DataPlane(repository, store, lambda operation, seconds: metrics.store_seconds.labels(operation).observe(seconds))
+    log_rows = None if served_log is None else served_log(on_rows=lambda result, count: metrics.served_rows.labels(result).inc(count))
+    plane = DataPlane(repository, store, lambda operation, seconds: metrics.store_seconds.labels(operation).observe(seconds),
+                      log_rows)
     if store is not None:
         metrics.store_behaviours.set_function(lambda: _held(store))
     repository.on_load = lambda model, result: metrics.loads.labels(model, result).inc()
@@ -120,6 +126,8 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
         if poller is not None:
             poller.cancel()
         await repository.stop()
+        if log_rows is not None:
+            await asyncio.to_thread(log_rows.close)  # the rows of requests served so far, written before the exit
 
     def refuse(error: Exception, kind: str | None = None, status: int | None = None) -> Response:
         """The one error response: {"error": one line}, counted by kind."""
@@ -153,19 +161,19 @@ def create_app(repository: Repository, limits: ServerLimits | None = None, poll_
         return guarded(kind, run)
 
     async def infer(request: Request, version: Version) -> Response:
-        decoded = decode_infer(await body(request), request.headers.get(HEADER_LENGTH), plane.contract(version))
+        decoded = plane.identified(decode_infer(await body(request), request.headers.get(HEADER_LENGTH), plane.contract(version)))
         probabilities = await plane.infer(version, decoded)
         content, headers = infer_response(version.model, version.number, decoded, probabilities)
         return Response(content, headers=headers, media_type="application/octet-stream" if headers else JSON)
 
     async def explain(request: Request, version: Version) -> Response:
-        decoded = decode_infer(await body(request), request.headers.get(HEADER_LENGTH), plane.contract(version))
+        decoded = plane.identified(decode_infer(await body(request), request.headers.get(HEADER_LENGTH), plane.contract(version)))
         explanation = await plane.explain(version, decoded)
         return Response(explain_response(version.model, version.number, decoded, explanation.probabilities, explanation.weights),
                         media_type=JSON)
 
     async def rank(request: Request, version: Version) -> Response:
-        decoded = decode_rank(await body(request))
+        decoded = plane.identified(decode_rank(await body(request)))
         ranking = await plane.rank(version, decoded)
         return Response(rank_response(version.model, version.number, decoded, ranking.order, ranking.probabilities, ranking.weights),
                         media_type=JSON)
@@ -249,7 +257,7 @@ async def _poll(repository: Repository, seconds: float) -> None:
 
 
 def serve(repository: Repository, host: str, port: int, limits: ServerLimits | None = None, poll_seconds: float | None = None,
-          store: BehaviourStore | None = None) -> None:
+          store: BehaviourStore | None = None, served_log: Callable[..., ServedLog] | None = None) -> None:
     """Run until SIGINT or SIGTERM: uvicorn then stops accepting, lets requests in flight finish, and this returns
     (exit status 0; uvicorn itself would re-raise the signal after draining, ending the process by it). SIGHUP
     rescans the repository (loading, swapping and unloading as in poll mode), outside of none mode."""
@@ -270,6 +278,6 @@ def serve(repository: Repository, host: str, port: int, limits: ServerLimits | N
                 if repository.control != "none":
                     loop.remove_signal_handler(signal.SIGHUP)
 
-    app = create_app(repository, limits, poll_seconds, store)
+    app = create_app(repository, limits, poll_seconds, store, served_log)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30)
     DrainingServer(config).run()
