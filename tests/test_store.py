@@ -4,6 +4,7 @@ all-or-nothing batches, a cap per user, durable across a restart, concurrent wri
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import urllib.error
@@ -290,3 +291,73 @@ def test_a_stopped_redis_fails_requests_fast_with_503_and_serving_resumes_when_i
         process.wait(timeout=30)
         redis_process.terminate()
         redis_process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_an_event_posted_to_one_replica_is_served_by_another_sharing_redis_within_100_ms(databases: Databases,
+                                                                                         ml100k_bundle: Path) -> None:
+    """Two servers on one Redis (a cluster of replicas): each event acknowledged by the first is in the very next
+    request the second serves, and that request answers within 100 ms of the acknowledgement."""
+    import time
+
+    store_url = databases.url("redis")
+    first, first_url = start_server(ml100k_bundle, "ml", "--store", store_url)
+    second, second_url = start_server(ml100k_bundle, "ml", "--store", store_url)
+    request = {"user": {"user_id": 7, "gender": "M", "occupation": "other", "age": 30.0},
+               "candidates": {"item_id": [50, 172], "release_year": [1977.0, 1980.0]}, "explain": True}
+    try:
+        post(second_url, "/v2/models/ml/rank", request)  # connections and sessions warm
+        for k in range(10):
+            status, answer = post(first_url, "/v2/events", {"events": [{"id": f"e{k}", "user_id": 7, "item_id": 100 + k, "time": 1e9 + k}]})
+            acknowledged = time.perf_counter()
+            assert (status, answer) == (200, {"accepted": 1, "duplicates": 0})
+            status, ranked = post(second_url, "/v2/models/ml/rank", request)
+            seen = time.perf_counter() - acknowledged
+            assert status == 200 and len(ranked["weights"][0]) == k + 1 and seen < 0.1, (k, seen)
+    finally:
+        for process in (first, second):
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_every_event_acknowledged_before_sigterm_is_stored(tmp_path: Path, ml100k_bundle: Path) -> None:
+    """Writers post while the server gets SIGTERM: every event answered 200 is in the store after the exit (SQLite
+    commits before the answer), whatever the server refused or never answered."""
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    process, url = start_server(ml100k_bundle, "ml", "--store", store_url)
+    acknowledged: list[list[dict]] = []
+    done = threading.Event()
+
+    def write(writer: int) -> None:
+        for batch in range(10_000):
+            if done.is_set():
+                return
+            events = [{"id": f"{writer}-{batch}-{k}", "user_id": writer, "item_id": k + 1, "time": float(batch * 10 + k)} for k in range(5)]
+            try:
+                status, _ = post(url, "/v2/events", {"events": events})
+            except (urllib.error.URLError, ConnectionError):
+                return
+            if status == 200:
+                acknowledged.append(events)
+
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for thread in writers:
+        thread.start()
+    import time
+
+    while len(acknowledged) < 40:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    done.set()
+    for thread in writers:
+        thread.join(timeout=60)
+    assert process.returncode == 0
+    store = open_store(store_url)
+    try:
+        stored = {(u, t) for u in range(4) for t in store.histories([u], [None], 100_000)[0].times}
+        sent = {(e["user_id"], e["time"]) for events in acknowledged for e in events}
+        assert len(sent) >= 200 and sent <= stored
+    finally:
+        store.close()
