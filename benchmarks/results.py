@@ -155,6 +155,30 @@ def server_load(scratch: Path) -> tuple[str, str]:
     return "python -m pytest -n 0 benchmarks/test_server_load.py --benchmark-json=serve.json", "\n".join(lines)
 
 
+def store_serving(scratch: Path) -> tuple[str, str]:
+    report = scratch / "store.json"
+    run([sys.executable, "-m", "pytest", "-n", "0", "benchmarks/test_store_serving.py", f"--benchmark-json={report}", "-q",
+         "-p", "no:cacheprovider"])
+    found = {(b["name"].split("[")[0], b["params"]["server"]): b["extra_info"] for b in _benchmarks(report) if b.get("params")}
+    lines = ["| backend | by user ID: p50 ms | p99 ms | history in body: p50 ms | p99 ms | p50 ratio | p99 ratio | requests each |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for backend in ("sqlite", "redis"):
+        info = found[("test_rank_by_user_id_against_history_in_body", backend)]
+        lines.append(f"| {backend} | {info['by ID']['p50 ms']} | {info['by ID']['p99 ms']} | {info['in body']['p50 ms']} | "
+                     f"{info['in body']['p99 ms']} | {info['p50 by ID / in body']:.3f} | {info['p99 by ID / in body']:.3f} | {info['requests']} |")
+    lines += ["", "| backend | events/s, one event per request | events/s, 100 per request |", "|---|---:|---:|"]
+    for backend in ("sqlite", "redis"):
+        info = found[("test_events_ingest_over_http", backend)]
+        lines.append(f"| {backend} | {info['1 per request: events/s']:,} | {info['100 per request: events/s']:,} |")
+    return "python -m pytest -n 0 benchmarks/test_store_serving.py --benchmark-json=store.json", "\n".join(lines)
+
+
+def store_ingest(scratch: Path) -> tuple[str, str]:
+    arguments = ["1000000", "20000000"]
+    output = run([sys.executable, "benchmarks/store_ingest.py", *arguments, "--scratch", str(scratch)])
+    return "python benchmarks/store_ingest.py " + " ".join(arguments), tables_in(output)
+
+
 def swap_latency(scratch: Path) -> tuple[str, str]:
     report = scratch / "swap.json"
     run([sys.executable, "-m", "pytest", "-n", "0", "benchmarks/test_swap_latency.py", f"--benchmark-json={report}", "-q", "-p", "no:cacheprovider"])
@@ -255,6 +279,8 @@ MEASUREMENTS = {
     "serving-race": Measurement(serving_race),
     "server-load": Measurement(server_load),
     "swap-latency": Measurement(swap_latency),
+    "store-serving": Measurement(store_serving, needs_movielens=True),
+    "store-ingest": Measurement(store_ingest),
     "prepare-scaling": Measurement(prepare_scaling),
     "sort-engines": Measurement(sort_engines),
     "prepare-engines": Measurement(prepare_engines),

@@ -241,7 +241,7 @@ def test_an_event_posted_is_in_the_next_requests_history(served: tuple[str, str]
     with urllib.request.urlopen(f"http://{url}/metrics", timeout=5) as response:
         metrics = response.read().decode()
     assert 'din_events_total{result="accepted"} 1.0' in metrics and 'din_events_total{result="duplicate"} 1.0' in metrics
-    assert 'din_events_total{result="refused"} 1.0' in metrics and 'din_store_seconds_count{operation="histories"}' in metrics
+    assert 'din_events_total{result="refused"} 1.0' in metrics and 'din_store_seconds_count{operation="read"}' in metrics
     assert "din_store_behaviours 100001.0" in metrics
 
 

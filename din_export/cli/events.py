@@ -23,7 +23,7 @@ def events_group() -> None:
 @click.option("--log", required=True, help="Interaction log: .csv, .tsv, .parquet, or a glob or folder of Parquet parts.")
 @click.option("--items", help="Item attribute table, joined on [items] key.")
 @click.option("--users", help="User attribute table, joined on [users] key (its features are stored per user).")
-@click.option("--store", "url", required=True, help="The store: sqlite:///PATH.")
+@click.option("--store", "url", required=True, help="The store: sqlite:///PATH, or redis://HOST:PORT/DB.")
 @click.option("--until", help="Only behaviours before this time (a number in the time column's units, or an ISO date for a "
                               "timestamp column): the store as it stood then.")
 @click.option("--keep", type=click.IntRange(min=1), default=KEEP, show_default=True,

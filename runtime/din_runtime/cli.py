@@ -147,9 +147,10 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
               help="Larger request bodies are refused with 413.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads (default: its own choice).")
 @click.option("--providers", type=click.Choice(CHOICES), default="auto", show_default=True)
-@click.option("--store", "store_url", help="A behaviour store (sqlite:///PATH): requests may leave the user's histories and "
-                                           "attributes out (filled for each row's user, as of parameters.as_of), and "
-                                           "POST /v2/events adds behaviours. A new store takes its fields from the model.")
+@click.option("--store", "store_url", help="A behaviour store (sqlite:///PATH, or redis://HOST:PORT/DB shared by replicas): "
+                                           "requests may leave the user's histories and attributes out (filled for each "
+                                           "row's user, as of parameters.as_of), and POST /v2/events adds behaviours. A "
+                                           "new store takes its fields from the model.")
 @click.option("--keep", type=click.IntRange(min=1), default=KEEP, show_default=True,
               help="With a new --store: most behaviours kept per user (the most recent).")
 @click.option("--log-requests", "log_folder", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -69,24 +69,22 @@ def complete(columns: Mapping[str, Any], schema: FeatureSchema, store: Behaviour
         raise InputError(fields.user, "missing from the input: the histories are filled from the store by the user")
     users = list(columns[fields.user])
     times = _times(as_of, len(users))
+    pairs = list(dict.fromkeys((str(u), t) for u, t in zip(users, times, strict=True))) if histories else []  # one read per user and time
+    distinct = list(dict.fromkeys(str(u) for u in users)) if attributes else []
+    read, held = store.user_side([u for u, _ in pairs], [t for _, t in pairs], max((s.max_len for s in histories), default=0), distinct)
+    found = dict(zip(pairs, read, strict=True))
     filled = dict(columns)
-    if histories:
-        pairs = list(dict.fromkeys((str(u), t) for u, t in zip(users, times, strict=True)))  # one read per user and time
-        found = dict(zip(pairs, store.histories([u for u, _ in pairs], [t for _, t in pairs], max(s.max_len for s in histories)),
-                         strict=True))
-        for sequence in histories:
-            kept = sequence.max_len
-            if sequence.shares == fields.item:
-                filled[sequence.name] = [found[str(u), t].items[-kept:] for u, t in zip(users, times, strict=True)]
-            elif sequence.shares in fields.behaviour_values:
-                filled[sequence.name] = [found[str(u), t].values[sequence.shares][-kept:] for u, t in zip(users, times, strict=True)]
-            else:
-                raise InputError(sequence.name, "missing from the input, and the store does not hold its values")
-    if attributes:
-        distinct = list(dict.fromkeys(str(u) for u in users))
-        held = dict(zip(distinct, store.user_values(distinct), strict=True))
-        for name in attributes:
-            filled[name] = [held[str(u)].get(name) for u in users]
+    for sequence in histories:
+        kept = sequence.max_len
+        if sequence.shares == fields.item:
+            filled[sequence.name] = [found[str(u), t].items[-kept:] for u, t in zip(users, times, strict=True)]
+        elif sequence.shares in fields.behaviour_values:
+            filled[sequence.name] = [found[str(u), t].values[sequence.shares][-kept:] for u, t in zip(users, times, strict=True)]
+        else:
+            raise InputError(sequence.name, "missing from the input, and the store does not hold its values")
+    by_user = dict(zip(distinct, held, strict=True))
+    for name in attributes:
+        filled[name] = [by_user[str(u)].get(name) for u in users]
     return filled
 
 

@@ -55,6 +55,9 @@ class TimedStore:
     def user_values(self, users: Any) -> Any:
         return self._timed("user_values", self.inner.user_values, users)
 
+    def user_side(self, users: Any, as_of: Any, limit: int, attribute_users: Any) -> Any:
+        return self._timed("read", self.inner.user_side, users, as_of, limit, attribute_users)
+
     def count(self) -> int:
         return self.inner.count()
 
@@ -143,11 +146,15 @@ class DataPlane:
     async def rank(self, version: Version, request: RankRequest) -> Ranking:
         """The candidates best first; the user's row completed from the store once (one read for the user)."""
         user, candidates = request.user, request.candidates
-        if self.store is not None:
-            user = await asyncio.to_thread(complete_user, user, version.predictor.schema, self.store, request.as_of, list(candidates))
-        elif request.as_of is not None:
+        if self.store is None and request.as_of is not None:
             raise InputError("as_of", "applies to histories from a behaviour store; this server has none (serve --store URL)")
-        ranking = await asyncio.to_thread(version.predictor.rank, user, candidates, request.top_k, request.explain)
+
+        def run() -> tuple[dict[str, Any], Ranking]:  # the store's read and the scoring on one worker thread: one hop
+            completed = user if self.store is None else complete_user(user, version.predictor.schema, self.store, request.as_of,
+                                                                      list(candidates))
+            return completed, version.predictor.rank(completed, candidates, request.top_k, request.explain)
+
+        user, ranking = await asyncio.to_thread(run)
         if self.served_log is not None:
             count = len(ranking.scores)
             rows = {**candidates, **{name: [value] * count for name, value in user.items() if name not in candidates}}

@@ -18,9 +18,9 @@ __all__ = ["ID", "KEEP", "TIME", "BehaviourStore", "Event", "History", "StoreErr
 
 
 def open_store(url: str, fields: StoreFields | None = None, keep: int = KEEP, new_fields: StoreFields | None = None) -> BehaviourStore:
-    """The store at `url` (`sqlite:///PATH`). `fields`: what it must hold (a store holding other fields is refused
-    in one line: its bundles would read other features); `new_fields`: what a new store holds, where `fields` is
-    not given (an existing store keeps its own)."""
+    """The store at `url` (`sqlite:///PATH`, or `redis://HOST:PORT/DB` with the `redis` extra). `fields`: what it
+    must hold (a store holding other fields is refused in one line: its bundles would read other features);
+    `new_fields`: what a new store holds, where `fields` is not given (an existing store keeps its own)."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, not {keep}")
     if url.startswith("sqlite:///"):

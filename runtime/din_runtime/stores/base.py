@@ -113,6 +113,11 @@ class BehaviourStore(Protocol):
     def user_values(self, users: Sequence[Any]) -> list[dict[str, Any]]:
         """For each user, the attribute values held (an empty dict for an unknown user)."""
 
+    def user_side(self, users: Sequence[Any], as_of: Sequence[float | None], limit: int,
+                  attribute_users: Sequence[Any]) -> tuple[list[History], list[dict[str, Any]]]:
+        """histories(users, as_of, limit) and user_values(attribute_users) in one read (one round trip to a
+        server): what a request's completion needs."""
+
     def count(self) -> int:
         """Behaviours held."""
 

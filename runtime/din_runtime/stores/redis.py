@@ -100,23 +100,32 @@ class RedisStore:
             self._call(self.client.hset, f"{PREFIX}users", mapping={str(u): json.dumps(dict(v)) for u, v in users.items()})
 
     def histories(self, users: Sequence[Any], as_of: Sequence[float | None], limit: int) -> list[History]:
+        return self.user_side(users, as_of, limit, [])[0]
+
+    def user_values(self, users: Sequence[Any]) -> list[dict[str, Any]]:
+        return self.user_side([], [], 0, users)[1]
+
+    def user_side(self, users: Sequence[Any], as_of: Sequence[float | None], limit: int,
+                  attribute_users: Sequence[Any]) -> tuple[list[History], list[dict[str, Any]]]:
+        """One pipelined round trip: each (user, time)'s range of its sorted set, and the users' attributes."""
+        if not users and not attribute_users:
+            return [], []
         pipeline = self.client.pipeline(transaction=False)
         for user, time in zip(users, as_of, strict=True):
             pipeline.zrevrangebyscore(self.keys[2] + str(user), "+inf" if time is None else f"({time!r}", "-inf", start=0, num=limit,
                                       withscores=True)
-        found = []
-        for rows in self._call(pipeline.execute):
-            decoded = [(json.loads(member.split(b"|", 1)[1]), score) for member, score in reversed(rows)]
-            found.append(History([body[0] for body, _ in decoded], [score for _, score in decoded],
-                                 {name: [(body[1] if len(body) > 1 else {}).get(name) for body, _ in decoded]
-                                  for name in self.fields.behaviour_values}))
-        return found
+        if attribute_users:
+            pipeline.hmget(f"{PREFIX}users", [str(u) for u in attribute_users])
+        replies = self._call(pipeline.execute)
+        found = [self._history(rows) for rows in replies[:len(users)]]
+        return found, [json.loads(row) if row else {} for row in replies[len(users)]] if attribute_users else []
 
-    def user_values(self, users: Sequence[Any]) -> list[dict[str, Any]]:
-        if not users:
-            return []
-        rows = self._call(self.client.hmget, f"{PREFIX}users", [str(u) for u in users])
-        return [json.loads(row) if row else {} for row in rows]
+    def _history(self, rows: list[tuple[bytes, float]]) -> History:
+        """A sorted-set range (newest first) as a History, oldest first; the bodies parsed as one JSON array."""
+        rows = rows[::-1]
+        bodies = json.loads(b"[" + b",".join(member.split(b"|", 1)[1] for member, _ in rows) + b"]")
+        return History([body[0] for body in bodies], [score for _, score in rows],
+                       {name: [(body[1] if len(body) > 1 else {}).get(name) for body in bodies] for name in self.fields.behaviour_values})
 
     def count(self) -> int:
         return int(self._call(self.client.get, self.keys[3]) or 0)
