@@ -113,9 +113,11 @@ def start_redis(folder: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("redis-server did not answer in 20 s")
 
 
-def post_json(url: str, path: str, body: dict) -> tuple[int, dict]:
-    """POST a JSON body to the server at `url`: (status, the JSON answer), errors included."""
-    request = urllib.request.Request(f"http://{url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def post_json(url: str, path: str, body: dict | bytes) -> tuple[int, dict]:
+    """POST a JSON body (an object, or its bytes as they are) to the server at `url`: (status, the JSON answer),
+    errors included."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://{url}{path}", data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())

@@ -3,11 +3,8 @@ Predictor.explain, rank(explain=True), the server's explain route and `report --
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,7 @@ import pytest
 import torch
 
 from din_runtime import Predictor
-from helpers import start_server
+from helpers import post_json, start_server
 
 BIN = Path(sys.executable).parent
 
@@ -67,15 +64,6 @@ def test_rank_explains_its_ranked_candidates_as_explain_does_on_the_replicated_r
     assert predictor.rank(user, candidates, top_k=5).weights is None
 
 
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def _infer_body(rows: dict, count: int) -> dict:
     inputs = []
     for name, values in rows.items():
@@ -94,17 +82,17 @@ def test_the_server_explains_rows_and_ranked_candidates(bundle: Path, predictor:
     rows = {name: values for name, values in rows.items() if name != "price"} | {"price": [1.5] * len(rows["item_id"])}
     process, url = start_server(bundle, "din")
     try:
-        status, answer = _post(f"http://{url}/v2/models/din/explain", _infer_body(rows, 6))
+        status, answer = post_json(url, "/v2/models/din/explain", _infer_body(rows, 6))
         assert status == 200 and answer["id"] == "why" and answer["model_version"] == "1"
         expected = predictor.explain({name: values[:6] for name, values in rows.items()})
         assert np.allclose(answer["probabilities"], expected.probabilities, atol=1e-6)
         assert [len(w) for w in answer["weights"]] == [len(w) for w in expected.weights]
         assert all(np.allclose(a, e, atol=1e-6) for a, e in zip(answer["weights"], expected.weights, strict=True))
-        status, ranked = _post(f"http://{url}/v2/models/din/rank", {
+        status, ranked = post_json(url, "/v2/models/din/rank", {
             "user": {"user_id": rows["user_id"][2], "hist_item_id": rows["hist_item_id"][2], "hist_cate_id": rows["hist_cate_id"][2]},
             "candidates": {"item_id": rows["item_id"], "cate_id": rows["cate_id"], "price": rows["price"]}, "top_k": 3, "explain": True})
         assert status == 200 and len(ranked["weights"]) == 3 and len(ranked["weights"][0]) == min(50, len(rows["hist_item_id"][2]))
-        status, refused = _post(f"http://{url}/v2/models/din/rank", {"user": {}, "candidates": {}, "explain": "yes"})
+        status, refused = post_json(url, "/v2/models/din/rank", {"user": {}, "candidates": {}, "explain": "yes"})
         assert status == 400 and "'explain' must be true or false" in refused["error"]
     finally:
         process.terminate()

@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from din_export.data.synthetic import generate
 from din_runtime import Predictor
+from helpers import post_json as post
 from helpers import start_server
 
 MODEL = "din"
@@ -63,15 +64,6 @@ def in_parallel(work, count: int) -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-
-
-def post(url: str, path: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://{url}{path}", data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def test_metadata_and_health(server: str, predictor: Predictor) -> None:
