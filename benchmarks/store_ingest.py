@@ -1,7 +1,8 @@
 """Bulk loading a log into the behaviour store: `din-export events load` on generated logs of the given sizes (the
 scaling benchmark's log and recipe: benchmarks/prepare_scaling.py), into SQLite and into Redis, each load in a
-process of its own. Reports seconds, events per second, the loader's peak resident memory (its process tree;
-redis-server's own memory is not the loader's) and the behaviours the store holds after.
+process of its own (store_load_run.py). Reports seconds and events per second as the command reports them, the
+loader's own peak resident memory (VmHWM; redis-server's memory is not the loader's) and the behaviours the store
+holds after.
 
     python benchmarks/store_ingest.py 1000000 20000000
 
@@ -12,42 +13,22 @@ the scratch folder); it is skipped, saying so, where redis-server is not install
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from fresh import TreePeak
+from fresh import run_json
 from machine import cpu_model
 from prepare_scaling import RECIPE, write_log
 
-from din_runtime.stores import open_store
-
-LOADED = re.compile(r"loaded ([\d,]+) behaviours of ([\d,]+) events")
+HERE = Path(__file__).parent
 
 
 def load(paths: list[Path], url: str) -> dict[str, int | float]:
-    """One `din-export events load` in a fresh process: its seconds, rate and peak memory."""
-    command = [sys.executable, "-m", "din_export", "events", "load", "--recipe", str(RECIPE), "--log", str(paths[0]),
-               "--items", str(paths[1]), "--users", str(paths[2]), "--store", url]
-    with TreePeak() as tree:
-        started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-    if result.returncode:
-        raise SystemExit(f"events load failed: {result.stderr[-2000:]}")
-    found = LOADED.search(result.stdout)
-    assert found, result.stdout
-    events = int(found.group(2).replace(",", ""))
-    store = open_store(url)
-    try:
-        held = store.count()
-    finally:
-        store.close()
-    return {"events": events, "seconds": round(seconds, 2), "events_per_second": round(events / seconds), "peak_mb": tree.mb, "held": held}
+    """One load in a fresh process (store_load_run.py): its seconds and rate as the command reports them (the
+    interpreter's start left out) and the loader's own peak memory."""
+    return run_json(HERE / "store_load_run.py", str(RECIPE), *map(str, paths), url)
 
 
 def main() -> None:
