@@ -155,6 +155,12 @@ def server_load(scratch: Path) -> tuple[str, str]:
     return "python -m pytest -n 0 benchmarks/test_server_load.py --benchmark-json=serve.json", "\n".join(lines)
 
 
+def recency(scratch: Path) -> tuple[str, str]:
+    arguments = ["--max-lens", "10", "50", "200", "--seeds", "0"]
+    output = run([sys.executable, "benchmarks/recency.py", *arguments, "--scratch", str(scratch)])
+    return "python benchmarks/recency.py " + " ".join(arguments), tables_in(output)
+
+
 def store_serving(scratch: Path) -> tuple[str, str]:
     report = scratch / "store.json"
     run([sys.executable, "-m", "pytest", "-n", "0", "benchmarks/test_store_serving.py", f"--benchmark-json={report}", "-q",
@@ -280,6 +286,7 @@ MEASUREMENTS = {
     "server-load": Measurement(server_load),
     "swap-latency": Measurement(swap_latency),
     "store-serving": Measurement(store_serving, needs_movielens=True),
+    "recency": Measurement(recency, needs_movielens=True),
     "store-ingest": Measurement(store_ingest),
     "prepare-scaling": Measurement(prepare_scaling),
     "sort-engines": Measurement(sort_engines),

@@ -45,6 +45,13 @@ def test_the_variants_are_evaluated_alike() -> None:
     assert all(0 < float(row[6]) <= float(row[5]) <= 1 for row in table)  # NDCG@10 <= HR@10
 
 
+def test_the_recency_script_trains_both_forms_at_each_max_len() -> None:
+    need_ml100k()
+    table = [row for row in rows(run("recency.py", "--max-lens", "5", "--seeds", "0", "--epoch-samples", "2000")) if row[0].isdigit()]
+    assert [row[:2] for row in table] == [["5", "none"], ["5", "position"]]
+    assert all(0 < float(row[2]) <= 1 and float(row[4]) > 0 for row in table)
+
+
 def test_the_epoch_benchmark_times_train_and_the_cli_side_by_side() -> None:
     need_ml100k()
     table = [row for row in rows(run("training_epoch.py", "--batch-sizes", "256", "--rounds", "1", "--rows", "3000", "--compile"))

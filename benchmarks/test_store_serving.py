@@ -29,6 +29,7 @@ from din_export.cli import main
 from din_runtime.stores import open_store
 from helpers import ML100K, ML100K_RECIPE, need_ml100k, start_redis, start_server
 
+pytestmark = pytest.mark.slow  # servers, stores and a trained MovieLens bundle: the full run, not the inner loop
 BACKENDS = ("sqlite", "redis")
 CANDIDATES = 1000
 USERS = 40  # requests per form per round: one per user, users in turn

@@ -20,6 +20,7 @@ VARIANTS = ("din", "base", "din-seq")  # the architecture (--model)
 BASE_POOLINGS = ("mean", "sum")
 ACTIVATIONS = ("prelu", "dice", "sigmoid", "relu")
 WEIGHTINGS = ("raw", "softmax")
+RECENCIES = ("position", "none")  # recency in the attention: each behaviour's log2 bucket back from the most recent, or none
 FORMS = ("folded", "plain")  # the attention unit's first layer: folded for inference, or plain (--attention-form)
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
@@ -150,6 +151,9 @@ class ModelConfig:
     base_pooling: str = setting("mean", Accepts(str, choices=BASE_POOLINGS))
     encoder_heads: int = setting(2, Accepts(int, low=1))
     encoder_layers: int = setting(1, Accepts(int, low=1))
+    # position: each behaviour's distance back from the most recent, in log2 buckets, as an embedding added to its key
+    # (layers.Recency); none: the paper's DIN, blind to order. Chosen by benchmarks/recency.py (Models guide).
+    recency: str = setting("position", Accepts(str, choices=RECENCIES))
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -167,7 +171,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        """A saved configuration; one saved before `recency` existed had none (its weights hold no recency table)."""
+        return cls(**{"recency": "none", **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}})
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from din_runtime.served_log import Served, ServedLog, served_table
 from din_runtime.stores import open_store
 from helpers import ML100K, ML100K_RECIPE, post_json, start_server, tensor
 
+pytestmark = pytest.mark.slow  # servers, stores and a trained MovieLens bundle: the full run, not the inner loop
 USERS = 24  # rank requests, one per user, as of the user's first test sample
 CANDIDATES = 20
 

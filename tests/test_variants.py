@@ -13,6 +13,7 @@ import torch
 from din_export.bundle import load_bundle
 from din_export.data.synthetic import generate
 from din_export.export.graphs import random_feed
+from din_export.model.layers import RECENCY_BUCKETS, Recency
 from din_runtime import BundleError, Predictor
 from din_runtime.manifest import read_manifest
 from helpers import build_bundle, rank_against_predict
@@ -23,7 +24,25 @@ VARIANTS = {
     "din-prelu": {"variant": "din", "mlp_activation": "prelu"},
     "din-dice": {"variant": "din", "mlp_activation": "dice", "attention_activation": "dice"},
     "din-seq": {"variant": "din-seq", "dropout": 0.1, "batch_norm": True},
+    "din-no-recency": {"variant": "din", "recency": "none"},
 }
+
+
+def test_recency_buckets_count_back_from_the_most_recent_in_log2_steps() -> None:
+    """Bucket b holds distances 2^b - 1 .. 2^(b+1) - 2 back from the most recent behaviour (0: the latest), the last
+    bucket everything beyond; padded positions are 0 and get no recency at all."""
+    recency = Recency(4)
+    lengths = [0, 1, 2, 7, 8, 40, 70000]
+    width = max(lengths)
+    mask = torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    buckets = recency.buckets(mask).numpy()
+    for row, length in enumerate(lengths):
+        back = length - 1 - np.arange(length)
+        expected = np.minimum(np.floor(np.log2(back + 1)).astype(int), RECENCY_BUCKETS - 1)
+        assert np.array_equal(buckets[row, :length], expected) and not buckets[row, length:].any()
+    keys = torch.randn(len(lengths), width, 4)
+    added = recency(keys, mask) - keys
+    assert torch.equal(added[~mask], torch.zeros_like(added[~mask]))
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -32,6 +51,7 @@ def test_variant_exports_with_parity(tmp_path: Path, name: str) -> None:
     bundle = build_bundle(tmp_path / name, samples=800, epochs=1, **VARIANTS[name])
     manifest = read_manifest(bundle)
     assert manifest["model"]["variant"] == VARIANTS[name]["variant"]
+    assert manifest["model"]["recency"] == VARIANTS[name].get("recency", "position")
     assert manifest["onnx"]["parity"]["max_abs_diff"] <= manifest["onnx"]["parity"]["atol"]
     din = load_bundle(bundle).din
     session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])

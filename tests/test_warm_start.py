@@ -24,7 +24,11 @@ from din_runtime.manifest import read_manifest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bundle-0.1.0"
 PRICE = '[features."price"]\nkind = "numeric"\nfill = "mean"\nnormalize = "zscore"'  # as spec_to_toml writes it
-SMALL = ModelConfig(embedding_dim=4, attention_hidden=(8,), mlp_hidden=(8,))
+# The warm start's mechanics, on a model this small and 1,500 rows: it barely learns the synthetic data (test AUC
+# about 0.5 with or without recency), so whether a continuation's first epoch validates better than the parent is
+# noise under a fixed seed; with recency the noise keeps the parent (epoch 0) and no row moves. Pinned to the form
+# these tests were written with; recency's own tests are in test_variants.py.
+SMALL = ModelConfig(embedding_dim=4, attention_hidden=(8,), mlp_hidden=(8,), recency="none")
 
 
 def _table(folder: Path, name: str, seed: int, samples: int = 1500) -> Path:

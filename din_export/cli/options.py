@@ -24,7 +24,8 @@ DATA_KEYS = ("data", "log", "items", "users", "valid", "test", "spec", "samples"
 MODEL_FLAGS = {"variant": "variant", "embedding_dim": "embedding_dim", "attention_hidden": "attention_hidden",
                "attention_activation": "attention_activation", "attention_weighting": "attention_weighting",
                "mlp_hidden": "mlp_hidden", "mlp_activation": "mlp_activation", "dropout": "dropout", "batch_norm": "batch_norm",
-               "base_pooling": "base_pooling", "encoder_heads": "encoder_heads", "encoder_layers": "encoder_layers"}
+               "base_pooling": "base_pooling", "encoder_heads": "encoder_heads", "encoder_layers": "encoder_layers",
+               "recency": "recency"}
 TRAINING_FLAGS = {name: name for name in ("epochs", "batch_size", "learning_rate", "patience", "seed", "embedding_l2", "lr_schedule",
                                           "warmup_steps", "epoch_samples", "augmentation", "augmentation_rate", "device", "calibration")}
 
@@ -133,6 +134,8 @@ MODEL_OPTIONS = [
     setting(ModelConfig, "base_pooling", help="Pooling of --model base."),
     setting(ModelConfig, "encoder_heads", help="Attention heads of din-seq's encoder (they must divide embedding-dim x sequences)."),
     setting(ModelConfig, "encoder_layers", help="Layers of din-seq's encoder."),
+    setting(ModelConfig, "recency", help="position: each behaviour's distance back from the most recent (log2 buckets) as an "
+                                         "embedding the attention sees; none: the paper's DIN, blind to order."),
 ]
 TRAINING_OPTIONS = [
     setting(TrainConfig, "epochs", help="Most epochs to train (0 only with --warm-start: the parent re-exported on the new vocabularies)."),

@@ -18,7 +18,7 @@ from din_runtime.schema import FeatureSchema
 
 from ..config import FORMS, ModelConfig
 from .calibration import Calibration
-from .layers import AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, mlp, pooled
+from .layers import AttentionPooling, MeanPooling, Recency, SelfAttentionEncoder, SumPooling, mlp, pooled
 
 ESCAPED = "feature_x"
 _MODULE_ATTRIBUTES = frozenset(dir(nn.ModuleDict()))  # a table's key may not shadow one of these (`training`, `forward`)
@@ -58,6 +58,7 @@ class DIN(nn.Module):
             with torch.no_grad():
                 table.weight[0].zero_()
         behaviour_dim = dim * len(self.sequences)
+        self.recency = Recency(behaviour_dim) if config.recency == "position" else None
         self.encoder = None
         if config.variant == "din-seq":
             self.encoder = SelfAttentionEncoder(behaviour_dim, schema.max_len, config.encoder_heads,
@@ -101,9 +102,12 @@ class DIN(nn.Module):
         return torch.cat([self.embeddings[table_key(c)](x[c]) for c in self.candidates], dim=-1)
 
     def behaviours(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keys of attention (batch, seq_len, E), through the encoder where there is one, and their mask."""
+        """The keys of attention (batch, seq_len, E), each with its recency where the model has it, through the
+        encoder where there is one, and their mask."""
         keys = torch.cat([self.embeddings[table_key(s.shares)](x[s.name]) for s in self.schema.sequences], dim=-1)
         mask = x[self.sequences[0]] != 0  # built from the IDs, never from a Python-side length
+        if self.recency is not None:
+            keys = self.recency(keys, mask)
         if self.encoder is not None:
             keys = self.encoder(keys, mask)
         return keys, mask

@@ -11,6 +11,7 @@ from torch import nn
 from ..config import ACTIVATIONS, FORMS, WEIGHTINGS
 
 MASKED_SCORE = -1e9  # finite fill for softmax weighting: -inf would turn an all-padding row into NaN
+RECENCY_BUCKETS = 16  # log2 buckets of a behaviour's distance back: 0, 1-2, 3-6, 7-14, ..., 32,767 and beyond
 
 
 class PReLU(nn.Module):
@@ -178,6 +179,30 @@ class SumPooling(CandidateBlindPooling):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return (mask.to(keys.dtype).unsqueeze(-1) * keys).sum(dim=1)
+
+
+class Recency(nn.Module):
+    """When a behaviour happened relative to the others: its distance back from the user's most recent behaviour
+    (0 for the latest), in log2 buckets (bucket b holds distances 2^b - 1 .. 2^(b+1) - 2), as an embedding added to
+    its key, so the attention unit scores it with its place in the history and the pooled interest carries it.
+    Distances come from the mask (the history's length), never from a Python-side number, and buckets from integer
+    comparisons with the bucket bounds, so the exported graph buckets exactly as training does."""
+
+    def __init__(self, dim: int, buckets: int = RECENCY_BUCKETS, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.table = nn.Embedding(buckets, dim)
+        nn.init.normal_(self.table.weight, std=init_std)
+        self.register_buffer("bounds", torch.tensor([2**b - 1 for b in range(1, buckets)], dtype=torch.long), persistent=False)
+
+    def buckets(self, mask: torch.Tensor) -> torch.Tensor:
+        """Each position's bucket (batch, seq_len); padded positions get 0 (they are masked anyway)."""
+        lengths = mask.sum(dim=1, keepdim=True)
+        steps = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
+        back = (lengths - 1 - steps).clamp(min=0)
+        return (back.unsqueeze(-1) >= self.bounds).sum(dim=-1)
+
+    def forward(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return keys + self.table(self.buckets(mask)) * mask.unsqueeze(-1).to(keys.dtype)
 
 
 class SelfAttentionEncoder(nn.Module):
