@@ -34,11 +34,13 @@ STREAM_BATCH_ROWS = 262_144
 LOG_ROW = "din_log_row"  # each event's row in the log (over all its files): the tie order of events at one time
 
 
-def _quote(text: str) -> str:
+def sql_text(text: str) -> str:
+    """A string as an SQL literal (DuckDB)."""
     return "'" + text.replace("'", "''") + "'"
 
 
-def _name(column: str) -> str:
+def sql_name(column: str) -> str:
+    """A column name as a quoted SQL identifier (DuckDB)."""
     return '"' + column.replace('"', '""') + '"'
 
 
@@ -63,8 +65,8 @@ def _time_number(column: str, kind: pa.DataType) -> str:
     """SQL for a time column as the number `prepare` orders by: timestamps as integers in their own unit."""
     if pa.types.is_timestamp(kind):
         per_unit = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}[kind.unit]
-        return f"CAST(epoch_ns({_name(column)}) // {per_unit} AS DOUBLE)"
-    return f"CAST({_name(column)} AS DOUBLE)"
+        return f"CAST(epoch_ns({sql_name(column)}) // {per_unit} AS DOUBLE)"
+    return f"CAST({sql_name(column)} AS DOUBLE)"
 
 
 def time_number(value: float | str, kind: pa.DataType, column: str) -> float:
@@ -110,8 +112,8 @@ class LogScan:
             raise ValueError(f"memory limit {memory_limit!r} is not a size such as 500MB or 4GB ({first_line(error)})") from None
         offset, parts = 0, []
         for file in files:
-            parts.append(f"SELECT {', '.join(map(_name, columns))}, file_row_number + {offset} AS {LOG_ROW} "
-                         f"FROM read_parquet({_quote(str(file))}, file_row_number = true)")
+            parts.append(f"SELECT {', '.join(map(sql_name, columns))}, file_row_number + {offset} AS {LOG_ROW} "
+                         f"FROM read_parquet({sql_text(str(file))}, file_row_number = true)")
             offset += pq.ParquetFile(file).metadata.num_rows
         self.connection.sql(f"CREATE TEMPORARY VIEW events AS {' UNION ALL '.join(parts)}")
 
@@ -127,8 +129,8 @@ class LogScan:
             empty, first = found[1 + 2 * index], found[2 + 2 * index]
             if empty:
                 raise TableError(f"{self.path}: column '{column}' is empty (null or NaN) in {empty} row(s), first at row {first}")
-        users = self._column(f"SELECT DISTINCT {_name(self.user)} AS key FROM events", self.user)
-        items = self.connection.sql(f"SELECT {_name(self.item)} AS key, count(*) AS n FROM events GROUP BY 1").to_arrow_table()
+        users = self._column(f"SELECT DISTINCT {sql_name(self.user)} AS key FROM events", self.user)
+        items = self.connection.sql(f"SELECT {sql_name(self.item)} AS key, count(*) AS n FROM events GROUP BY 1").to_arrow_table()
         item_keys = to_numpy(items.column("key").cast(self.schema.field(self.item).type))
         order = np.argsort(item_keys, kind="stable")
         return LogOverview(int(found[0]), np.sort(users), item_keys[order], to_numpy(items.column("n"))[order].astype(np.int64))
@@ -136,7 +138,7 @@ class LogScan:
     def _missing(self, column: str) -> str:
         """SQL true where a value is missing: null, or NaN in a floating-point column. Not isnan(): DuckDB 2.0 folds it
         to false from a Parquet column's min and max statistics, which leave NaN out; isfinite() is evaluated."""
-        name = _name(column)
+        name = sql_name(column)
         if pa.types.is_floating(self.schema.field(column).type):
             return f"({name} IS NULL OR (NOT isfinite({name}) AND abs({name}) <> 'infinity'::DOUBLE))"
         return f"({name} IS NULL)"
@@ -164,8 +166,8 @@ class LogScan:
         """The events sorted by user, time and log row, in tables of at least `min_events` rows (the last may be
         smaller) that each hold all events of their users; columns typed as in the source files."""
         target = pa.schema([self.schema.field(c) for c in self.columns])
-        query = (f"SELECT {', '.join(map(_name, self.columns))} FROM events "
-                 f"ORDER BY {_name(self.user)}, {_name(self.time)}, {LOG_ROW}")
+        query = (f"SELECT {', '.join(map(sql_name, self.columns))} FROM events "
+                 f"ORDER BY {sql_name(self.user)}, {sql_name(self.time)}, {LOG_ROW}")
         carry: pa.Table | None = None
         try:
             reader = self.connection.sql(query).to_arrow_reader(STREAM_BATCH_ROWS)

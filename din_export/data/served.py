@@ -33,17 +33,10 @@ from .prepared import ITEMS_FILE, SPEC_FILE, SPLITS, SUMMARY_FILE, TIME_COLUMN, 
 from .readers import read_source
 from .recipe import LogConfig, SplitConfig
 from .rules import feature_side, read_recipe, training_spec
+from .scan import sql_name, sql_text
 from .spec import Spec, spec_to_toml
 
 CLICK_TIME = "time"  # a click's time column: as an event's (POST /v2/events)
-
-
-def _name(column: str) -> str:
-    return '"' + column.replace('"', '""') + '"'
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def key_features(spec: Spec, config: LogConfig) -> tuple[str, str]:
@@ -64,8 +57,8 @@ def _split_sql(split: SplitConfig, user: str) -> str:
         valid = (f"{split.valid_from}" if split.valid_from is not None
                  else f"(SELECT quantile_cont({TIME}, {1 - split.test - split.valid}) FROM labelled)")
         return f"CASE WHEN {TIME} >= {test} THEN 2 WHEN {TIME} >= {valid} THEN 1 ELSE 0 END"
-    size = f"count(*) OVER (PARTITION BY {_name(user)})"
-    from_end = f"({size} - row_number() OVER (PARTITION BY {_name(user)} ORDER BY {TIME}, {REQUEST_ID}, {ROW}))"
+    size = f"count(*) OVER (PARTITION BY {sql_name(user)})"
+    from_end = f"({size} - row_number() OVER (PARTITION BY {sql_name(user)} ORDER BY {TIME}, {REQUEST_ID}, {ROW}))"
 
     def amount(value: float) -> str:
         return str(int(value)) if isinstance(value, int) else f"floor({value} * {size})"
@@ -111,7 +104,7 @@ def prepare_served(recipe: Path, served: Path, clicks: Path, out: Path, join: st
 
 def _write(connection: duckdb.DuckDBPyConnection, spec: Spec, config: LogConfig, files: list[str], click_table: Any,
            staging: Path, join: str, window: float | None, model: str | None, user: str, item: str) -> dict[str, Any]:
-    listed = ", ".join(map(_quote, files))
+    listed = ", ".join(map(sql_text, files))
     connection.sql(f"CREATE TEMPORARY VIEW served AS SELECT * FROM read_parquet([{listed}], union_by_name = true)")
     columns = {name for name, in connection.sql("SELECT column_name FROM (DESCRIBE served)").fetchall()}
     absent = [f.name for f in spec.features if f.name not in columns]
@@ -125,35 +118,35 @@ def _write(connection: duckdb.DuckDBPyConnection, spec: Spec, config: LogConfig,
     model = model or models[0]
     connection.register("click_table", click_table)
     types = dict(connection.sql("SELECT column_name, column_type FROM (DESCRIBE served)").fetchall())
-    key = f"TRY_CAST({_name(item)} AS {types[item]}) AS {_name(item)}"  # compared in the served log's type
+    key = f"TRY_CAST({sql_name(item)} AS {types[item]}) AS {sql_name(item)}"  # compared in the served log's type
     if join == "request":
         connection.sql(f"CREATE TEMPORARY VIEW clicks AS SELECT CAST({REQUEST_ID} AS VARCHAR) AS {REQUEST_ID}, {key} FROM click_table")
     else:
-        connection.sql(f"CREATE TEMPORARY VIEW clicks AS SELECT TRY_CAST({_name(user)} AS {types[user]}) AS {_name(user)}, {key}, "
-                       f"CAST({_name(CLICK_TIME)} AS DOUBLE) AS {TIME} FROM click_table")
+        connection.sql(f"CREATE TEMPORARY VIEW clicks AS SELECT TRY_CAST({sql_name(user)} AS {types[user]}) AS {sql_name(user)}, {key}, "
+                       f"CAST({sql_name(CLICK_TIME)} AS DOUBLE) AS {TIME} FROM click_table")
     if join == "request":
         clicked = (f"EXISTS (SELECT 1 FROM clicks c WHERE c.{REQUEST_ID} = s.{REQUEST_ID} "
-                   f"AND c.{_name(item)} = s.{_name(item)})")
+                   f"AND c.{sql_name(item)} = s.{sql_name(item)})")
     else:
-        clicked = (f"EXISTS (SELECT 1 FROM clicks c WHERE c.{_name(user)} = s.{_name(user)} AND c.{_name(item)} = s.{_name(item)} "
+        clicked = (f"EXISTS (SELECT 1 FROM clicks c WHERE c.{sql_name(user)} = s.{sql_name(user)} AND c.{sql_name(item)} = s.{sql_name(item)} "
                    f"AND c.{TIME} >= s.{TIME} AND c.{TIME} <= s.{TIME} + {float(window)})")  # type: ignore[arg-type]
-    features = ", ".join(f"s.{_name(f.name)}" for f in spec.features)
+    features = ", ".join(f"s.{sql_name(f.name)}" for f in spec.features)
     connection.sql(f"CREATE TEMPORARY TABLE labelled AS SELECT {features}, s.{REQUEST_ID}, s.{ROW}, s.{TIME}, "
-                   f"CAST({clicked} AS TINYINT) AS {_name(spec.label)} FROM served s WHERE s.model = {_quote(model)}")
+                   f"CAST({clicked} AS TINYINT) AS {sql_name(spec.label)} FROM served s WHERE s.model = {sql_text(model)}")
     connection.sql(f"CREATE TEMPORARY TABLE split AS SELECT *, {_split_sql(config.split, user)} AS din_split FROM labelled")
     rows = {}
-    kept = ", ".join([_name(f.name) for f in spec.features] + [_name(spec.label), f"{TIME} AS {TIME_COLUMN}"])
+    kept = ", ".join([sql_name(f.name) for f in spec.features] + [sql_name(spec.label), f"{TIME} AS {TIME_COLUMN}"])
     for code, name in enumerate(SPLITS):
         rows[name] = connection.sql(f"SELECT count(*) FROM split WHERE din_split = {code}").fetchall()[0][0]
-        connection.sql(f"COPY (SELECT {kept} FROM split WHERE din_split = {code} ORDER BY {_name(user)}, {TIME}, {REQUEST_ID}, {ROW}) "
-                       f"TO {_quote(str(split_file(staging, name)))} (FORMAT parquet)")
+        connection.sql(f"COPY (SELECT {kept} FROM split WHERE din_split = {code} ORDER BY {sql_name(user)}, {TIME}, {REQUEST_ID}, {ROW}) "
+                       f"TO {sql_text(str(split_file(staging, name)))} (FORMAT parquet)")
     empty = [name for name in SPLITS if rows[name] == 0]
     if empty:
         raise ValueError(f"the split leaves {empty} without samples; adjust [split] (valid/test) for this log")
     item_side = [f.name for f in spec.features if f.kind != "sequence" and feature_side(f, config) == "item" and f.name != item]
-    pq.write_table(connection.sql(f"SELECT {_name(item)}" + "".join(f", any_value({_name(n)}) AS {_name(n)}" for n in item_side)
-                                  + f" FROM labelled GROUP BY {_name(item)} ORDER BY {_name(item)}").to_arrow_table(), staging / ITEMS_FILE)
+    pq.write_table(connection.sql(f"SELECT {sql_name(item)}" + "".join(f", any_value({sql_name(n)}) AS {sql_name(n)}" for n in item_side)
+                                  + f" FROM labelled GROUP BY {sql_name(item)} ORDER BY {sql_name(item)}").to_arrow_table(), staging / ITEMS_FILE)
     served_rows, positives, users, requests = connection.sql(
-        f"SELECT count(*), sum({_name(spec.label)}), count(DISTINCT {_name(user)}), count(DISTINCT {REQUEST_ID}) FROM labelled").fetchall()[0]
+        f"SELECT count(*), sum({sql_name(spec.label)}), count(DISTINCT {sql_name(user)}), count(DISTINCT {REQUEST_ID}) FROM labelled").fetchall()[0]
     return {"model": model, "served_rows": served_rows, "requests": requests, "users": users, "clicks": click_table.num_rows,
             "positives": int(positives or 0), "rows": rows}

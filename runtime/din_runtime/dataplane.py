@@ -49,12 +49,6 @@ class TimedStore:
     def add(self, events: Any) -> tuple[int, int]:
         return self._timed("add", self.inner.add, events)
 
-    def histories(self, users: Any, as_of: Any, limit: int) -> Any:
-        return self._timed("histories", self.inner.histories, users, as_of, limit)
-
-    def user_values(self, users: Any) -> Any:
-        return self._timed("user_values", self.inner.user_values, users)
-
     def user_side(self, users: Any, as_of: Any, limit: int, attribute_users: Any) -> Any:
         return self._timed("read", self.inner.user_side, users, as_of, limit, attribute_users)
 
@@ -113,12 +107,15 @@ class DataPlane:
             return dataclasses.replace(request, id=new_request_id())
         return request
 
-    async def _completed(self, version: Version, columns: dict[str, Any], as_of: float | None) -> dict[str, Any]:
-        if self.store is not None:
-            return await asyncio.to_thread(complete, columns, version.predictor.schema, self.store, as_of)
-        if as_of is not None:
+    def _check_as_of(self, as_of: float | None) -> None:
+        if self.store is None and as_of is not None:
             raise InputError("as_of", "applies to histories from a behaviour store; this server has none (serve --store URL)")
-        return columns
+
+    async def _completed(self, version: Version, columns: dict[str, Any], as_of: float | None) -> dict[str, Any]:
+        self._check_as_of(as_of)
+        if self.store is None:
+            return columns
+        return await asyncio.to_thread(complete, columns, version.predictor.schema, self.store, as_of)
 
     def _log(self, version: Version, request: Any, columns: dict[str, Any], probabilities: np.ndarray) -> None:
         """Hand the scored rows to the served log (never waits: a full queue drops and counts them)."""
@@ -146,8 +143,7 @@ class DataPlane:
     async def rank(self, version: Version, request: RankRequest) -> Ranking:
         """The candidates best first; the user's row completed from the store once (one read for the user)."""
         user, candidates = request.user, request.candidates
-        if self.store is None and request.as_of is not None:
-            raise InputError("as_of", "applies to histories from a behaviour store; this server has none (serve --store URL)")
+        self._check_as_of(request.as_of)
 
         def run() -> tuple[dict[str, Any], Ranking]:  # the store's read and the scoring on one worker thread: one hop
             completed = user if self.store is None else complete_user(user, version.predictor.schema, self.store, request.as_of,

@@ -171,11 +171,8 @@ class Predictor:
         return self.run_encoded(self.encode(self._completed(features, store, as_of)))
 
     def _completed(self, features: Mapping[str, Any], store: BehaviourStore | None, as_of: Any) -> Mapping[str, Any]:
-        if store is None:
-            if as_of is not None:
-                raise InputError("as_of", "applies to histories filled from a store; give store= too")
-            return features
-        return complete(features, self.schema, store, as_of)
+        _check_as_of(store, as_of)
+        return features if store is None else complete(features, self.schema, store, as_of)
 
     def run_encoded(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
         """Probabilities for a feed as encode() returns it (what a server that encodes each request and batches
@@ -255,10 +252,9 @@ class Predictor:
         store, as_of: the user's histories (and attributes) the row leaves out, filled from a behaviour store as of a
         time (one read for the user).
         """
+        _check_as_of(store, as_of)
         if store is not None:
             user_row = complete_user(user_row, self.schema, store, as_of, per_candidate=list(candidates))
-        elif as_of is not None:
-            raise InputError("as_of", "applies to histories filled from a store; give store= too")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None, not {top_k!r}")
         per_candidate, per_user = self._split_features(user_row, candidates)
@@ -331,6 +327,12 @@ class Predictor:
             return [session.run(outputs, feed)]
         return [session.run(outputs, {name: array if name in shared else array[start:start + chunk] for name, array in feed.items()})
                 for start in range(0, rows, chunk)]
+
+
+def _check_as_of(store: BehaviourStore | None, as_of: Any) -> None:
+    """`as_of` picks which stored behaviours a history holds: without a store it has nothing to pick from."""
+    if store is None and as_of is not None:
+        raise InputError("as_of", "applies to histories filled from a store; give store= too")
 
 
 def _open_session(model_path: Path, providers: ProviderChoice, options: ort.SessionOptions, fallback: bool,
