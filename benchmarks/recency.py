@@ -1,9 +1,11 @@
-"""Recency in the attention, measured where DIN without it gets worse the more history it sees: MovieLens-100k with
-the ids+genre recipe, prepared at several max_len, DIN trained with the defaults and `--recency none` (the
-paper's DIN, blind to order) and `--recency position` (each behaviour's log2 bucket back from the most recent as
-an embedding added to its key). Test AUC, GAUC and logloss from each bundle's manifest, per seed, then mean and sd.
+"""Recency in the attention and the model family, measured where DIN without recency gets worse the more history
+it sees: MovieLens-100k with a recipe (the ids+genre one by default), prepared at several max_len, each model
+(`--models`: din, dien, bst, din-seq, base) trained with the defaults and `--recency none` (blind to order) and/or
+`--recency position` (each behaviour's log2 bucket back from the most recent as an embedding added to its key).
+Test AUC, GAUC and logloss from each bundle's manifest, per seed, then mean and sd, and training samples/s.
 
     python benchmarks/recency.py --max-lens 10 50 200 --seeds 0 1 2
+    python benchmarks/recency.py --max-lens 50 --recency position --models din dien bst din-seq --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
-RECIPE = ROOT / "examples" / "movielens-100k-ids-genre.toml"
+RECIPES = {"ids-genre": ROOT / "examples" / "movielens-100k-ids-genre.toml", "ids": ROOT / "examples" / "movielens-100k.toml"}
 BIN = Path(sys.executable).parent
 RECENCIES = ("none", "position")
+MODELS = ("din", "dien", "bst", "din-seq", "base")
 METRICS = ("auc", "gauc", "logloss")
 
 
@@ -43,34 +46,40 @@ def main() -> None:
     parser.add_argument("--max-lens", nargs="+", type=int, default=[10, 50, 200])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--recency", nargs="+", choices=RECENCIES, default=list(RECENCIES))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=["din"])
+    parser.add_argument("--recipe", choices=list(RECIPES), default="ids-genre")
     parser.add_argument("--epoch-samples", type=int, default=0, help="train-and-export --epoch-samples, one epoch (CI runs it small)")
     parser.add_argument("--scratch", type=Path, help="where samples and bundles go (default: a temporary folder)")
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}; MovieLens-100k, {RECIPE.name}; seeds {args.seeds}", flush=True)
+    recipe_path = RECIPES[args.recipe]
+    print(f"CPU: {cpu_model()}; MovieLens-100k, {recipe_path.name}; seeds {args.seeds}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         for max_len in args.max_lens:
             recipe = Path(scratch) / f"recipe-{max_len}.toml"
-            recipe.write_text(re.sub(r"(?m)^max_len = \d+$", f"max_len = {max_len}", RECIPE.read_text()), encoding="utf-8")
+            recipe.write_text(re.sub(r"(?m)^max_len = \d+$", f"max_len = {max_len}", recipe_path.read_text()), encoding="utf-8")
             data = Path(scratch) / f"samples-{max_len}"
             din_export("prepare", "--spec", recipe, "--log", ML100K / "ml-100k.inter", "--items", ML100K / "ml-100k.item", "--out", data)
             small = ["--epoch-samples", args.epoch_samples, "--epochs", 1] if args.epoch_samples else []
-            for recency in args.recency:
-                found: dict[str, list[float]] = {metric: [] for metric in METRICS}
-                seconds = []
-                for seed in args.seeds:
-                    bundle = Path(scratch) / f"din-{max_len}-{recency}-{seed}"
-                    din_export("train-and-export", "--data", data, "--spec", data / "spec.toml", "--recency", recency, "--seed", seed,
-                               *small, "--out", bundle, "--quiet")
-                    manifest = json.loads((bundle / "manifest.json").read_text())
-                    for metric in METRICS:
-                        found[metric].append(manifest["metrics"]["test"][metric])
-                    seconds.append(manifest["seconds"]["train"])
-                rows.append((max_len, recency, found, statistics.mean(seconds)))
-                print(f"max_len {max_len}, recency {recency}: {json.dumps(found)}", flush=True)
-    print("\n| max_len | recency | test AUC | test GAUC | test logloss | training s |\n|---:|---|---:|---:|---:|---:|")
-    for max_len, recency, found, seconds in rows:
-        print(f"| {max_len} | {recency} | {summary(found['auc'])} | {summary(found['gauc'])} | {summary(found['logloss'])} | {seconds:.0f} |")
+            for model in args.models:
+                for recency in args.recency:
+                    found: dict[str, list[float]] = {metric: [] for metric in METRICS}
+                    seconds, speeds = [], []
+                    for seed in args.seeds:
+                        bundle = Path(scratch) / f"{model}-{max_len}-{recency}-{seed}"
+                        din_export("train-and-export", "--data", data, "--spec", data / "spec.toml", "--model", model, "--recency", recency,
+                                   "--seed", seed, *small, "--out", bundle, "--quiet")
+                        manifest = json.loads((bundle / "manifest.json").read_text())
+                        for metric in METRICS:
+                            found[metric].append(manifest["metrics"]["test"][metric])
+                        seconds.append(manifest["seconds"]["train"])
+                        speeds.append(manifest["training"]["samples_per_second"])
+                    rows.append((max_len, model, recency, found, statistics.mean(seconds), statistics.mean(speeds)))
+                    print(f"max_len {max_len}, {model}, recency {recency}: {json.dumps(found)}", flush=True)
+    print("\n| max_len | model | recency | test AUC | test GAUC | test logloss | training s | samples/s |\n|---:|---|---|---:|---:|---:|---:|---:|")
+    for max_len, model, recency, found, seconds, speed in rows:
+        print(f"| {max_len} | {model} | {recency} | {summary(found['auc'])} | {summary(found['gauc'])} | {summary(found['logloss'])} "
+              f"| {seconds:.0f} | {speed:,.0f} |")
 
 
 if __name__ == "__main__":

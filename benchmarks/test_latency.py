@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 from din_export.bundle import load_bundle
 from din_export.export.rebuild import export_bundle
-from din_export.model.din import ProbabilityModel, in_form
+from din_export.model.base import ProbabilityModel, in_form
 from din_runtime import Predictor
 
 BATCHES = (1, 32, 256, 1024, 4096)

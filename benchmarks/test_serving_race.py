@@ -40,7 +40,7 @@ import torch
 from flops import flops_per_row
 
 from din_export.bundle import load_bundle
-from din_export.model.din import ProbabilityModel, in_form
+from din_export.model.base import ProbabilityModel, in_form
 from din_runtime import Predictor
 from test_latency import GEMM_SIZE, THREADS, matmul_session, ranking_request, raw_batch
 

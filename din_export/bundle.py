@@ -28,15 +28,16 @@ from . import __version__
 from .config import ModelConfig
 from .data.spec import Spec, spec_from_dict
 from .files import write_json
+from .model.base import BehaviourModel
 from .model.calibration import Calibration, CalibrationFit
-from .model.din import DIN
+from .model.family import build_model
 
 
 @dataclass
 class LoadedBundle:
     """A bundle's PyTorch model in eval mode with the spec and manifest it came with (None for a lone 0.1.0 checkpoint)."""
 
-    din: DIN
+    din: BehaviourModel
     spec: Spec
     manifest: dict[str, Any] | None
 
@@ -51,7 +52,7 @@ def library_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def save_checkpoint(folder: Path, din: DIN) -> None:
+def save_checkpoint(folder: Path, din: BehaviourModel) -> None:
     """weights.pt: the model's settings and weights, and the name of the manifest that describes its inputs."""
     torch.save({"model_config": din.config.to_dict(), "state_dict": din.state_dict(), "manifest": MANIFEST_FILE}, folder / CHECKPOINT_FILE)
 
@@ -69,13 +70,13 @@ def load_bundle(source: str | Path) -> LoadedBundle:
         spec, schema = spec_from_dict(checkpoint["spec"]), FeatureSchema.from_manifest(checkpoint["encoding"])
     else:
         raise ValueError(f"{source}: no {MANIFEST_FILE} beside the checkpoint; export from its bundle folder instead")
-    din = DIN(schema, ModelConfig.from_dict(checkpoint["model_config"]))
+    din = build_model(schema, ModelConfig.from_dict(checkpoint["model_config"]))
     din.load_state_dict(checkpoint["state_dict"])
     din.calibration = Calibration(CalibrationFit.from_dict((manifest or {}).get("calibration")))
     return LoadedBundle(din.eval(), spec, manifest)
 
 
-def write_manifest(folder: Path, spec: Spec, din: DIN, graphs: dict[str, dict[str, Any]], metrics: dict[str, Any],
+def write_manifest(folder: Path, spec: Spec, din: BehaviourModel, graphs: dict[str, dict[str, Any]], metrics: dict[str, Any],
                    training: dict[str, Any], data: dict[str, Any], plot: str | None, **provenance: Any) -> dict[str, Any]:
     """The bundle's manifest.json: everything serving needs (spec, schema, graphs) and how the model came to be
     (settings, data, metrics, versions, and `provenance`: seconds per phase, the source of a re-export). Returns it."""

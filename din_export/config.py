@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from .errors import SpecError, did_you_mean
 
-VARIANTS = ("din", "base", "din-seq")  # the architecture (--model)
+VARIANTS = ("din", "base", "din-seq", "dien", "bst")  # the architecture (--model): model/family.py
+DIEN_AUXILIARY_HIDDEN = (100, 50)  # DIEN's auxiliary network (training only), the paper's sizes
 BASE_POOLINGS = ("mean", "sum")
 ACTIVATIONS = ("prelu", "dice", "sigmoid", "relu")
 WEIGHTINGS = ("raw", "softmax")
@@ -135,7 +136,9 @@ def _check_fields(config: Any) -> None:
 @dataclass(frozen=True)
 class ModelConfig:
     """Hyperparameters. `variant`: din (target attention over the behaviours), base (the paper's BaseModel:
-    mean or sum pooling), din-seq (a Transformer encoder over the behaviours, then target attention)."""
+    mean or sum pooling), din-seq (a Transformer encoder over the behaviours, then target attention), dien (a GRU
+    interest extractor, then AUGRU gated by target attention), bst (a Transformer over the behaviours and the
+    candidate together)."""
 
     variant: str = setting("din", Accepts(str, choices=VARIANTS))
     embedding_dim: int = setting(16, Accepts(int, low=1))
@@ -154,17 +157,19 @@ class ModelConfig:
     # position: each behaviour's distance back from the most recent, in log2 buckets, as an embedding added to its key
     # (layers.Recency); none: the paper's DIN, blind to order. Chosen by benchmarks/recency.py (Models guide).
     recency: str = setting("position", Accepts(str, choices=RECENCIES))
+    # dien: the weight of the auxiliary next-behaviour loss beside the click loss (0: none, and no auxiliary network)
+    auxiliary_weight: float = setting(1.0, Accepts(float, low=0))
 
     def __post_init__(self) -> None:
         _check_fields(self)
 
     def check_for(self, sequences: int) -> None:
-        """What depends on the spec: din-seq's encoder splits the behaviour width (embedding_dim per sequence
+        """What depends on the spec: din-seq's and bst's self-attention splits the behaviour width (embedding_dim per sequence
         feature) over its heads."""
         width = self.embedding_dim * sequences
-        if self.variant == "din-seq" and width % self.encoder_heads:
-            raise SettingError(f"[model] encoder_heads = {self.encoder_heads} does not divide din-seq's behaviour width {width} (embedding_dim "
-                               f"{self.embedding_dim} x {sequences} sequence feature(s)); choose heads that divide it")
+        if self.variant in ("din-seq", "bst") and width % self.encoder_heads:
+            raise SettingError(f"[model] encoder_heads = {self.encoder_heads} does not divide {self.variant}'s behaviour width {width} "
+                               f"(embedding_dim {self.embedding_dim} x {sequences} sequence feature(s)); choose heads that divide it")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -20,7 +20,7 @@ from .data.splits import load_data
 from .export.graph_files import export_verified
 from .files import staged_bundle
 from .model.calibration import Calibration, CalibrationFit, fit_calibration
-from .model.din import DIN
+from .model.family import build_model
 from .phases import Phases
 from .training.distributed import World, join, leave
 from .training.metrics import evaluate
@@ -73,7 +73,7 @@ def _train_and_export(source: DataSource, out: Path, spec: Spec, model_config: M
     splits = data.splits
 
     torch.manual_seed(train_config.seed)
-    din = DIN(data.schema, model_config)
+    din = build_model(data.schema, model_config)
     if parent is not None:
         copy_weights(parent.bundle.din, din)
     din.calibration = Calibration(CalibrationFit(keep_negatives=spec.keep_negatives))  # epochs are scored corrected

@@ -19,7 +19,7 @@ from .bundle import LoadedBundle, load_bundle
 from .config import WARM_START_TRAINING, ModelConfig
 from .data.spec import Spec
 from .errors import SpecError
-from .model.din import DIN, table_key
+from .model.base import BehaviourModel, table_key
 
 # What a feature must keep for its weights to mean the same: its kind, the vocabulary it shares, the item it
 # describes. min_count, max_len, fill and the rest may change from one day to the next.
@@ -98,7 +98,7 @@ def continued_settings(parent: Parent, spec: Spec, model: dict[str, Any], traini
     return parent.model_config.to_dict(), {**{k: v for k, v in WARM_START_TRAINING.items() if k not in spec.training}, **training}
 
 
-def copy_weights(parent: DIN, din: DIN) -> None:
+def copy_weights(parent: BehaviourModel, din: BehaviourModel) -> None:
     """Every weight and buffer of the parent into `din`: embedding tables row for row (rows the parent lacks
     keep their fresh initialisation), everything else whole. Dice's running statistics are buffers, so they
     carry over too and go on updating from there."""

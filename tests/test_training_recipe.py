@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from din_export.cli import main
 from din_export.config import ModelConfig, TrainConfig
 from din_export.data.splits import EncodedSplit
-from din_export.model.din import DIN, in_form
+from din_export.model.base import in_form
+from din_export.model.din import DIN
 from din_export.training import augment
 from din_export.training.distributed import World
 from din_export.training.train import _batches, _epoch_rows, _steps_per_epoch, batch_tensors, learning_rate_factor

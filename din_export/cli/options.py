@@ -25,7 +25,7 @@ MODEL_FLAGS = {"variant": "variant", "embedding_dim": "embedding_dim", "attentio
                "attention_activation": "attention_activation", "attention_weighting": "attention_weighting",
                "mlp_hidden": "mlp_hidden", "mlp_activation": "mlp_activation", "dropout": "dropout", "batch_norm": "batch_norm",
                "base_pooling": "base_pooling", "encoder_heads": "encoder_heads", "encoder_layers": "encoder_layers",
-               "recency": "recency"}
+               "recency": "recency", "auxiliary_weight": "auxiliary_weight"}
 TRAINING_FLAGS = {name: name for name in ("epochs", "batch_size", "learning_rate", "patience", "seed", "embedding_l2", "lr_schedule",
                                           "warmup_steps", "epoch_samples", "augmentation", "augmentation_rate", "device", "calibration")}
 
@@ -120,7 +120,9 @@ DATA_OPTIONS = [
 ]
 MODEL_OPTIONS = [
     setting(ModelConfig, "variant", "--model", help="din: target attention over the history (the local activation unit); base: mean "
-            "or sum pooling (the paper's BaseModel); din-seq: a Transformer encoder over the behaviours, then target attention."),
+            "or sum pooling (the paper's BaseModel); din-seq: a Transformer encoder over the behaviours, then target attention; "
+            "dien: a GRU interest extractor, then AUGRU gated by target attention; bst: a Transformer over the behaviours and "
+            "the candidate together."),
     setting(ModelConfig, "embedding_dim", help="Embedding size of every categorical feature."),
     setting(ModelConfig, "attention_hidden", help="Hidden sizes of the local activation unit's MLP."),
     setting(ModelConfig, "attention_activation", help="Activation inside the local activation unit."),
@@ -132,8 +134,10 @@ MODEL_OPTIONS = [
     setting(ModelConfig, "dropout", help="Dropout after each final-MLP layer."),
     setting(ModelConfig, "batch_norm", help="Batch normalisation in the final MLP."),
     setting(ModelConfig, "base_pooling", help="Pooling of --model base."),
-    setting(ModelConfig, "encoder_heads", help="Attention heads of din-seq's encoder (they must divide embedding-dim x sequences)."),
-    setting(ModelConfig, "encoder_layers", help="Layers of din-seq's encoder."),
+    setting(ModelConfig, "encoder_heads", help="Attention heads of din-seq's and bst's self-attention (they must divide "
+                                               "embedding-dim x sequences)."),
+    setting(ModelConfig, "encoder_layers", help="Self-attention layers of din-seq and bst."),
+    setting(ModelConfig, "auxiliary_weight", help="dien: weight of the auxiliary next-behaviour loss (0: none)."),
     setting(ModelConfig, "recency", help="position: each behaviour's distance back from the most recent (log2 buckets) as an "
                                          "embedding the attention sees; none: the paper's DIN, blind to order."),
 ]

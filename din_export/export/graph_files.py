@@ -7,13 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..model.din import DIN
+from ..model.base import BehaviourModel
 from ..phases import Phases
 from .graphs import BATCH, CONTRACTS, EXPLAIN, RANKING, TOLERANCE, GraphContract, derive_batch_graph, export_graph, graph_section
 from .parity import verify_file
 
 
-def export_verified(din: DIN, folder: Path, form: str = "folded", phases: Phases | None = None, precision: str = "fp32",
+def export_verified(din: BehaviourModel, folder: Path, form: str = "folded", phases: Phases | None = None, precision: str = "fp32",
                     optimization: str | None = None,
                     finish: Callable[[Path, GraphContract], None] | None = None) -> dict[str, dict[str, Any] | None]:
     """Write model.onnx, rank.onnx and (for a model with attention) explain.onnx into `folder`; `finish` (precision

@@ -5,13 +5,15 @@ dimensions per feature kind, the output, an example feed and the module that com
 `verify` all read these two contracts; parity.py checks a file against PyTorch through them.
 
 - BATCH (model.onnx): every input per row, histories (batch, seq_len).
-- EXPLAIN (explain.onnx, din and din-seq): the batch graph's inputs; outputs the probability and each
-  behaviour's attention weight (batch, seq_len). A graph of its own rather than a second output of model.onnx, so
-  the graph every client and Triton config already knows keeps its one output.
+- EXPLAIN (explain.onnx, every model but base): the batch graph's inputs; outputs the probability and each
+  behaviour's weight (batch, seq_len): DIN's attention, DIEN's AUGRU gate, BST's candidate attention. A graph of
+  its own rather than a second output of model.onnx, so the graph every client and Triton config already knows
+  keeps its one output.
 - RANKING (rank.onnx): many candidates against one user's history. Histories arrive once, shape (1, seq_len),
-  every other input per candidate, (candidates,). The behaviours are embedded (and encoded, for din-seq) once, and
-  the attention unit's first layer becomes one large product with a table built from the history
-  (AttentionPooling.one_history). Its probabilities equal the batch graph's on the replicated rows.
+  every other input per candidate, (candidates,). The behaviours are embedded (encoded, for din-seq; through the
+  interest extractor, for DIEN) once; DIN's attention unit's first layer becomes one large product with a table
+  built from the history (AttentionPooling.one_history). Its probabilities equal the batch graph's on the
+  replicated rows.
 
 The exporter is torch.export underneath, so: examples of batch and sequence length at least 2 and unequal (sizes 0
 and 1 get specialised), masks built from the IDs, weights kept inside the one file. Its node metadata (the
@@ -39,8 +41,7 @@ from din_runtime.manifest import EXPLAIN_FILE, MODEL_FILE, OUTPUT_NAME, RANKING_
 from din_runtime.schema import FeatureSchema, SequenceFeature
 
 from ..config import FORMS
-from ..model.din import DIN, ExplainedModel, ProbabilityModel, in_form
-from ..model.layers import AttentionPooling
+from ..model.base import BehaviourModel, ExplainedModel, ProbabilityModel, in_form
 from .errors import CheckerError, DimensionError, ExportError, OutputNameError
 from .registry import cached_registry
 
@@ -53,9 +54,9 @@ TOLERANCE = {"fp32": 1e-5, "int8": 0.05, "fp16": 1e-2}
 
 
 class RankingModel(nn.Module):
-    """DIN's probabilities for N candidates (every non-sequence input of shape (N,)) and one history (1, T)."""
+    """A model's probabilities for N candidates (every non-sequence input of shape (N,)) and one history (1, T)."""
 
-    def __init__(self, din: DIN) -> None:
+    def __init__(self, din: BehaviourModel) -> None:
         super().__init__()
         self.din = in_form(din, "folded")
 
@@ -63,8 +64,8 @@ class RankingModel(nn.Module):
         din = self.din
         x = dict(zip(din.schema.names, tensors, strict=True))
         query = din.candidate(x)
-        keys, mask = din.behaviours(x)
-        interest = din.pooling.one_history(query, keys[0], mask[0])
+        keys, mask = din.behaviours(x)  # on the one history: embedded (and encoded or extracted) once
+        interest = din.one_history_interest(query, keys[0], mask[0])
         return din.probability(din.head(x, query, interest))
 
 
@@ -106,12 +107,12 @@ class GraphContract:
     file: str
     rows: str  # the symbolic name of the per-row dimension
     history_rows: str | int  # the histories' first dimension: per row, or 1 (one history)
-    module: Callable[[DIN], nn.Module]
+    module: Callable[[BehaviourModel], nn.Module]
     # (graph feed, the batch feed PyTorch must give the same outputs on) for each parity case of a random feed
     cases: Callable[[dict[str, np.ndarray], FeatureSchema], list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]]
-    reference: Callable[[DIN], nn.Module] = ProbabilityModel  # what PyTorch computes on the batch feed of a case
+    reference: Callable[[BehaviourModel], nn.Module] = ProbabilityModel  # what PyTorch computes on the batch feed of a case
     outputs: tuple[str, ...] = (OUTPUT_NAME,)
-    applies: Callable[[DIN], bool] = lambda din: True  # whether a model has this graph
+    applies: Callable[[BehaviourModel], bool] = lambda din: True  # whether a model has this graph
 
     def input_dims(self, schema: FeatureSchema) -> dict[str, list[str | int]]:
         return {f.name: [self.history_rows, SEQUENCE_DIM] if isinstance(f, SequenceFeature) else [self.rows] for f in schema.features}
@@ -138,11 +139,11 @@ RANKING = GraphContract(
                           for row in sorted({0, len(feed[schema.names[0]]) - 1})])
 EXPLAIN = GraphContract("explain", EXPLAIN_FILE, BATCH_DIM, BATCH_DIM, ExplainedModel, lambda feed, schema: [(feed, feed)],
                         reference=ExplainedModel, outputs=(OUTPUT_NAME, WEIGHTS_NAME),
-                        applies=lambda din: isinstance(din.pooling, AttentionPooling))
+                        applies=lambda din: din.explains)
 CONTRACTS = (BATCH, RANKING, EXPLAIN)
 
 
-def export_graph(din: DIN, contract: GraphContract, path: Path, form: str = "folded") -> None:
+def export_graph(din: BehaviourModel, contract: GraphContract, path: Path, form: str = "folded") -> None:
     """Write the contract's graph of `din` as one self-contained file, cleaned of build metadata, then check its
     structure. form: the attention unit's "folded" (for inference) or "plain" first layer; rank.onnx is always folded."""
     if form not in FORMS:

@@ -13,7 +13,7 @@ import torch
 
 from din_runtime.providers import cpu_session
 
-from ..model.din import DIN, in_form
+from ..model.base import BehaviourModel, in_form
 from .errors import ExportError
 from .graphs import GraphContract, random_feed
 
@@ -22,11 +22,13 @@ VERIFY_BATCHES = (1, 2, 1000)
 
 
 def shape_grid(max_len: int, batches: tuple[int, ...] = EXPORT_BATCHES) -> list[tuple[int, int]]:
-    """(rows, history length) pairs unlike the export example: single rows, length 1 and 2, half and full max_len."""
-    return [(rows, length) for rows in batches for length in sorted({1, 2, max(1, max_len // 2), max_len})]
+    """(rows, history length) pairs unlike the export example: single rows, length 1 and 2, half, full and three
+    times max_len (a history longer than training's, as a client may send to a graph directly); every feed's first
+    row has length 0 (all padding)."""
+    return [(rows, length) for rows in batches for length in sorted({1, 2, max(1, max_len // 2), max_len, 3 * max_len})]
 
 
-def check_parity(din: DIN, session: ort.InferenceSession, contract: GraphContract, grid: list[tuple[int, int]], atol: float,
+def check_parity(din: BehaviourModel, session: ort.InferenceSession, contract: GraphContract, grid: list[tuple[int, int]], atol: float,
                  error: type[ExportError] = ExportError) -> dict[str, Any]:
     """ONNX Runtime against PyTorch on every case of the contract over `grid`, each random feed with an all-padding
     first row and an out-of-vocabulary last row, every output of the graph; raises `error` on a wrong shape, a
@@ -52,7 +54,7 @@ def check_parity(din: DIN, session: ort.InferenceSession, contract: GraphContrac
     return {"atol": atol, "max_abs_diff": worst, "cases": [list(c) for c in grid], "all_padding_row": True, "oov_row": True}
 
 
-def verify_file(din: DIN, path: Path, contract: GraphContract, atol: float, batches: tuple[int, ...] = EXPORT_BATCHES,
+def verify_file(din: BehaviourModel, path: Path, contract: GraphContract, atol: float, batches: tuple[int, ...] = EXPORT_BATCHES,
                 error: type[ExportError] = ExportError) -> dict[str, Any]:
     """check_parity on a file, in a CPU session of its own."""
     return check_parity(din, cpu_session(path), contract, shape_grid(din.schema.max_len, batches), atol, error)

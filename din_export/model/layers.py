@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch._higher_order_ops.scan import scan
 
 from ..config import ACTIVATIONS, FORMS, WEIGHTINGS
+
+Step = Callable[..., torch.Tensor]  # (state (batch, H), the step's slices of the inputs) -> the next state
 
 MASKED_SCORE = -1e9  # finite fill for softmax weighting: -inf would turn an all-padding row into NaN
 RECENCY_BUCKETS = 16  # log2 buckets of a behaviour's distance back: 0, 1-2, 3-6, 7-14, ..., 32,767 and beyond
@@ -139,7 +142,11 @@ class AttentionPooling(nn.Module):
         return self._rest(hidden.reshape(batch * steps, -1)).reshape(batch, steps)
 
     def one_history(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Many candidates (N, E) against one history, keys (T, E) and mask (T,): the ranking form.
+        """Many candidates (N, E) against one history, keys (T, E) and mask (T,): the ranking form, pooled (N, E)."""
+        return self.one_history_weights(query, keys, mask) @ keys
+
+    def one_history_weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each candidate's weight (N, T) of each behaviour of one history, zero at padding.
 
         With the history fixed, the first layer is one matrix product of [q] with a per-history table built once:
             table[e, t] = k_t[e] Wp[e] + Wq'[e]   and the row   k_t Wk' + b,
@@ -154,7 +161,7 @@ class AttentionPooling(nn.Module):
         scores = self._rest(hidden.reshape(candidates * steps, hidden_size)).reshape(candidates, steps)
         if self.weighting == "softmax":
             scores = torch.softmax(scores.masked_fill(~mask.unsqueeze(0), MASKED_SCORE), dim=1)
-        return (scores * mask.to(scores.dtype)) @ keys
+        return scores * mask.to(scores.dtype)
 
 
 class CandidateBlindPooling(nn.Module):
@@ -217,7 +224,7 @@ class SelfAttentionEncoder(nn.Module):
             raise ValueError(f"behaviour width {dim} is not divisible by {heads} attention heads")
         self.positions = nn.Embedding(max_len, dim)
         nn.init.normal_(self.positions.weight, std=0.02)
-        self.blocks = nn.ModuleList(_EncoderBlock(dim, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(EncoderBlock(dim, heads, dropout) for _ in range(layers))
 
     def forward(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lengths = mask.sum(dim=1, keepdim=True)
@@ -229,7 +236,10 @@ class SelfAttentionEncoder(nn.Module):
         return x * mask.unsqueeze(-1).to(x.dtype)
 
 
-class _EncoderBlock(nn.Module):
+class EncoderBlock(nn.Module):
+    """One Transformer layer (multi-head self-attention, then a feed-forward layer, each with a residual and
+    layer norm, post-norm as in BST); padded keys get a finite fill."""
+
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.heads = heads
@@ -241,10 +251,34 @@ class _EncoderBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.attended(x, mask)[0]
+
+    def attended(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's output and its attention (batch, heads, steps, steps): row i is how position i attended."""
         batch, steps, dim = x.shape
         q, k, v = self.qkv(x).reshape(batch, steps, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-1, -2) / math.sqrt(dim // self.heads)
-        scores = scores.masked_fill(~mask[:, None, None, :], MASKED_SCORE)
-        attended = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, steps, dim)
+        attention = torch.softmax(scores.masked_fill(~mask[:, None, None, :], MASKED_SCORE), dim=-1)
+        attended = (attention @ v).transpose(1, 2).reshape(batch, steps, dim)
         x = self.norm1(x + self.dropout(self.out(attended)))
-        return self.norm2(x + self.dropout(self.feed_forward(x)))
+        return self.norm2(x + self.dropout(self.feed_forward(x))), attention
+
+
+def run_steps(step: Step, initial: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A recurrence over the sequence axis (axis 1) of `inputs`: (the last state, every step's state (batch, T, H)).
+
+    Exported, it is torch's `scan`, which becomes one ONNX Scan whose length follows the input's (torch.export
+    cannot trace a Python loop over a dynamic length). In eager PyTorch it is a plain loop: scan's eager form ran
+    a GRU-sized step's forward and backward six times slower here. The step is the same function in both, so the
+    parity check compares the two drivers."""
+    if torch.compiler.is_exporting():
+        def carried(state: torch.Tensor, *slices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            following = step(state, *slices)
+            return following, following.clone()  # scan may not return one tensor as both carry and output
+        last, states = scan(lambda state, xs: carried(state, *xs), initial, tuple(i.transpose(0, 1) for i in inputs))
+        return last, states.transpose(0, 1)
+    state, states = initial, []
+    for position in range(inputs[0].shape[1]):
+        state = step(state, *(i[:, position] for i in inputs))
+        states.append(state)
+    return state, torch.stack(states, dim=1) if states else initial.unsqueeze(1)[:, :0]

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..config import DEVICES, TrainConfig
 from ..data.splits import EncodedSplit
 from ..files import write_atomic
-from ..model.din import DIN
+from ..model.base import BehaviourModel
 from . import augment
 from .distributed import World
 from .metrics import evaluate
@@ -66,7 +66,7 @@ def batch_tensors(split: EncodedSplit, rows: np.ndarray, device: torch.device | 
     return tensors if device is None else [t.to(device, non_blocking=True) for t in tensors]
 
 
-def predict_logits(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> np.ndarray:
+def predict_logits(model: BehaviourModel, split: EncodedSplit, batch_size: int = 8192) -> np.ndarray:
     """The logit of every row of the split (what a calibration is fitted on), on whatever device the model is."""
     model.eval()
     device = next(model.parameters()).device
@@ -78,14 +78,14 @@ def predict_logits(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> n
     return out
 
 
-def predict(model: DIN, split: EncodedSplit, batch_size: int = 8192) -> np.ndarray:
+def predict(model: BehaviourModel, split: EncodedSplit, batch_size: int = 8192) -> np.ndarray:
     """The probabilities the model serves for every row of the split: its logits through its calibration."""
     logits = torch.from_numpy(predict_logits(model, split, batch_size)).to(next(model.parameters()).device)
     with torch.inference_mode():
         return model.probability(logits).cpu().numpy()
 
 
-def embedding_frequencies(model: DIN, split: EncodedSplit) -> dict[str, torch.Tensor]:
+def embedding_frequencies(model: BehaviourModel, split: EncodedSplit) -> dict[str, torch.Tensor]:
     """How often each embedding row occurs in the training split (candidates and histories), at least 1."""
     counts = {}
     for table, embedding in model.tables():
@@ -94,7 +94,7 @@ def embedding_frequencies(model: DIN, split: EncodedSplit) -> dict[str, torch.Te
     return counts
 
 
-def mini_batch_aware_l2(model: DIN, inputs: list[torch.Tensor], frequencies: dict[str, torch.Tensor]) -> torch.Tensor:
+def mini_batch_aware_l2(model: BehaviourModel, inputs: list[torch.Tensor], frequencies: dict[str, torch.Tensor]) -> torch.Tensor:
     """The DIN paper's regulariser: L2 only on embedding rows present in the batch, each divided by its frequency."""
     by_name = dict(zip(model.schema.names, inputs, strict=True))
     terms = []
@@ -151,7 +151,7 @@ def _load(path: Path, run_key: str) -> dict[str, Any]:
     return state
 
 
-def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, config: TrainConfig, world: World | None = None,
+def train(model: BehaviourModel, train_split: EncodedSplit, valid_split: EncodedSplit, config: TrainConfig, world: World | None = None,
           checkpoint: Path | None = None, resume: bool = False, run_key: str = "",
           on_epoch: Callable[[int, float], None] | None = None, start_counts: bool = False) -> TrainResult:
     """Train in place and leave the model at its best validation AUC. With `checkpoint`, the full training state
@@ -207,6 +207,9 @@ def train(model: DIN, train_split: EncodedSplit, valid_split: EncodedSplit, conf
             optimizer.zero_grad()
             inputs = batch_tensors(train_split, rows, device, augmentation)
             loss = loss_function(stepper(*inputs), torch.from_numpy(train_split.labels[rows]).to(device, non_blocking=True))
+            auxiliary = model.auxiliary_loss()  # DIEN's next-behaviour loss of the same pass
+            if auxiliary is not None:
+                loss = loss + auxiliary
             if config.embedding_l2 > 0:
                 loss = loss + config.embedding_l2 * mini_batch_aware_l2(model, inputs, frequencies)
             loss.backward()

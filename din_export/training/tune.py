@@ -15,7 +15,7 @@ from ..data.source import DataSource
 from ..data.spec import Spec, spec_from_dict, spec_to_toml
 from ..data.splits import load_data
 from ..files import write_atomic
-from ..model.din import DIN
+from ..model.family import build_model
 from .train import train
 
 MLP_SIZES = {"200,80": [200, 80], "128,64": [128, 64], "64,32": [64, 32]}
@@ -56,7 +56,7 @@ def tune(source: DataSource, spec: Spec, out: Path, config: TuneConfig, variant:
                 raise optuna.TrialPruned()
 
         torch.manual_seed(seed)
-        result = train(DIN(data.schema, model_config), data.splits["train"], data.splits["valid"], train_config, on_epoch=report)
+        result = train(build_model(data.schema, model_config), data.splits["train"], data.splits["valid"], train_config, on_epoch=report)
         # Only what was searched goes into the output spec, over the input spec's own sections: the trial budget
         # (epochs) and the seed are this search's, not settings for the training that uses the spec.
         trial.set_user_attr("model", {**spec.model, **model_settings, "variant": variant})
