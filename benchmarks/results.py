@@ -161,6 +161,25 @@ def recency(scratch: Path) -> tuple[str, str]:
     return "python benchmarks/recency.py " + " ".join(arguments), tables_in(output)
 
 
+def family(scratch: Path) -> tuple[str, str]:
+    arguments = ["--max-lens", "50", "--recency", "position", "--models", "dien", "bst", "din", "din-seq", "--seeds", "0", "1", "2"]
+    output = run([sys.executable, "benchmarks/recency.py", *arguments, "--scratch", str(scratch)])
+    return "python benchmarks/recency.py " + " ".join(arguments), tables_in(output)
+
+
+def family_speed(scratch: Path) -> tuple[str, str]:
+    arguments = ["--rows", "40960", "--rounds", "3", "--serving-rounds", "30"]
+    output = run([sys.executable, "benchmarks/family_speed.py", *arguments], env=MALLOC)
+    return ("MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python benchmarks/family_speed.py "
+            + " ".join(arguments)), tables_in(output)
+
+
+def recurrence_export(scratch: Path) -> tuple[str, str]:
+    output = run([sys.executable, "benchmarks/recurrence_export.py", "--rounds", "30"])
+    parity = next(line for line in output.splitlines() if line.startswith("parity"))
+    return "python benchmarks/recurrence_export.py --rounds 30", parity + "\n\n" + tables_in(output)
+
+
 def store_serving(scratch: Path) -> tuple[str, str]:
     report = scratch / "store.json"
     run([sys.executable, "-m", "pytest", "-n", "0", "benchmarks/test_store_serving.py", f"--benchmark-json={report}", "-q",
@@ -287,6 +306,9 @@ MEASUREMENTS = {
     "swap-latency": Measurement(swap_latency),
     "store-serving": Measurement(store_serving, needs_movielens=True),
     "recency": Measurement(recency, needs_movielens=True),
+    "family": Measurement(family, needs_movielens=True),
+    "family-speed": Measurement(family_speed, needs_movielens=True),
+    "recurrence-export": Measurement(recurrence_export),
     "store-ingest": Measurement(store_ingest),
     "prepare-scaling": Measurement(prepare_scaling),
     "sort-engines": Measurement(sort_engines),

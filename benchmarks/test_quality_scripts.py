@@ -48,8 +48,26 @@ def test_the_variants_are_evaluated_alike() -> None:
 def test_the_recency_script_trains_both_forms_at_each_max_len() -> None:
     need_ml100k()
     table = [row for row in rows(run("recency.py", "--max-lens", "5", "--seeds", "0", "--epoch-samples", "2000")) if row[0].isdigit()]
-    assert [row[:2] for row in table] == [["5", "none"], ["5", "position"]]
-    assert all(0 < float(row[2]) <= 1 and float(row[4]) > 0 for row in table)
+    assert [row[:3] for row in table] == [["5", "din", "none"], ["5", "din", "position"]]
+    assert all(0 < float(row[3]) <= 1 and float(row[5]) > 0 for row in table)
+
+
+def test_the_family_speed_script_times_every_model_against_din() -> None:
+    need_ml100k()
+    output = run("family_speed.py", "--rows", "1024", "--rounds", "1", "--serving-rounds", "1", "--bundle-samples", "1000")
+    training = [row for row in rows(output) if row[0] in ("din", "dien", "bst", "din-seq")]
+    assert [row[0] for row in training] == ["din", "dien", "bst", "din-seq"] and training[0][2] == "1.00x"
+    latency = {row[0]: row[1:] for row in rows(output) if row[0].startswith(("predict", "rank"))}
+    assert list(latency) == ["predict, 1 row", "predict, 256 rows", "rank, 1,000 candidates"]
+    assert all(float(cell.split()[0]) > 0 for cells in latency.values() for cell in cells)
+
+
+def test_the_recurrence_export_script_checks_and_times_both_forms() -> None:
+    output = run("recurrence_export.py", "--rounds", "2")
+    scan_parity = output.split("parity with PyTorch")[1].split("Scan ")[1].split(";")[0]
+    assert float(scan_parity) <= 1e-5  # the form din-export writes passes at every length
+    table = [row for row in rows(output) if row[0].replace(",", "").isdigit()]
+    assert [row[0] for row in table] == ["1", "256", "1,000"] and all(float(row[1]) > 0 and float(row[2]) > 0 for row in table)
 
 
 def test_the_epoch_benchmark_times_train_and_the_cli_side_by_side() -> None:

@@ -109,7 +109,7 @@ def triton_command(bundle: Path, repository: Path, name: str | None, gpu: bool, 
 @main.command("report")
 @BUNDLE
 @click.option("--explain", type=FILE, help="Also draw the attention weights of the first row's behaviours for the candidates of "
-                                          "the table's first --rows rows (DIN's explanation; din and din-seq bundles).")
+                                          "the table's first --rows rows (the model's explanation; every model but base).")
 @click.option("--rows", type=click.IntRange(min=1, max=EXPLAIN_FIGURE_MAX_ROWS), default=EXPLAIN_FIGURE_ROWS, show_default=True,
               help="Candidates in the --explain figure.")
 @click.option("--explain-plot", type=click.Path(dir_okay=False, path_type=Path),

@@ -202,7 +202,8 @@ class Predictor:
             return self._opened[name]
 
     def explain(self, features: Mapping[str, Any], store: BehaviourStore | None = None, as_of: Any = None) -> Explanation:
-        """Probabilities and each row's attention weights over its behaviours (explain.onnx: din and din-seq bundles);
+        """Probabilities and each row's weight of each behaviour (explain.onnx: every model but base: DIN's attention,
+        DIEN's AUGRU gate, BST's candidate attention);
         `store` and `as_of` as for predict."""
         features = self._completed(features, store, as_of)
         feed = self.encode(features)
@@ -215,7 +216,7 @@ class Predictor:
         """explain.onnx's session, where the batch graph runs."""
         if self.manifest.get("explain") is None:
             raise BundleError(f"{self.bundle}: no explain graph: the {self.manifest['model']['variant']} model pools its "
-                              "behaviours without attention (or the bundle predates explain.onnx); explain needs din or din-seq")
+                              "behaviours without attention (or the bundle predates explain.onnx); explain needs din, din-seq, dien or bst")
         path = verify_model_file(self.bundle, self.manifest, "explain")
         return _open_session(path, self.session.get_providers(), self._options, False, None)
 
