@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from machine import cpu_model
-from training_epoch import epoch_inputs, head
+from training_epoch import epoch_inputs, head, interleaved
 
 from din_export.config import ModelConfig, TrainConfig
 from din_export.data.prepare import prepare
@@ -75,13 +75,7 @@ def training_rates(samples: Path, rows: int, batch_size: int, rounds: int) -> di
     if peer is not None:
         peer()  # its first epoch allocates
         runs["DeepCTR-Torch DIEN"] = peer
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - started)
-    return {name: len(split.labels) / statistics.median(values) for name, values in seconds.items()}
+    return {name: len(split.labels) / seconds for name, seconds in interleaved(runs, rounds).items()}
 
 
 def serving_latency(samples: Path, scratch: Path, rounds: int, bundle_samples: int) -> dict[str, dict[str, float]]:

@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -115,16 +116,21 @@ def measure(samples: Path, batch_size: int, rounds: int, rows: int | None, scrat
     if peer is not None:
         peer()  # warm-up (a whole epoch: DeepCTR's first one allocates)
         runs["DeepCTR-Torch"] = peer
+    rates = {name: len(split.labels) / seconds for name, seconds in interleaved(runs, rounds).items()}
+    if compile_seconds is not None:
+        rates["compile seconds"] = compile_seconds
+    return len(split.labels), rates
+
+
+def interleaved(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """The median seconds of each run over `rounds` rounds, each round running every one in turn."""
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
             started = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - started)
-    rates = {name: len(split.labels) / statistics.median(values) for name, values in seconds.items()}
-    if compile_seconds is not None:
-        rates["compile seconds"] = compile_seconds
-    return len(split.labels), rates
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 def _invoke(arguments: list[str]) -> None:
