@@ -63,10 +63,10 @@ def peer_dien_epoch(data, rows: int, batch_size: int) -> Callable[[], None] | No
     return epoch
 
 
-def training_rates(samples: Path, rows: int, batch_size: int, rounds: int) -> dict[str, float]:
+def training_rates(samples: Path, rows: int, batch_size: int, rounds: int, models: list[str]) -> dict[str, float]:
     data, split, valid, config = epoch_inputs(samples, batch_size, rows)
     runs: dict[str, Callable[[], object]] = {}
-    for variant in MODELS:
+    for variant in models:
         torch.manual_seed(0)
         model = build_model(data.schema, ModelConfig(variant=variant))
         train(model, head(split, 10 * batch_size), valid, config)  # warm: allocations and kernels
@@ -78,10 +78,10 @@ def training_rates(samples: Path, rows: int, batch_size: int, rounds: int) -> di
     return {name: len(split.labels) / seconds for name, seconds in interleaved(runs, rounds).items()}
 
 
-def serving_latency(samples: Path, scratch: Path, rounds: int, bundle_samples: int) -> dict[str, dict[str, float]]:
+def serving_latency(samples: Path, scratch: Path, rounds: int, bundle_samples: int, models: list[str]) -> dict[str, dict[str, float]]:
     """Median ms of predict(1), predict(256) and rank(1,000) per model, each from a bundle trained briefly."""
     predictors = {}
-    for variant in MODELS:
+    for variant in models:
         bundle = scratch / f"bundle-{variant}"
         train_and_export(DataSource(*(samples / f"{s}.parquet" for s in ("train", "valid", "test"))), bundle, load_spec(samples / "spec.toml"),
                          model_config=ModelConfig(variant=variant), train_config=TrainConfig(epochs=1, epoch_samples=bundle_samples, progress=False))
@@ -98,14 +98,14 @@ def serving_latency(samples: Path, scratch: Path, rounds: int, bundle_samples: i
                   {name: [table[name][i % len(table[name])] for i in range(1000)] for name in ("item_id", "genre")})
     calls = {"predict, 1 row": lambda p: p.predict(one), "predict, 256 rows": lambda p: p.predict(batch),
              "rank, 1,000 candidates": lambda p: p.rank(user, candidates)}
-    seconds = {(call, variant): [] for call in calls for variant in MODELS}
+    seconds = {(call, variant): [] for call in calls for variant in models}
     for _ in range(rounds):
         for call, run in calls.items():
             for variant, predictor in predictors.items():
                 started = time.perf_counter()
                 run(predictor)
                 seconds[call, variant].append(time.perf_counter() - started)
-    return {call: {variant: statistics.median(seconds[call, variant]) * 1e3 for variant in MODELS} for call in calls}
+    return {call: {variant: statistics.median(seconds[call, variant]) * 1e3 for variant in models} for call in calls}
 
 
 def main() -> None:
@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serving-rounds", type=int, default=30)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="the models to time; din always runs too, as the reference")
     parser.add_argument("--bundle-samples", type=int, default=20_000, help="training samples of each served bundle (speed does not need quality)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -121,18 +122,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         samples = Path(scratch) / "ids-genre"
         prepare(RECIPE, Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item"), samples)
-        rates = training_rates(samples, args.rows, args.batch_size, args.rounds)
+        models = ["din", *(m for m in args.models if m != "din")]
+        rates = training_rates(samples, args.rows, args.batch_size, args.rounds, models)
         print(f"\ntraining, batch {args.batch_size}, {args.rows:,} rows, median of {args.rounds} interleaved epochs\n")
         print("| model | samples/s | / DIN | / DeepCTR-Torch DIEN |\n|---|---:|---:|---:|")
         peer = rates.get("DeepCTR-Torch DIEN")
         for name, rate in rates.items():
             versus = f"{rate / peer:.2f}x" if peer else "not installed"
             print(f"| {name} | {rate:,.0f} | {rate / rates['din']:.2f}x | {versus} |", flush=True)
-        latency = serving_latency(samples, Path(scratch), args.serving_rounds, args.bundle_samples)
+        latency = serving_latency(samples, Path(scratch), args.serving_rounds, args.bundle_samples, models)
         print(f"\nserved latency (Predictor, CPU, 2 threads), median ms of {args.serving_rounds} interleaved rounds, and / DIN\n")
-        print("| call | " + " | ".join(MODELS) + " |\n|---|" + "---:|" * len(MODELS))
+        print("| call | " + " | ".join(models) + " |\n|---|" + "---:|" * len(models))
         for call, by_model in latency.items():
-            cells = [f"{by_model[m]:.3f}" + ("" if m == "din" else f" ({by_model[m] / by_model['din']:.2f}x)") for m in MODELS]
+            cells = [f"{by_model[m]:.3f}" + ("" if m == "din" else f" ({by_model[m] / by_model['din']:.2f}x)") for m in models]
             print(f"| {call} | " + " | ".join(cells) + " |")
 
 

@@ -54,9 +54,10 @@ def test_the_recency_script_trains_both_forms_at_each_max_len() -> None:
 
 def test_the_family_speed_script_times_every_model_against_din() -> None:
     need_ml100k()
-    output = run("family_speed.py", "--rows", "1024", "--rounds", "1", "--serving-rounds", "1", "--bundle-samples", "1000")
+    output = run("family_speed.py", "--rows", "1024", "--rounds", "1", "--serving-rounds", "1", "--bundle-samples", "1000",
+                 "--models", "dien", "bst")  # din joins as the reference
     training = [row for row in rows(output) if row[0] in ("din", "dien", "bst", "din-seq")]
-    assert [row[0] for row in training] == ["din", "dien", "bst", "din-seq"] and training[0][2] == "1.00x"
+    assert [row[0] for row in training] == ["din", "dien", "bst"] and training[0][2] == "1.00x"
     latency = {row[0]: row[1:] for row in rows(output) if row[0].startswith(("predict", "rank"))}
     assert list(latency) == ["predict, 1 row", "predict, 256 rows", "rank, 1,000 candidates"]
     assert all(float(cell.split()[0]) > 0 for cells in latency.values() for cell in cells)
