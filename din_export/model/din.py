@@ -12,7 +12,7 @@ from din_runtime.schema import FeatureSchema
 
 from ..config import ModelConfig
 from .base import BehaviourModel
-from .layers import AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling
+from .layers import AttentionPooling, MeanPooling, SelfAttentionEncoder, SumPooling, pooled
 
 
 class DIN(BehaviourModel):
@@ -47,7 +47,7 @@ class DIN(BehaviourModel):
         if not self.explains:
             raise ValueError(f"the {self.config.variant} model pools its behaviours without attention: it has no weights to explain")
         weights = self.pooling.weights(query, keys, mask)
-        return torch.bmm(weights.unsqueeze(1), keys).squeeze(1), weights
+        return pooled(weights, keys), weights
 
     def one_history_interest(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """One large product with a table built from the history (AttentionPooling.one_history), or the
