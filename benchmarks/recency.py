@@ -1,11 +1,14 @@
 """Recency in the attention and the model family, measured where DIN without recency gets worse the more history
 it sees: MovieLens-100k with a recipe (the ids+genre one by default), prepared at several max_len, each model
-(`--models`: din, dien, bst, din-seq, base) trained with the defaults and `--recency none` (blind to order) and/or
-`--recency position` (each behaviour's log2 bucket back from the most recent as an embedding added to its key).
+(`--models`: din, dien, bst, din-seq, base) trained with the defaults and `--recency none` (blind to order and
+time), `position` (each behaviour's log2 bucket back from the most recent as an embedding added to its key), `time`
+(the behaviours' times in the samples: each behaviour's age at the sample's time in log2 buckets of seconds, added
+the same way) and/or `time+position` (both).
 Test AUC, GAUC and logloss from each bundle's manifest, per seed, then mean and sd, and training samples/s.
 
     python benchmarks/recency.py --max-lens 10 50 200 --seeds 0 1 2
     python benchmarks/recency.py --max-lens 50 --recency position --models din dien bst din-seq --seeds 0 1 2
+    python benchmarks/recency.py --max-lens 10 50 200 --recency position time time+position
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 RECIPES = {"ids-genre": ROOT / "examples" / "movielens-100k-ids-genre.toml", "ids": ROOT / "examples" / "movielens-100k.toml"}
 BIN = Path(sys.executable).parent
-RECENCIES = ("none", "position")
+RECENCIES = ("none", "position", "time", "time+position")
+TIMES = '\n[features.hist_time]\nkind = "times"\n'  # the samples carry each behaviour's time (prepare fills it)
 MODELS = ("din", "dien", "bst", "din-seq", "base")
 METRICS = ("auc", "gauc", "logloss")
 
@@ -57,9 +61,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         for max_len in args.max_lens:
             recipe = Path(scratch) / f"recipe-{max_len}.toml"
-            recipe.write_text(re.sub(r"(?m)^max_len = \d+$", f"max_len = {max_len}", recipe_path.read_text()), encoding="utf-8")
+            recipe.write_text(re.sub(r"(?m)^max_len = \d+$", f"max_len = {max_len}", recipe_path.read_text()) + TIMES, encoding="utf-8")
             data = Path(scratch) / f"samples-{max_len}"
             din_export("prepare", "--spec", recipe, "--log", ML100K / "ml-100k.inter", "--items", ML100K / "ml-100k.item", "--out", data)
+            timed_spec = (data / "spec.toml").read_text()
+            (data / "untimed.toml").write_text(timed_spec.replace(timed_spec[timed_spec.index('[features."hist_time"]'):], ""))
             small = ["--epoch-samples", args.epoch_samples, "--epochs", 1] if args.epoch_samples else []
             for model in args.models:
                 for recency in args.recency:
@@ -67,7 +73,9 @@ def main() -> None:
                     seconds, speeds = [], []
                     for seed in args.seeds:
                         bundle = Path(scratch) / f"{model}-{max_len}-{recency}-{seed}"
-                        din_export("train-and-export", "--data", data, "--spec", data / "spec.toml", "--model", model, "--recency", recency,
+                        spec = data / ("spec.toml" if "time" in recency else "untimed.toml")
+                        din_export("train-and-export", "--data", data, "--spec", spec, "--model", model,
+                                   "--recency", "position" if "position" in recency else "none",
                                    "--seed", seed, *small, "--out", bundle, "--quiet")
                         manifest = json.loads((bundle / "manifest.json").read_text())
                         for metric in METRICS:

@@ -88,7 +88,7 @@ def read_table_of_items(path: Path, spec: Spec, item: str) -> dict[str, np.ndarr
     table = read_source(Path(path))
     if item not in table.column_names:
         raise SpecError(f"--items {path}: no column '{item}' (the item feature); found {table.column_names}")
-    names = [f.name for f in spec.features if f.kind != "sequence" and f.name in table.column_names]
+    names = [f.name for f in spec.features if not f.per_behaviour and f.name in table.column_names]
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in names}
 
 

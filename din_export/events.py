@@ -32,7 +32,7 @@ def store_fields(spec: Spec, config: LogConfig) -> StoreFields:
     item = next(f.name for f in spec.of_kind("categorical") if f.source == "log" and f.column == config.item)
     by_name = {f.name: f for f in training.features}
     values = tuple(dict.fromkeys(s.shares for s in training.of_kind("sequence") if s.shares != item and by_name[s.shares].attribute_of is None))
-    users = tuple(f.name for f in spec.features if f.kind != "sequence" and f.source == "users")
+    users = tuple(f.name for f in spec.features if not f.per_behaviour and f.source == "users")
     assert training.user is not None, "a recipe names its user feature"
     return StoreFields(training.user, item, values, users)
 

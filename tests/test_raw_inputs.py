@@ -33,6 +33,9 @@ def raw_feed(predictor: Predictor, rows: dict, width: int) -> dict[str, np.ndarr
         elif feature.kind == "categorical":
             text = feature.key_type == "str"
             feed[feature.name] = np.array(["" if v is None else str(v) for v in column], dtype=object) if text else np.asarray(column, dtype=np.int64)
+        elif feature.kind == "times":  # raw times, padded with a time that must be ignored; each row's own time
+            feed[feature.name] = np.array([list(times) + [-1e18] * (width - len(times)) for times in column], dtype=np.float64)
+            feed[feature.at] = np.asarray(rows[feature.at], dtype=np.float64)
         else:
             text = schema[feature.shares].key_type == "str"
             filler = GARBAGE_TEXT if text else GARBAGE_ID

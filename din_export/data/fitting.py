@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from din_runtime.encoding import OOV_INDEX, PADDING_INDEX, Ragged, coerce_keys
-from din_runtime.schema import FIRST_KEY_INDEX, CategoricalFeature, Feature, FeatureSchema, NumericFeature, SequenceFeature
+from din_runtime.schema import FIRST_KEY_INDEX, CategoricalFeature, Feature, FeatureSchema, NumericFeature, SequenceFeature, TimesFeature
 
 from ..errors import SpecError
 from .layout import Windows
@@ -133,6 +133,8 @@ def fit_schema(columns: dict[str, Any], spec: Spec, parent: FeatureSchema | None
         elif feature.kind == "numeric":
             features.append(parent[feature.name] if parent is not None else
                             _numeric_feature(feature.name, np.asarray(columns[feature.name], dtype=np.float64), feature.fill, feature.normalize))
+        elif feature.kind == "times":
+            features.append(TimesFeature(feature.name, feature.at))
         else:
             features.append(SequenceFeature(feature.name, feature.shares, feature.max_len))
     return Fitted(FeatureSchema(tuple(features)), vocabularies)

@@ -75,16 +75,28 @@ def memory_mapped(values: np.ndarray) -> np.ndarray:
     return np.asarray(mapped)  # a plain ndarray over the mapping (it keeps the mapping alive)
 
 
-def inline(table: pa.Table, store_path: Path, spec: Spec) -> pa.Table:
-    """The table with each sequence feature's list column rebuilt from the store, the references dropped."""
-    sequences = [f for f in spec.of_kind("sequence") if f.name not in table.column_names]
+def history_lengths(spec: Spec) -> dict[str, int]:
+    """Each per-behaviour column of the spec and how many of the most recent behaviours it keeps: every sequence
+    its max_len, the behaviours' times the longest of them."""
+    kept = {f.name: int(f.max_len) for f in spec.of_kind("sequence")}
+    return {**kept, **{f.name: max(kept.values()) for f in spec.of_kind("times")}}
+
+
+def inline(table: pa.Table, store_path: Path, spec: Spec, only: list[str] | None = None) -> pa.Table:
+    """The table with each per-behaviour column (the sequences and times, or those named in `only`) rebuilt as a
+    list column from the store; the references are dropped unless `only` is given."""
+    kept = {name: length for name, length in history_lengths(spec).items()
+            if name not in table.column_names and (only is None or name in only)}
     rows, first, end = _references(table, store_path)
-    store = pq.read_table(store_path, columns=[f.name for f in sequences])
-    for feature in sequences:
-        flat, offsets = gather_recent(np.arange(rows), first, end, int(feature.max_len))
-        values = store.column(feature.name).combine_chunks().take(pa.array(flat))
-        table = table.append_column(feature.name, pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values))
-    return table.drop_columns([HISTORY_FIRST, HISTORY_END])
+    absent = [name for name in kept if name not in pq.read_schema(store_path).names] if Path(store_path).is_file() else []
+    if absent:
+        raise LayoutError(f"{store_path}: the sequence store has no column {absent[0]!r}, which the spec names")
+    store = pq.read_table(store_path, columns=list(kept))
+    for name, length in kept.items():
+        flat, offsets = gather_recent(np.arange(rows), first, end, length)
+        values = store.column(name).combine_chunks().take(pa.array(flat))
+        table = table.append_column(name, pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values))
+    return table if only is not None else table.drop_columns([HISTORY_FIRST, HISTORY_END])
 
 
 def occurrences(start: np.ndarray, end: np.ndarray, size: int) -> np.ndarray:

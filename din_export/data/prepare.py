@@ -36,6 +36,7 @@ from .behaviour import (
     kept_events,
     sample_negatives,
 )
+from .layout import history_lengths
 from .prepared import ITEMS_FILE, SEQUENCE_STORE, SPEC_FILE, SPLITS, SUMMARY_FILE, TIME_COLUMN, split_file
 from .readers import read_source
 from .recipe import LogConfig, SplitConfig
@@ -121,7 +122,7 @@ class LogContext:
         self.draw = NegativeDraw.of(config.sampling, item_events)
         self.split = self._split_cuts(scan)
         self.attribute_values = {f.name: _shape((items if f.source == "items" else users).column(f.column), f)
-                                 for f in spec.features if f.kind != "sequence" and f.source != "log"}
+                                 for f in spec.features if not f.per_behaviour and f.source != "log"}
 
     def side(self, feature: FeatureSpec) -> str:
         return feature_side(feature, self.config)
@@ -130,7 +131,7 @@ class LogContext:
         """Every item of the log and the item table with its candidate-side features, as the samples hold them: what
         `din-export evaluate --rank --items` draws negatives from (numeric item facts included). None without an
         item feature."""
-        features = [f for f in self.spec.features if f.kind != "sequence" and self.side(f) == "item"]
+        features = [f for f in self.spec.features if not f.per_behaviour and self.side(f) == "item"]
         if not any(f.source == "log" for f in features):
             return None
         codes = np.arange(len(self.items.keys))
@@ -199,8 +200,11 @@ class EventBlock:
 
     def history_values(self, feature: FeatureSpec) -> pa.Array:
         """What a sequence feature's histories hold, one value per behaviour event in store order (the values of
-        the feature it shares, for that behaviour's item and user); computed once."""
-        if feature.name not in self._history_values:
+        the feature it shares, for that behaviour's item and user; a times feature's, the behaviour's time);
+        computed once."""
+        if feature.name not in self._history_values and feature.kind == "times":  # the log's time of each behaviour
+            self._history_values[feature.name] = pa.array(self.time[self.behaviours])
+        elif feature.name not in self._history_values:
             shared = next(f for f in self.spec.features if f.name == feature.shares)
             self._history_values[feature.name] = self._values(shared, self.behaviours, self.item[self.behaviours])
         return self._history_values[feature.name]
@@ -241,11 +245,12 @@ class EventBlock:
         where the sample's history lies in the sequence store (layout.py)."""
         events, items = self.sample_event[rows], self.sample_item[rows]
         columns: dict[str, pa.Array] = {}
+        kept = history_lengths(self.spec)
         for feature in self.spec.features:
-            if feature.kind != "sequence":
+            if feature.name not in kept:
                 columns[feature.name] = self._values(feature, events, items)
             elif layout == "inline":
-                flat, offsets = gather_recent(np.arange(len(self.behaviours)), self.first[events], self.end[events], feature.max_len)
+                flat, offsets = gather_recent(np.arange(len(self.behaviours)), self.first[events], self.end[events], kept[feature.name])
                 columns[feature.name] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)),
                                                                  self.history_values(feature).take(pa.array(flat)))
         if layout == "reference":
@@ -328,7 +333,7 @@ def prepare(recipe: Path, sources: Sources, out: Path, write_rows: int = PREPARE
         writer = _SampleWriter(staging)
         try:
             context = LogContext(spec, config, sources, scan, since)
-            sequences = spec.of_kind("sequence")
+            sequences = [f for f in spec.features if f.name in history_lengths(spec)]  # the store's columns: sequences, times
             for events in scan.blocks(block_events):
                 block = EventBlock(context, events, behaviours, positives)
                 for start in range(0, len(block.sample_event), write_rows):

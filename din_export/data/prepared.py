@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from din_runtime.schema import SAMPLE_TIME
+
 SPLITS = ("train", "valid", "test")  # in split-code order: a sample's split code (behaviour.TRAIN ...) indexes it
 SPEC_FILE = "spec.toml"  # the spec train-and-export reads (prepare's own keys dropped)
 SUMMARY_FILE = "prepare.json"  # counts, settings and timings of the run
 ITEMS_FILE = "items.parquet"  # every item with its candidate-side features (evaluate --rank --items)
 SEQUENCE_STORE = "sequences.parquet"  # the reference layout's behaviours, each user's contiguous and in time order
-TIME_COLUMN = "event_time"  # each sample's time, a column of every split table
+TIME_COLUMN = SAMPLE_TIME  # each sample's time, a column of every split table (a times feature's `at` by default)
 
 
 def split_file(folder: Path, split: str) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .prepared import TIME_COLUMN
 from .recipe import LogConfig, log_config_from_dict
 from .spec import PREVIOUS_FILL, FeatureSpec, Spec, SpecError, read_toml, spec_from_dict
 
@@ -47,7 +48,7 @@ def feature_side(feature: FeatureSpec, config: LogConfig) -> str:
 def event_features(spec: Spec, config: LogConfig) -> list[FeatureSpec]:
     """Non-sequence features read from the log itself, other than the user and item columns."""
     identity = (config.user, config.item)
-    return [f for f in spec.features if f.kind != "sequence" and f.source == "log" and f.column not in identity]
+    return [f for f in spec.features if not f.per_behaviour and f.source == "log" and f.column not in identity]
 
 
 def log_columns(spec: Spec, config: LogConfig) -> list[str]:
@@ -58,7 +59,7 @@ def log_columns(spec: Spec, config: LogConfig) -> list[str]:
 
 def table_columns(spec: Spec, source: str, key: str) -> list[str]:
     """The columns read from an attribute table ("items" or "users"): its key, then its features' columns."""
-    return [key] + sorted({f.column for f in spec.features if f.kind != "sequence" and f.source == source} - {key})
+    return [key] + sorted({f.column for f in spec.features if not f.per_behaviour and f.source == source} - {key})
 
 
 def check_sources(spec: Spec, config: LogConfig, sources: Sources) -> None:
@@ -71,6 +72,10 @@ def check_sources(spec: Spec, config: LogConfig, sources: Sources) -> None:
         if path is None and key is not None:
             raise SpecError(f"[{source}] names a key column, but no {source} table was given: pass it with --{source}")
     for feature in spec.features:
+        if feature.kind == "times" and feature.at != TIME_COLUMN:
+            raise SpecError(f"feature '{feature.name}': `prepare` writes each sample's time as '{TIME_COLUMN}'; leave 'at' out")
+        if feature.kind == "times":
+            continue
         if feature.kind == "sequence":
             target = next(f for f in spec.features if f.name == feature.shares)
             if target.source == "users" or (target.source == "log" and target.column == config.user):

@@ -28,8 +28,8 @@ def read_table(path: str | Path, spec: Spec, keep_references: bool = False) -> p
     path = Path(path)
     if not path.exists():  # a file, or a folder of Parquet parts (what Spark writes)
         raise TableError(f"{path}: no such file")
-    table = read_source(path, column_types={f.name: pa.string() for f in spec.of_kind("sequence")})
-    sequences = {f.name for f in spec.of_kind("sequence")}
+    sequences = {f.name for f in spec.features if f.kind in ("sequence", "times")}  # per-behaviour lists
+    table = read_source(path, column_types={name: pa.string() for name in sequences})
     if is_reference(table) and keep_references:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), STORE_KEY: str(path.parent / SEQUENCE_STORE)})
     elif is_reference(table):  # prepare --layout reference: histories rebuilt from the sequence store beside the table
@@ -58,17 +58,36 @@ def _ragged(name: str, column: pa.ChunkedArray) -> Ragged:
     return Ragged(ragged.values[kept].astype(np.str_), offsets)
 
 
+def _row_times(name: str, table: pa.Table) -> np.ndarray:
+    """Each sample's own time (the column a times feature's `at` names), as numbers."""
+    if name not in table.column_names:
+        raise TableError(f"column '{name}' is absent: the behaviours' times need each sample's own time there (found {table.column_names})")
+    column = table.column(name)
+    if pa.types.is_timestamp(column.type):
+        column = column.cast(pa.int64())
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        raise TableError(f"column '{name}': a sample's time must be a number or a timestamp, not {column.type}")
+    return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+
+
 def raw_columns(table: pa.Table, spec: Spec, reads: StoreReads | None = None) -> dict[str, Any]:
     """Each feature as the encoder takes it: a 1-D numpy array, or a Ragged for sequences (Windows over the store
     for a reference-layout table read with keep_references; `reads` shares one store read among its splits)."""
     columns: dict[str, Any] = {}
     if is_reference(table):
-        columns.update(windows(table, Path(table.schema.metadata[STORE_KEY].decode()), spec, reads))
+        store = Path(table.schema.metadata[STORE_KEY].decode())
+        columns.update(windows(table, store, spec, reads))
+        times = [f.name for f in spec.of_kind("times")]
+        if times:  # ages depend on each sample's time: the times are copied per sample, as the inline layout holds them
+            table = inline(table, store, spec, only=times)
     for feature in spec.features:
         if feature.name in columns:
             continue
         column = table.column(feature.name)
-        if feature.kind == "sequence":
+        if feature.kind == "times":
+            columns[feature.name] = _ragged(feature.name, column)
+            columns[feature.at] = _row_times(feature.at, table)
+        elif feature.kind == "sequence":
             columns[feature.name] = _ragged(feature.name, column)
         elif feature.kind == "numeric":
             if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_null(column.type)):

@@ -143,7 +143,7 @@ def _write(connection: duckdb.DuckDBPyConnection, spec: Spec, config: LogConfig,
     empty = [name for name in SPLITS if rows[name] == 0]
     if empty:
         raise ValueError(f"the split leaves {empty} without samples; adjust [split] (valid/test) for this log")
-    item_side = [f.name for f in spec.features if f.kind != "sequence" and feature_side(f, config) == "item" and f.name != item]
+    item_side = [f.name for f in spec.features if not f.per_behaviour and feature_side(f, config) == "item" and f.name != item]
     pq.write_table(connection.sql(f"SELECT {sql_name(item)}" + "".join(f", any_value({sql_name(n)}) AS {sql_name(n)}" for n in item_side)
                                   + f" FROM labelled GROUP BY {sql_name(item)} ORDER BY {sql_name(item)}").to_arrow_table(), staging / ITEMS_FILE)
     served_rows, positives, users, requests = connection.sql(

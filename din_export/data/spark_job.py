@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import TableError
 from .behaviour import DOWNSAMPLE_ROUND, numpy_quantile
+from .layout import history_lengths
 from .prepared import TIME_COLUMN
 from .readers import checked_files
 from .recipe import LogConfig
@@ -177,7 +178,7 @@ class SparkPrepare:
             if duplicate:
                 raise TableError(f"{path}: key '{duplicate[0][key]}' appears {duplicate[0]['count']} times in column '{key}'")
             shaped = [F.col(key).cast(log.schema[log_key].dataType).alias("_key")]
-            shaped += [self.shaped(frame, f).alias(f"_a_{f.name}") for f in self.spec.features if f.kind != "sequence" and f.source == source]
+            shaped += [self.shaped(frame, f).alias(f"_a_{f.name}") for f in self.spec.features if not f.per_behaviour and f.source == source]
             tables[source] = frame.select(*shaped)
         return tables
 
@@ -209,7 +210,8 @@ class SparkPrepare:
         F, user = self.F, self.config.user
         shared = sorted({s.shares for s in self.spec.of_kind("sequence")})
         behaviours = log.filter(F.col("_label") == 1).withColumn("_b", F.row_number().over(self.by_user) - 1)
-        return self.with_values(behaviours, self.config.item, shared, "_h_", tables).select(user, "_b", *[f"_h_{n}" for n in shared])
+        behaviours = self.with_values(behaviours, self.config.item, shared, "_h_", tables).withColumn(BEHAVIOUR_TIME, F.col("_t"))
+        return behaviours.select(user, "_b", *[f"_h_{n}" for n in shared], BEHAVIOUR_TIME)
 
     def with_history_ends(self, log: Any) -> Any:
         """`_end`: how many of the user's behaviours lie strictly before the event in time (behaviour.history_bounds)."""
@@ -241,7 +243,7 @@ class SparkPrepare:
         F, user = self.F, self.config.user
         per_user = log.groupBy(user).agg(F.sum((F.col("_label") == 1).cast("long")).alias("_n"))
         bases = running_sum(per_user, [user], F.col("_n"), "_base")[0].select(user, "_base")
-        store = behaviours.orderBy(user, "_b").select(*[F.col(f"_h_{s.shares}").alias(s.name) for s in self.spec.of_kind("sequence")])
+        store = behaviours.orderBy(user, "_b").select(*[F.col(_history(f)).alias(f.name) for f in self.spec.features if f.per_behaviour])
         samples = samples.join(bases, user).withColumn(HISTORY_FIRST, F.col("_base")).withColumn(HISTORY_END, F.col("_base") + F.col("_end"))
         return store, samples
 
@@ -256,23 +258,26 @@ class SparkPrepare:
         shared = sorted({s.shares for s in sequences})
         recent = window(user).orderBy("_b").rowsBetween(-(max(s.max_len for s in sequences) - 1), Window.currentRow)
         lists = behaviours.select(user, F.col("_b").alias("_last"),
-                                  F.array_sort(F.collect_list(F.struct("_b", *[f"_h_{n}" for n in shared])).over(recent)).alias("_hist"))
+                                  F.array_sort(F.collect_list(F.struct("_b", *[f"_h_{n}" for n in shared], BEHAVIOUR_TIME))
+                                               .over(recent)).alias("_hist"))
         return samples.withColumn("_last", F.col("_end") - 1).join(lists, [user, "_last"], "left")
 
     def sample_columns(self, samples: Any, behaviours: Any, tables: dict[str, Any], reference: bool) -> Any:
         """The samples as the split tables hold them (features in spec order, the label, the time), with what the
         writer sorts and splits by (`_split`, `_sort_user`, `_t`, `_owner`, `_negative`)."""
         F, spec = self.F, self.spec
-        samples = self.with_values(samples, "_item", [f.name for f in spec.features if f.kind != "sequence"], "_s_", tables)
+        samples = self.with_values(samples, "_item", [f.name for f in spec.features if not f.per_behaviour], "_s_", tables)
         columns = []
+        lengths = history_lengths(spec)
         for feature in spec.features:
-            if feature.kind != "sequence":
+            if not feature.per_behaviour:
                 columns.append(F.col(f"_s_{feature.name}").alias(feature.name))
             elif not reference:
-                element = behaviours.schema[f"_h_{feature.shares}"].dataType.simpleString()
-                values = F.coalesce(F.transform(F.col("_hist"), _field(f"_h_{feature.shares}")),
+                element = behaviours.schema[_history(feature)].dataType.simpleString()
+                values = F.coalesce(F.transform(F.col("_hist"), _field(_history(feature))),
                                     F.array().cast(f"array<{element}>"))  # an empty history is [], as DuckDB's engine writes it
-                kept = F.when(F.size(values) > feature.max_len, F.slice(values, -feature.max_len, feature.max_len)).otherwise(values)
+                length = lengths[feature.name]
+                kept = F.when(F.size(values) > length, F.slice(values, -length, length)).otherwise(values)
                 columns.append(kept.alias(feature.name))
         if reference:
             columns += [F.col(HISTORY_FIRST), F.col(HISTORY_END)]
@@ -313,13 +318,21 @@ class SparkPrepare:
         """prepare.LogContext.item_table: every item of the log and the item table with its candidate-side features,
         in key order; None without an item feature."""
         F = self.F
-        features = [f for f in self.spec.features if f.kind != "sequence" and self.side(f) == "item"]
+        features = [f for f in self.spec.features if not f.per_behaviour and self.side(f) == "item"]
         if not any(f.source == "log" for f in features):
             return None
         frame = item_universe
         if "items" in tables:
             frame = frame.join(tables["items"], "_key", "left")
         return frame.orderBy("_key").select(*[F.col("_key" if f.source == "log" else f"_a_{f.name}").alias(f.name) for f in features])
+
+
+BEHAVIOUR_TIME = "_h__time"  # a behaviour's time, which a times feature's histories hold
+
+
+def _history(feature: Any) -> str:
+    """The behaviours' column a per-behaviour feature's histories hold: the shared feature's values, or the time."""
+    return BEHAVIOUR_TIME if feature.kind == "times" else f"_h_{feature.shares}"
 
 
 def _field(name: str) -> Any:

@@ -7,12 +7,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from din_runtime.schema import KINDS
+from din_runtime.schema import KINDS, SAMPLE_TIME
 
 from ..errors import SpecError, did_you_mean
 from .reserved import RESERVED_NAMES
 
 FILLS = ("mean", "median", "zero")
+PER_BEHAVIOUR = ("sequence", "times")  # kinds with one value per behaviour
 PREVIOUS_FILL = "previous"  # the user's previous value: only `prepare` can apply it, on a log column
 NORMALIZATIONS = ("zscore", "minmax", "none")
 SOURCES = ("log", "items", "users")
@@ -20,9 +21,11 @@ ALLOWED_KEYS = {
     "categorical": {"kind", "min_count", "attribute_of", "max_vocabulary"},
     "numeric": {"kind", "fill", "normalize"},
     "sequence": {"kind", "shares", "max_len"},
+    "times": {"kind", "at"},
 }
 # Keys that only `din-export prepare` reads: where a feature's values come from in a behaviour log.
-PREPARE_KEYS = {"categorical": {"column", "source", "first_token"}, "numeric": {"column", "source", "first_token"}, "sequence": set()}
+PREPARE_KEYS = {"categorical": {"column", "source", "first_token"}, "numeric": {"column", "source", "first_token"}, "sequence": set(),
+                "times": set()}
 PREPARE_SECTIONS = {"log", "items", "users", "sampling", "split"}
 SETTINGS_SECTIONS = ("model", "training")  # hyperparameters; command-line flags override them (`tune` writes them)
 TOP_LEVEL_KEYS = {"label", "user", "features", *SETTINGS_SECTIONS} | PREPARE_SECTIONS
@@ -43,8 +46,14 @@ class FeatureSpec:
     column: str | None = None
     source: str = "log"
     first_token: bool = False
+    at: str = SAMPLE_TIME  # a times feature's: the column holding each row's own time (its behaviours' ages are taken from it)
     attribute_of: str | None = None  # a categorical whose value is a fact of another's (an item's category): see schema.py
     max_vocabulary: int | None = None  # most keys the table may hold (the most frequent kept; a warm start's new keys fill what is left)
+
+    @property
+    def per_behaviour(self) -> bool:
+        """Whether the feature holds one value per behaviour (a sequence, or the behaviours' times), not one per row."""
+        return self.kind in PER_BEHAVIOUR
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,8 @@ class Spec:
         features = {}
         for feature in self.features:
             features[feature.name] = {k: v for k, v in asdict(feature).items() if k != "name" and k in ALLOWED_KEYS[feature.kind]
-                                      and not (k == "min_count" and v == 1) and not (k in ("attribute_of", "max_vocabulary") and v is None)}
+                                      and not (k == "min_count" and v == 1) and not (k in ("attribute_of", "max_vocabulary") and v is None)
+                                      and not (k == "at" and v == SAMPLE_TIME)}
         data: dict[str, Any] = {"label": self.label, "features": features}
         if self.user is not None:
             data["user"] = self.user
@@ -155,6 +165,12 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
         target = by_name.get(sequence.shares)
         if target is None or target.kind != "categorical":
             raise SpecError(f"feature '{sequence.name}': shares '{sequence.shares}', which is not a categorical feature of this spec")
+    times = [f for f in features if f.kind == "times"]
+    if len(times) > 1:
+        raise SpecError(f"feature '{times[1].name}': one times feature gives every behaviour its time; '{times[0].name}' already does")
+    if times and (not isinstance(times[0].at, str) or not times[0].at.strip() or times[0].at in by_name or times[0].at == label):
+        raise SpecError(f"feature '{times[0].name}': at must name the column of each row's own time, not a feature or the label "
+                        f"({times[0].at!r})")
     if not any(f.kind == "sequence" for f in features):
         raise SpecError("a DIN needs at least one sequence feature (the user's behaviours)")
     user = data.get("user", "user_id" if by_name.get("user_id", FeatureSpec("", "")).kind == "categorical" else None)

@@ -59,7 +59,7 @@ class EncodedSplit:
     feed: dict[str, np.ndarray]
     labels: np.ndarray
     groups: np.ndarray | None
-    sequences: list[str]
+    sequences: list[str]  # the per-behaviour inputs, an ID sequence first (the times, where the model has them, after)
     windows: dict[str, Windows] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)  # the input order, where feed alone does not hold every input
     lengths: np.ndarray = field(init=False)
@@ -120,7 +120,8 @@ def encode_split(table: pa.Table, spec: Spec, encoder: FeatureEncoder,
             found = memory_mapped(encoder.vocabularies[schema[name].shares].encode(name, w.values))
             stores.append((name, w.values, found))
         encoded[name] = w.with_values(found)
-    return EncodedSplit(feed, labels(table, spec), groups_of(columns, spec), schema.sequence_names, encoded, schema.names)
+    per_behaviour = schema.sequence_names + [t.name for t in schema.times]  # an ID sequence first: the lengths come from it
+    return EncodedSplit(feed, labels(table, spec), groups_of(columns, spec), per_behaviour, encoded, schema.names)
 
 
 def load_data(source: DataSource, spec: Spec, seed: int, phases: Phases | None = None,

@@ -38,7 +38,7 @@ from torch import nn
 
 from din_runtime.encoding import OOV_INDEX
 from din_runtime.manifest import EXPLAIN_FILE, MODEL_FILE, OUTPUT_NAME, RANKING_FILE, WEIGHTS_NAME, sha256_of
-from din_runtime.schema import FeatureSchema, SequenceFeature
+from din_runtime.schema import FeatureSchema
 
 from ..config import FORMS
 from ..model.base import BehaviourModel, ExplainedModel, ProbabilityModel, in_form
@@ -82,6 +82,10 @@ def random_feed(schema: FeatureSchema, batch: int, sequence: int, rng: np.random
             feed[feature.name][-1] = OOV_INDEX
         elif feature.kind == "numeric":
             feed[feature.name] = rng.standard_normal(batch).astype(np.float32)
+        elif feature.kind == "times":  # ages from 0 to past the last bucket, log-uniform, some on a bucket's bound
+            ages = np.floor(2.0 ** rng.uniform(-1, 41, (batch, sequence)))
+            ages[rng.random((batch, sequence)) < 0.2] = 2.0 ** rng.integers(0, 40)
+            feed[feature.name] = np.where(positions, ages, 0).astype(np.float32)
         else:
             ids = rng.integers(1, schema[feature.shares].size, (batch, sequence))
             feed[feature.name] = np.where(positions, ids, 0).astype(np.int64)
@@ -90,13 +94,13 @@ def random_feed(schema: FeatureSchema, batch: int, sequence: int, rng: np.random
 
 def one_history(feed: dict[str, np.ndarray], schema: FeatureSchema, row: int) -> dict[str, np.ndarray]:
     """A ranking feed from a batch feed: every row a candidate, the histories of `row` the one history."""
-    return {n: array[row:row + 1] if n in schema.sequence_names else array for n, array in feed.items()}
+    return {n: array[row:row + 1] if n in schema.history_names else array for n, array in feed.items()}
 
 
 def replicated(feed: dict[str, np.ndarray], schema: FeatureSchema) -> dict[str, np.ndarray]:
     """The batch feed a ranking feed stands for: the one history repeated for every candidate."""
     candidates = len(feed[schema.shared[0]])
-    return {n: np.repeat(array, candidates, axis=0) if n in schema.sequence_names else array for n, array in feed.items()}
+    return {n: np.repeat(array, candidates, axis=0) if n in schema.history_names else array for n, array in feed.items()}
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,8 @@ class GraphContract:
     applies: Callable[[BehaviourModel], bool] = lambda din: True  # whether a model has this graph
 
     def input_dims(self, schema: FeatureSchema) -> dict[str, list[str | int]]:
-        return {f.name: [self.history_rows, SEQUENCE_DIM] if isinstance(f, SequenceFeature) else [self.rows] for f in schema.features}
+        histories = schema.history_names
+        return {f.name: [self.history_rows, SEQUENCE_DIM] if f.name in histories else [self.rows] for f in schema.features}
 
     @property
     def output_dims(self) -> dict[str, list[str | int]]:

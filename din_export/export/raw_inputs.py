@@ -3,7 +3,8 @@ values, fill and normalisation, the most recent max_len behaviours) done inside 
 Triton Inference Server (or any ONNX Runtime) serves raw feature values with no preprocessing step beside it.
 
 Inputs: each categorical as INT64 (integer keys) or STRING (text keys; '' is missing), each numeric as FP32 (NaN
-or an infinity is missing), each history as INT64 or STRING [batch, seq_len], and `history_length` INT64 [batch]:
+or an infinity is missing), each history as INT64 or STRING [batch, seq_len], the behaviours' times (where the
+model has them) as FP64 [batch, seq_len] with each row's own time FP64 [batch], and `history_length` INT64 [batch]:
 how many entries of each row's histories are real. Padding is positional (entries at and after a row's length are
 ignored, whatever they hold), so no ID value is reserved for it. Lookups are ONNX-ML LabelEncoder nodes, which
 ONNX Runtime and Triton's ONNX Runtime backend run. Not the runtime's: a key of blanks counts as a key here
@@ -18,7 +19,7 @@ from onnx import TensorProto, helper
 
 from din_runtime.encoding import NORMALIZED_LIMIT, OOV_INDEX, PADDING_INDEX
 from din_runtime.manifest import LENGTH_INPUT
-from din_runtime.schema import CategoricalFeature, FeatureSchema, NumericFeature
+from din_runtime.schema import CategoricalFeature, FeatureSchema, NumericFeature, TimesFeature
 
 ML_DOMAIN, ML_OPSET = "ai.onnx.ml", 2  # LabelEncoder with int64 keys and values
 BATCH, SEQUENCE = "batch", "seq_len"
@@ -96,6 +97,21 @@ def _history(feature_name: str, vocabulary: CategoricalFeature, target: str, pre
     ]
 
 
+def _ages(feature: TimesFeature, target: str, prefix: str) -> list[onnx.NodeProto]:
+    """The behaviours' ages as the runtime computes them: in float64, the row's time minus each of its most recent
+    behaviours' times, at least 0, padding 0, then float32."""
+    name = f"{prefix}{feature.name}__"
+    return [
+        helper.make_node("GatherElements", [feature.name, f"{prefix}recent__index"], [name + "recent"], axis=1),
+        helper.make_node("Unsqueeze", [feature.at, f"{prefix}recent__axis"], [name + "at"]),
+        helper.make_node("Sub", [name + "at", name + "recent"], [name + "age"]),
+        _constant(name + "zero", np.array(0.0, dtype=np.float64)),
+        helper.make_node("Max", [name + "age", name + "zero"], [name + "later"]),
+        helper.make_node("Where", [f"{prefix}recent__mask", name + "later", name + "zero"], [name + "ages"]),
+        helper.make_node("Cast", [name + "ages"], [target], to=TensorProto.FLOAT),
+    ]
+
+
 def raw_input_model(model: onnx.ModelProto, schema: FeatureSchema) -> onnx.ModelProto:
     """`model` (a bundle's model.onnx, taking encoded indices) behind the encoding: a model taking raw values.
     Every value the encoding adds is named under a prefix that no feature and no value of the model starts with,
@@ -123,6 +139,10 @@ def raw_input_model(model: onnx.ModelProto, schema: FeatureSchema) -> onnx.Model
         elif isinstance(feature, NumericFeature):
             inputs.append(helper.make_tensor_value_info(feature.name, TensorProto.FLOAT, [BATCH]))
             nodes += _numeric(feature, feature.name, encoded[feature.name], prefix)
+        elif isinstance(feature, TimesFeature):
+            inputs.append(helper.make_tensor_value_info(feature.name, TensorProto.DOUBLE, [BATCH, SEQUENCE]))
+            inputs.append(helper.make_tensor_value_info(feature.at, TensorProto.DOUBLE, [BATCH]))
+            nodes += _ages(feature, encoded[feature.name], prefix)
         else:
             vocabulary = schema[feature.shares]
             text = vocabulary.key_type == "str"
@@ -143,7 +163,7 @@ def raw_input_model(model: onnx.ModelProto, schema: FeatureSchema) -> onnx.Model
 def _free_prefix(model: onnx.ModelProto, schema: FeatureSchema) -> str:
     """'raw.' or, where some name already starts so, 'raw_.', 'raw__.', ...: a prefix no existing name has."""
     graph = model.graph
-    taken = {*schema.names, LENGTH_INPUT, *(v for node in graph.node for v in (*node.input, *node.output)),
+    taken = {*schema.names, *(t.at for t in schema.times), LENGTH_INPUT, *(v for node in graph.node for v in (*node.input, *node.output)),
              *(i.name for i in graph.initializer)}
     prefix = "raw."
     while any(name.startswith(prefix) for name in taken):

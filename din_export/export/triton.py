@@ -20,7 +20,8 @@ from ..files import staged_bundle
 from .graphs import describe_io
 from .raw_inputs import raw_input_model
 
-TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float16": "TYPE_FP16", "int32": "TYPE_INT32", "object": "TYPE_STRING"}
+TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "float64": "TYPE_FP64", "float16": "TYPE_FP16", "int32": "TYPE_INT32",
+                "object": "TYPE_STRING"}
 
 
 def quoted(text: str) -> str:

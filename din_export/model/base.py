@@ -20,7 +20,7 @@ from din_runtime.schema import FeatureSchema
 
 from ..config import FORMS, ModelConfig
 from .calibration import Calibration
-from .layers import AttentionPooling, Recency, mlp
+from .layers import AgeRecency, AttentionPooling, Recency, mlp
 
 ESCAPED = "feature_x"
 _MODULE_ATTRIBUTES = frozenset(dir(nn.ModuleDict()))  # a table's key may not shadow one of these (`training`, `forward`)
@@ -63,6 +63,9 @@ class BehaviourModel(nn.Module):
                 table.weight[0].zero_()
         self.behaviour_dim = dim * len(self.sequences)
         self.recency = Recency(self.behaviour_dim) if config.recency == "position" else None
+        # where the spec gives the behaviours' times, each behaviour's age too (the input is its ages, batch x seq_len)
+        self.times = schema.times[0].name if schema.times else None
+        self.age_recency = AgeRecency(self.behaviour_dim) if self.times is not None else None
         # logit -> served probability (downsampling correction, post-hoc calibration): fitted after training,
         # held in the manifest, never in the state dict (calibration.py)
         self.calibration = Calibration()
@@ -105,15 +108,20 @@ class BehaviourModel(nn.Module):
         keys = torch.cat([self.embeddings[table_key(s.shares)](x[s.name]) for s in self.schema.sequences], dim=-1)
         return keys, x[self.sequences[0]] != 0
 
-    def with_recency(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The keys with each behaviour's recency embedding added, where the model has recency."""
-        return keys if self.recency is None else self.recency(keys, mask)
+    def with_recency(self, keys: torch.Tensor, mask: torch.Tensor, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The keys with each behaviour's recency embeddings added, where the model has them: its place back from
+        the most recent, its age."""
+        if self.recency is not None:
+            keys = self.recency(keys, mask)
+        if self.age_recency is not None:
+            keys = self.age_recency(keys, mask, x[self.times])
+        return keys
 
     def behaviours(self, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys the interest is computed from (batch, seq_len, E), and their mask. For a ranking feed (one
         history, many candidates) this runs once, on the one history."""
         keys, mask = self.embedded(x)
-        return self.with_recency(keys, mask), mask
+        return self.with_recency(keys, mask, x), mask
 
     def interest(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The user's interest for each candidate, (batch, interest width)."""

@@ -101,7 +101,7 @@ class DIEN(BehaviourModel):
         states = self.extractor(embedded) * mask.unsqueeze(-1).to(embedded.dtype)
         if self.training and self.auxiliary is not None:
             self._auxiliary_loss = self.next_behaviour_loss(states, embedded, mask, x[self.sequences[0]])
-        return self.with_recency(states, mask), mask
+        return self.with_recency(states, mask, x), mask
 
     def interest_and_weights(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """AUGRU's last state over the interest states, and the attention that gated it (batch, T)."""

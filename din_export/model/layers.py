@@ -15,6 +15,7 @@ Step = Callable[..., torch.Tensor]  # (state (batch, H), the step's slices of th
 
 MASKED_SCORE = -1e9  # finite fill for softmax weighting: -inf would turn an all-padding row into NaN
 RECENCY_BUCKETS = 16  # log2 buckets of a behaviour's distance back: 0, 1-2, 3-6, 7-14, ..., 32,767 and beyond
+AGE_BUCKETS = 40  # log2 buckets of a behaviour's age: below 1 unit, [1, 2), [2, 4), ..., 2^38 units and beyond (8,700 years of seconds)
 
 
 class PReLU(nn.Module):
@@ -210,6 +211,26 @@ class Recency(nn.Module):
 
     def forward(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return keys + self.table(self.buckets(mask)) * mask.unsqueeze(-1).to(keys.dtype)
+
+
+class AgeRecency(nn.Module):
+    """When a behaviour happened in time: its age at the row's time (row time minus behaviour time, in the log's
+    units), in log2 buckets (bucket 0 below 1 unit, bucket b from 2^(b-1) up to 2^b units; the last open-ended), as
+    an embedding added to its key. Bucket bounds are powers of two, exact in float32, and buckets come from
+    comparisons in the graph, so serving buckets exactly as training does."""
+
+    def __init__(self, dim: int, buckets: int = AGE_BUCKETS, init_std: float = 0.02) -> None:
+        super().__init__()
+        self.table = nn.Embedding(buckets, dim)
+        nn.init.normal_(self.table.weight, std=init_std)
+        self.register_buffer("bounds", torch.tensor([2.0**b for b in range(buckets - 1)]), persistent=False)
+
+    def buckets(self, ages: torch.Tensor) -> torch.Tensor:
+        """Each age's bucket (batch, seq_len)."""
+        return (ages.unsqueeze(-1) >= self.bounds).sum(dim=-1)
+
+    def forward(self, keys: torch.Tensor, mask: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        return keys + self.table(self.buckets(ages)) * mask.unsqueeze(-1).to(keys.dtype)
 
 
 class SelfAttentionEncoder(nn.Module):

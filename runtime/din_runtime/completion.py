@@ -62,16 +62,21 @@ def complete(columns: Mapping[str, Any], schema: FeatureSchema, store: Behaviour
     fields = store.fields
     derived = schema.derivations()
     histories = [s for s in schema.sequences if s.name not in columns and s.name not in derived]  # the encoder derives the rest
+    ages = [t for t in schema.times if t.name not in columns and histories]  # times come with the histories they belong to
     attributes = [name for name in fields.user_values if name in schema.names and name not in columns]
-    if not histories and not attributes:
+    if not histories and not ages and not attributes:
         return dict(columns)
     if fields.user not in columns:
         raise InputError(fields.user, "missing from the input: the histories are filled from the store by the user")
     users = list(columns[fields.user])
+    row_time = schema.times[0].at if schema.times else None
+    if as_of is None and row_time is not None and row_time in columns:
+        as_of = list(columns[row_time])  # a row's own time is when its history ends
     times = _times(as_of, len(users))
-    pairs = list(dict.fromkeys((str(u), t) for u, t in zip(users, times, strict=True))) if histories else []  # one read per user and time
+    pairs = list(dict.fromkeys((str(u), t) for u, t in zip(users, times, strict=True))) if histories or ages else []  # one read per user and time
     distinct = list(dict.fromkeys(str(u) for u in users)) if attributes else []
-    read, held = store.user_side([u for u, _ in pairs], [t for _, t in pairs], max((s.max_len for s in histories), default=0), distinct)
+    longest = max((s.max_len for s in (schema.sequences if ages else histories)), default=0)
+    read, held = store.user_side([u for u, _ in pairs], [t for _, t in pairs], longest, distinct)
     found = dict(zip(pairs, read, strict=True))
     filled = dict(columns)
     for sequence in histories:
@@ -82,6 +87,12 @@ def complete(columns: Mapping[str, Any], schema: FeatureSchema, store: Behaviour
             filled[sequence.name] = [found[str(u), t].values[sequence.shares][-kept:] for u, t in zip(users, times, strict=True)]
         else:
             raise InputError(sequence.name, "missing from the input, and the store does not hold its values")
+    for feature in ages:  # each behaviour's time as stored; the row's own time is as_of's where the row has none
+        if any(t is None for t in times):
+            raise InputError(feature.at, "missing from the input: the behaviours' ages need each row's time (or parameters.as_of)")
+        kept = max(s.max_len for s in schema.sequences)
+        filled[feature.name] = [found[str(u), t].times[-kept:] for u, t in zip(users, times, strict=True)]
+        filled.setdefault(feature.at, times)
     by_user = dict(zip(distinct, held, strict=True))
     for name in attributes:
         filled[name] = [by_user[str(u)].get(name) for u in users]

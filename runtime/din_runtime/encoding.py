@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .schema import CategoricalFeature, FeatureSchema, NumericFeature, SequenceFeature
+from .schema import CategoricalFeature, FeatureSchema, NumericFeature, SequenceFeature, TimesFeature
 
 PADDING_INDEX = 0
 OOV_INDEX = 1
@@ -335,13 +335,14 @@ def _small_histories(vocabulary: Vocabulary, rows: Any, max_len: int) -> tuple[n
 
 
 def pad_recent(indices: np.ndarray, offsets: np.ndarray, max_len: int) -> np.ndarray:
-    """Keep each row's last max_len items (the most recent), left-aligned, padded with 0 to the longest kept row."""
+    """Keep each row's last max_len items (the most recent), left-aligned, padded with 0 to the longest kept row
+    (in the values' own type: embedding rows, or ages)."""
     lengths = offsets[1:] - offsets[:-1]
     if len(lengths) and lengths[0] > 0 and (lengths == lengths[0]).all():  # rectangular: a reshape, no scatter
-        return indices[offsets[0]:offsets[-1]].reshape(len(lengths), int(lengths[0]))[:, -max_len:].astype(np.int64, copy=False)
+        return indices[offsets[0]:offsets[-1]].reshape(len(lengths), int(lengths[0]))[:, -max_len:]
     kept = np.minimum(lengths, max_len)
     width = max(1, int(kept.max())) if len(kept) else 1
-    out = np.zeros((len(kept), width), dtype=np.int64)
+    out = np.zeros((len(kept), width), dtype=indices.dtype)
     total = int(kept.sum())
     if total:
         out_starts = np.cumsum(kept) - kept
@@ -349,6 +350,37 @@ def pad_recent(indices: np.ndarray, offsets: np.ndarray, max_len: int) -> np.nda
         source = np.repeat(offsets[1:] - kept, kept) + column
         out[np.repeat(np.arange(len(kept)), kept), column] = indices[source]
     return out
+
+
+def behaviour_ages(feature: TimesFeature, times: Ragged, at: Any, max_len: int) -> np.ndarray:
+    """Each behaviour's age at its row's time (row time minus behaviour time, in the log's units), the most recent
+    max_len kept and padded as the histories are, float32. A behaviour stamped after its row's time (a clock ahead)
+    counts as just happened, age 0; a time that is missing or not a number is an error naming the field and row."""
+    rows = len(times)
+    row_times = _numbers(feature.at, at, rows)
+    values = _numbers(feature.name, times.values, len(times.values), times.row_of)
+    ages = np.repeat(row_times, times.lengths) - values
+    return pad_recent(np.maximum(ages, 0.0), times.offsets, max_len).astype(np.float32)
+
+
+def _numbers(name: str, values: Any, count: int, row_of=lambda i: i) -> np.ndarray:
+    """Times as float64, every one present and finite."""
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = np.asarray(values, dtype=object)
+        for i, value in enumerate(array):
+            try:
+                float(value)
+            except (TypeError, ValueError):
+                raise InputError(name, f"time {_shown(value)} is not a number", row_of(i)) from None
+        array = array.astype(np.float64)
+    if array.ndim != 1 or len(array) != count:
+        raise InputError(name, f"expected {count} times, one per {'row' if count else 'behaviour'}, got an array of shape {array.shape}")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise InputError(name, "a time is missing or not finite (each behaviour and each row needs its time)", row_of(_first_true(bad)))
+    return array
 
 
 class FeatureEncoder:
@@ -387,9 +419,10 @@ class FeatureEncoder:
             elif isinstance(feature, NumericFeature):
                 feed[name] = self.scalers[name].encode(name, columns[name])
             else:
-                assert isinstance(feature, SequenceFeature)
-                vocabulary = self.vocabularies[feature.shares]
-                small = _small_histories(vocabulary, columns[name], feature.max_len)
+                small = None
+                if isinstance(feature, SequenceFeature):
+                    vocabulary = self.vocabularies[feature.shares]
+                    small = _small_histories(vocabulary, columns[name], feature.max_len)
                 ragged = to_ragged(name, columns[name]) if small is None else None
                 lengths = small[1] if small is not None else ragged.lengths
                 if reference is None:
@@ -397,7 +430,11 @@ class FeatureEncoder:
                 elif len(reference[1]) == len(lengths) and (reference[1] != lengths).any():  # other counts: below
                     row = _first_true(reference[1] != lengths)
                     raise InputError(name, f"history length differs from '{reference[0]}' (behaviour sequences must align)", row)
-                if small is not None:
+                if isinstance(feature, TimesFeature):
+                    if feature.at not in columns:
+                        raise InputError(feature.at, f"missing from the input: each row's own time, which '{name}' gives its behaviours' ages from")
+                    feed[name] = behaviour_ages(feature, ragged, columns[feature.at], self.schema.max_len)
+                elif small is not None:
                     feed[name] = small[0]
                 else:
                     indices = vocabulary.encode(name, ragged.values, ragged.row_of)

@@ -102,7 +102,8 @@ class Predictor:
         self.schema = schema_of(manifest)
         self.encoder = FeatureEncoder(self.schema)
         self.output_name = manifest["onnx"]["outputs"][0]["name"]
-        self.sequences = self.schema.sequence_names
+        self.sequences = self.schema.history_names  # one entry per behaviour: sent once per ranked user, padded when batched
+        self.row_times = [t.at for t in self.schema.times]  # each row's own time, read by the encoder, no graph input
         self.shared = sorted(set(self.schema.shared))
         self._options = session_options or ort.SessionOptions()  # the explain graph's: the batch graph's, from load()
         self._small_call_options = small_call_options  # None: small calls use the batch session
@@ -262,7 +263,8 @@ class Predictor:
         candidate_feed = self.encoder.encode(candidates, only=per_candidate)
         count = len(candidate_feed[per_candidate[0]])
         try:
-            user_feed = self.encoder.encode({name: [user_row[name]] for name in per_user if name in user_row}, only=per_user)
+            user_columns = {name: [user_row[name]] for name in [*per_user, *self.row_times] if name in user_row}
+            user_feed = self.encoder.encode(user_columns, only=per_user)
         except InputError as error:
             raise InputError(error.feature, f"in user_row: {error.problem}") from None
         feed = dict(candidate_feed)

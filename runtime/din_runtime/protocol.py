@@ -97,7 +97,8 @@ def _object(body: bytes, expected: str) -> dict[str, Any]:
 
 # -- what a model's clients send ----------------------------------------------------------------------------------------
 def datatype_of(feature: Any) -> str:
-    """The datatype a client sends for a feature: BYTES for text keys and histories, FP32 for numbers, INT64 for IDs."""
+    """The datatype a client sends for a feature: BYTES for text keys and histories (the behaviours' times too, as
+    space-separated numbers), FP32 for numbers, INT64 for IDs."""
     if isinstance(feature, NumericFeature):
         return "FP32"
     if isinstance(feature, CategoricalFeature) and feature.key_type == "int":
@@ -119,7 +120,8 @@ class Contract:
 
 def model_metadata(name: str, schema: FeatureSchema, versions: list[int] | None = None) -> dict[str, Any]:
     return {"name": name, "versions": [str(v) for v in versions or [1]], "platform": "din-runtime",
-            "inputs": [{"name": f.name, "datatype": datatype_of(f), "shape": [-1]} for f in schema.features],
+            "inputs": [{"name": f.name, "datatype": datatype_of(f), "shape": [-1]} for f in schema.features]
+            + [{"name": t.at, "datatype": "FP64", "shape": [-1]} for t in schema.times],  # each row's time, for its behaviours' ages
             "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1]}]}
 
 

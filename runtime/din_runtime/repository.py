@@ -147,6 +147,8 @@ def _warm_up_rows(predictor: Predictor) -> tuple[dict[str, list], dict[str, Any]
             values[feature.name] = 0.0
     for sequence in schema.sequences:
         values[sequence.name] = [values[sequence.shares]]
+    for times in schema.times:  # one behaviour, just before the row's time
+        values[times.name], values[times.at] = [0.0], 1.0
     batch = {name: [value, value] for name, value in values.items()}
     shared = set(schema.shared)
     user = {name: value for name, value in values.items() if name not in shared}

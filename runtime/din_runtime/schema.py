@@ -99,8 +99,25 @@ class SequenceFeature:
         return {"name": self.name, "kind": self.kind, "shares": self.shares, "max_len": self.max_len}
 
 
-Feature = CategoricalFeature | NumericFeature | SequenceFeature
-KINDS = {cls.kind: cls for cls in (CategoricalFeature, NumericFeature, SequenceFeature)}
+SAMPLE_TIME = "event_time"  # the column (request field) that holds a row's own time, by default
+
+
+@dataclass(frozen=True)
+class TimesFeature:
+    """When each behaviour happened, aligned with the behaviour sequences (the i-th time is the i-th behaviour's).
+    The model sees each behaviour's age at the row's own time (the `at` column): row time minus behaviour time, in
+    the log's units, which its recency buckets on a log2 scale. Its input is those ages, float32 (batch, seq_len)."""
+
+    name: str
+    at: str = SAMPLE_TIME
+    kind: ClassVar[str] = "times"
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "at": self.at}
+
+
+Feature = CategoricalFeature | NumericFeature | SequenceFeature | TimesFeature
+KINDS = {cls.kind: cls for cls in (CategoricalFeature, NumericFeature, SequenceFeature, TimesFeature)}
 
 
 @dataclass(frozen=True)
@@ -118,6 +135,10 @@ class FeatureSchema:
         for sequence in self.sequences:
             if sequence.shares not in categorical:
                 raise ValueError(f"feature '{sequence.name}' shares '{sequence.shares}', which is not a categorical feature")
+        if len(self.times) > 1:
+            raise ValueError(f"one times feature gives every behaviour its time; found {[t.name for t in self.times]}")
+        if self.times and self.times[0].at in names:
+            raise ValueError(f"times feature '{self.times[0].name}': its row time '{self.times[0].at}' may not be a feature")
         for attribute in (f for f in self.categoricals if f.attribute_table is not None):
             item = categorical.get(attribute.attribute_of or "")
             if item is None or len(attribute.attribute_table) != item.size:
@@ -149,6 +170,17 @@ class FeatureSchema:
     @property
     def sequence_names(self) -> list[str]:
         return [f.name for f in self.sequences]
+
+    @property
+    def times(self) -> list[TimesFeature]:
+        """The behaviours' times (none, or one feature)."""
+        return [f for f in self.features if isinstance(f, TimesFeature)]
+
+    @property
+    def history_names(self) -> list[str]:
+        """Every input with one entry per behaviour (batch, seq_len): the sequences and the times, in input order.
+        A ranking request sends these once for the user; every other input is per candidate or repeated."""
+        return [f.name for f in self.features if isinstance(f, (SequenceFeature, TimesFeature))]
 
     @property
     def shared(self) -> list[str]:
@@ -194,6 +226,8 @@ class FeatureSchema:
                 features.append(NumericFeature(name, float(entry["fill"]), float(entry["shift"]), float(entry["scale"])))
             elif kind == "sequence":
                 features.append(SequenceFeature(name, entry["shares"], int(entry["max_len"])))
+            elif kind == "times":
+                features.append(TimesFeature(name, entry.get("at", SAMPLE_TIME)))
             else:
                 raise ValueError(f"feature '{name}': unknown kind {kind!r}")
         return cls(tuple(features))

@@ -26,7 +26,7 @@ import numpy as np
 from .config import SERVED_LOG_MAX_ROWS, SERVED_LOG_MAX_SECONDS, SERVED_LOG_QUEUE_ROWS
 from .encoding import FeatureEncoder, coerce_keys, to_ragged
 from .files import write_atomic
-from .schema import CategoricalFeature, FeatureSchema, NumericFeature, SequenceFeature
+from .schema import CategoricalFeature, FeatureSchema, NumericFeature, SequenceFeature, TimesFeature
 
 log = logging.getLogger("din_runtime.served_log")
 REQUEST_ID, ROW, TIME, MODEL, VERSION, PROBABILITY = "request_id", "row", "time", "model", "version", "probability"
@@ -78,6 +78,8 @@ def served_table(served: Served) -> Any:
             columns[feature.name] = _raw(feature, served.columns[feature.name], schema)
         else:
             columns[feature.name] = _looked_up(feature, served, schema)
+    for times in schema.times:  # each row's own time, which its behaviours' ages were taken from
+        columns[times.at] = pa.array(np.asarray(served.columns[times.at], dtype=np.float64))
     columns[PROBABILITY] = pa.array(np.asarray(served.probabilities, dtype=np.float32))
     return pa.table(columns)
 
@@ -97,14 +99,18 @@ def _raw(feature: Any, values: Any, schema: FeatureSchema) -> Any:
     if isinstance(feature, NumericFeature):
         numbers = values if isinstance(values, np.ndarray) else [np.nan if v is None else v for v in values]
         return pa.array(np.asarray(numbers, dtype=np.float64), from_pandas=True)  # NaN: missing, a null
-    assert isinstance(feature, SequenceFeature)
+    assert isinstance(feature, (SequenceFeature, TimesFeature))
     ragged = to_ragged(feature.name, values)
-    starts = np.maximum(ragged.offsets[:-1], ragged.offsets[1:] - feature.max_len)  # the most recent max_len
+    kept_len = feature.max_len if isinstance(feature, SequenceFeature) else schema.max_len
+    starts = np.maximum(ragged.offsets[:-1], ragged.offsets[1:] - kept_len)  # the most recent max_len
     kept = ragged.offsets[1:] - starts
     offsets = np.zeros(len(kept) + 1, dtype=np.int32)
     np.cumsum(kept, out=offsets[1:])
     take = np.repeat(starts - offsets[:-1], kept) + np.arange(int(offsets[-1]))
-    items = _keys(feature.name, np.asarray(ragged.values)[take] if len(take) else ragged.values[:0], schema[feature.shares].key_type)
+    chosen = np.asarray(ragged.values)[take] if len(take) else ragged.values[:0]
+    if isinstance(feature, TimesFeature):
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(chosen, dtype=np.float64)))
+    items = _keys(feature.name, chosen, schema[feature.shares].key_type)
     return pa.ListArray.from_arrays(pa.array(offsets), items)
 
 
