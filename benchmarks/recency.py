@@ -61,11 +61,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         for max_len in args.max_lens:
             recipe = Path(scratch) / f"recipe-{max_len}.toml"
-            recipe.write_text(re.sub(r"(?m)^max_len = \d+$", f"max_len = {max_len}", recipe_path.read_text()) + TIMES, encoding="utf-8")
+            text = re.sub(r"(?m)^max_len = \d+$", f"max_len = {max_len}", recipe_path.read_text())
+            recipe.write_text(text if 'kind = "times"' in text else text + TIMES, encoding="utf-8")
             data = Path(scratch) / f"samples-{max_len}"
             din_export("prepare", "--spec", recipe, "--log", ML100K / "ml-100k.inter", "--items", ML100K / "ml-100k.item", "--out", data)
-            timed_spec = (data / "spec.toml").read_text()
-            (data / "untimed.toml").write_text(timed_spec.replace(timed_spec[timed_spec.index('[features."hist_time"]'):], ""))
+            timed_spec = (data / "spec.toml").read_text()  # the same samples read without their times: a spec without the feature
+            (data / "untimed.toml").write_text(re.sub(r'(?ms)^\[features\."?hist_time"?\]\nkind = "times"\n', "", timed_spec))
             small = ["--epoch-samples", args.epoch_samples, "--epochs", 1] if args.epoch_samples else []
             for model in args.models:
                 for recency in args.recency:

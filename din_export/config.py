@@ -155,7 +155,8 @@ class ModelConfig:
     encoder_heads: int = setting(2, Accepts(int, low=1))
     encoder_layers: int = setting(1, Accepts(int, low=1))
     # position: each behaviour's distance back from the most recent, in log2 buckets, as an embedding added to its key
-    # (layers.Recency); none: the paper's DIN, blind to order. Chosen by benchmarks/recency.py (Models guide).
+    # (layers.Recency); none: blind to order. A spec's times feature adds each behaviour's age as well
+    # (layers.AgeRecency), whatever this says. Chosen by benchmarks/recency.py (Models guide).
     recency: str = setting("position", Accepts(str, choices=RECENCIES))
     # dien: the weight of the auxiliary next-behaviour loss beside the click loss (0: none, and no auxiliary network)
     auxiliary_weight: float = setting(1.0, Accepts(float, low=0))

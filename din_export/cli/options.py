@@ -139,7 +139,8 @@ MODEL_OPTIONS = [
     setting(ModelConfig, "encoder_layers", help="Self-attention layers of din-seq and bst."),
     setting(ModelConfig, "auxiliary_weight", help="dien: weight of the auxiliary next-behaviour loss (0: none)."),
     setting(ModelConfig, "recency", help="position: each behaviour's distance back from the most recent (log2 buckets) as an "
-                                         "embedding the attention sees; none: the paper's DIN, blind to order."),
+                                         "embedding the attention sees; none: blind to order. Where the spec has a times "
+                                         "feature, each behaviour's age is added too, either way."),
 ]
 TRAINING_OPTIONS = [
     setting(TrainConfig, "epochs", help="Most epochs to train (0 only with --warm-start: the parent re-exported on the new vocabularies)."),

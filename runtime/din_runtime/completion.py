@@ -1,11 +1,17 @@
 """A request's user side completed from the behaviour store: the histories a request leaves out (and the user's
 attributes the store holds) are filled for each row's user, as of a time, exactly as `prepare` builds a sample at
-that time (the most recent `max_len` behaviours strictly before it). A request that sends a history is left as
-it is. The store is read once per (user, time) in the request, never per candidate or per row of that user.
+that time (the most recent `max_len` behaviours strictly before it), with the behaviours' stored times where the
+model reads them. A request that sends a history is left as it is. The store is read once per (user, time) in the
+request, never per candidate or per row of that user.
+
+The time a row is scored at (its behaviours' ages are taken there): the row's own time (`event_time`) where it
+sends one, else `as_of`, else now by the server's clock in Unix seconds (a log kept in other units sends one of
+the two).
 """
 
 from __future__ import annotations
 
+import time as clock
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -87,12 +93,11 @@ def complete(columns: Mapping[str, Any], schema: FeatureSchema, store: Behaviour
             filled[sequence.name] = [found[str(u), t].values[sequence.shares][-kept:] for u, t in zip(users, times, strict=True)]
         else:
             raise InputError(sequence.name, "missing from the input, and the store does not hold its values")
-    for feature in ages:  # each behaviour's time as stored; the row's own time is as_of's where the row has none
-        if any(t is None for t in times):
-            raise InputError(feature.at, "missing from the input: the behaviours' ages need each row's time (or parameters.as_of)")
+    for feature in ages:  # each behaviour's time as stored; the row's own time: its own, else as_of, else now
         kept = max(s.max_len for s in schema.sequences)
         filled[feature.name] = [found[str(u), t].times[-kept:] for u, t in zip(users, times, strict=True)]
-        filled.setdefault(feature.at, times)
+        now = clock.time()
+        filled.setdefault(feature.at, [now if t is None else t for t in times])
     by_user = dict(zip(distinct, held, strict=True))
     for name in attributes:
         filled[name] = [by_user[str(u)].get(name) for u in users]
