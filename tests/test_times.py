@@ -33,7 +33,6 @@ from din_runtime.schema import FeatureSchema
 from din_runtime.stores import open_store
 from helpers import SMALL_MODEL, post_json, start_server, tensor
 
-TIMES = '\n[features.hist_time]\nkind = "times"\n'
 USER_SIDE = ("user_id", "gender", "age", "session_depth", "hist_item_id", "hist_category", "hist_time", "event_time")
 ENCODING = [{"name": "item", "kind": "categorical", "key_type": "int", "keys": list(range(1, 31))},
             {"name": "hist", "kind": "sequence", "shares": "item", "max_len": 4},
@@ -46,7 +45,7 @@ def timed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     folder = tmp_path_factory.mktemp("timed")
     sources = write_log(folder / "log", events=4000)
     recipe = folder / "recipe.toml"
-    recipe.write_text(LOG_SPEC_PATH.read_text() + TIMES)
+    recipe.write_text(LOG_SPEC_PATH.read_text())  # the built-in log's recipe, which has the behaviours' times
     prepare(recipe, sources, folder / "samples")
     prepare(recipe, sources, folder / "reference", layout="reference")
     samples = folder / "samples"
