@@ -9,6 +9,7 @@ Test AUC, GAUC and logloss from each bundle's manifest, per seed, then mean and 
     python benchmarks/recency.py --max-lens 10 50 200 --seeds 0 1 2
     python benchmarks/recency.py --max-lens 50 --recency position --models din dien bst din-seq --seeds 0 1 2
     python benchmarks/recency.py --max-lens 10 50 200 --recency position time time+position
+    python benchmarks/recency.py --max-lens 50 --recency time+position --models dien bst din din-seq --seeds 0 1 2 --peer
 """
 
 from __future__ import annotations
@@ -45,6 +46,30 @@ def summary(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f}" + (f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else "")
 
 
+def peer_dien(data: Path, max_len: int, seeds: list[int]) -> tuple:
+    """DeepCTR-Torch's DIEN on the same prepared samples (encoded by din-export; it has no input for times), a row
+    of the table."""
+    import torch
+    from peer_deepctr import run
+
+    from din_export.data.source import DataSource
+    from din_export.data.spec import load_spec
+    from din_export.data.splits import load_data
+
+    torch.set_num_threads(2)
+    encoded = load_data(DataSource(data / "train.parquet", data / "valid.parquet", data / "test.parquet"), load_spec(data / "untimed.toml"), seed=0)
+    found: dict[str, list[float]] = {metric: [] for metric in METRICS}
+    seconds, speeds = [], []
+    for seed in seeds:
+        result = run(encoded, seed, "dien")
+        for metric in METRICS:
+            found[metric].append(result[metric])
+        speeds.append(result["samples_per_second"])
+        seconds.append(result["epochs_run"] * len(encoded.splits["train"]) / result["samples_per_second"])
+        print(f"max_len {max_len}, DeepCTR-Torch dien, seed {seed}: {json.dumps(result)}", flush=True)
+    return max_len, "deepctr-torch dien", "none", found, statistics.mean(seconds), statistics.mean(speeds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-lens", nargs="+", type=int, default=[10, 50, 200])
@@ -54,6 +79,8 @@ def main() -> None:
     parser.add_argument("--recipe", choices=list(RECIPES), default="ids-genre")
     parser.add_argument("--epoch-samples", type=int, default=0, help="train-and-export --epoch-samples, one epoch (CI runs it small)")
     parser.add_argument("--scratch", type=Path, help="where samples and bundles go (default: a temporary folder)")
+    parser.add_argument("--peer", action="store_true", help="also DeepCTR-Torch 0.3.0's DIEN on the same samples, per seed "
+                        "(peer_deepctr.py's settings; needs deepctr-torch and scikit-learn installed)")
     args = parser.parse_args()
     recipe_path = RECIPES[args.recipe]
     print(f"CPU: {cpu_model()}; MovieLens-100k, {recipe_path.name}; seeds {args.seeds}", flush=True)
@@ -64,7 +91,8 @@ def main() -> None:
             text = re.sub(r"(?m)^max_len = \d+$", f"max_len = {max_len}", recipe_path.read_text())
             recipe.write_text(text if 'kind = "times"' in text else text + TIMES, encoding="utf-8")
             data = Path(scratch) / f"samples-{max_len}"
-            din_export("prepare", "--spec", recipe, "--log", ML100K / "ml-100k.inter", "--items", ML100K / "ml-100k.item", "--out", data)
+            users = ["--users", ML100K / "ml-100k.user"] if "[users]" in text else []
+            din_export("prepare", "--spec", recipe, "--log", ML100K / "ml-100k.inter", "--items", ML100K / "ml-100k.item", *users, "--out", data)
             timed_spec = (data / "spec.toml").read_text()  # the same samples read without their times: a spec without the feature
             (data / "untimed.toml").write_text(re.sub(r'(?ms)^\[features\."?hist_time"?\]\nkind = "times"\n', "", timed_spec))
             small = ["--epoch-samples", args.epoch_samples, "--epochs", 1] if args.epoch_samples else []
@@ -85,6 +113,8 @@ def main() -> None:
                         speeds.append(manifest["training"]["samples_per_second"])
                     rows.append((max_len, model, recency, found, statistics.mean(seconds), statistics.mean(speeds)))
                     print(f"max_len {max_len}, {model}, recency {recency}: {json.dumps(found)}", flush=True)
+            if args.peer:
+                rows.append(peer_dien(data, max_len, args.seeds))
     print("\n| max_len | model | recency | test AUC | test GAUC | test logloss | training s | samples/s |\n|---:|---|---|---:|---:|---:|---:|---:|")
     for max_len, model, recency, found, seconds, speed in rows:
         print(f"| {max_len} | {model} | {recency} | {summary(found['auc'])} | {summary(found['gauc'])} | {summary(found['logloss'])} "

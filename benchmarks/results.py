@@ -156,13 +156,14 @@ def server_load(scratch: Path) -> tuple[str, str]:
 
 
 def recency(scratch: Path) -> tuple[str, str]:
-    arguments = ["--max-lens", "10", "50", "200", "--seeds", "0"]
+    arguments = ["--max-lens", "50", "200", "10", "--recency", "position", "time", "time+position", "--seeds", "0"]
     output = run([sys.executable, "benchmarks/recency.py", *arguments, "--scratch", str(scratch)])
     return "python benchmarks/recency.py " + " ".join(arguments), tables_in(output)
 
 
 def family(scratch: Path) -> tuple[str, str]:
-    arguments = ["--max-lens", "50", "--recency", "position", "--models", "dien", "bst", "din", "din-seq", "--seeds", "0", "1", "2"]
+    arguments = ["--max-lens", "50", "--recency", "time+position", "--models", "dien", "bst", "din", "din-seq", "--seeds", "0", "1", "2",
+                 "--peer"]
     output = run([sys.executable, "benchmarks/recency.py", *arguments, "--scratch", str(scratch)])
     return "python benchmarks/recency.py " + " ".join(arguments), tables_in(output)
 

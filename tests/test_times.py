@@ -12,10 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from click.testing import CliRunner
 from test_prepare import reference_histories, write_log
 from test_raw_inputs import raw_feed, raw_session
 
 from din_export.bundle import load_bundle
+from din_export.cli import main
 from din_export.config import ModelConfig, TrainConfig
 from din_export.data.prepare import prepare
 from din_export.data.samples import raw_columns, read_table
@@ -73,15 +75,17 @@ def test_prepare_writes_each_behaviours_time_beside_its_history(timed: tuple[Pat
 
 
 def test_ages_fall_in_log2_buckets_with_exact_power_of_two_bounds() -> None:
-    ages = torch.tensor([[0.0, 0.5, 1.0, 1.99, 2.0, 3.0, 4.0, 2.0**37, 2.0**38, 1e15]])
-    assert AgeRecency(4).buckets(ages).tolist() == [[0, 0, 1, 1, 2, 2, 3, 38, 39, 39]]
+    ages = torch.tensor([[0, 1, 2, 3, 4, 7, 8, 2**37, 2**38 - 1, 2**38, 2**62]])
+    assert AgeRecency(4).buckets(ages).tolist() == [[0, 1, 2, 2, 3, 3, 4, 38, 38, 39, 39]]
 
 
 def test_the_encoder_takes_ages_at_each_rows_time_and_names_what_is_wrong() -> None:
     encoder = FeatureEncoder(FeatureSchema.from_manifest(ENCODING))
     feed = encoder.encode({"item": [1, 2], "hist": [[1, 2, 3, 4, 5], []], "when": [[10, 20, 30, 40, 55], []], "now": [50, 7]})
     np.testing.assert_array_equal(feed["when"], [[30, 20, 10, 0], [0, 0, 0, 0]])  # the most recent 4; one ahead of its row: 0
-    assert feed["when"].dtype == np.float32 and feed["hist"].shape == feed["when"].shape
+    assert feed["when"].dtype == np.int64 and feed["hist"].shape == feed["when"].shape
+    fractions = encoder.encode({"item": [1], "hist": [[1, 2]], "when": [[8.5, 9.25]], "now": [10.0]})["when"]
+    np.testing.assert_array_equal(fractions, [[1, 0]])  # whole units: 1.5 and 0.75 fall in the buckets of 1 and 0
     for columns, field, problem in (
         ({"item": [1], "hist": [[1, 2]], "when": [[1, None]], "now": [5]}, "when", "missing or not finite"),
         ({"item": [1], "hist": [[1, 2]], "when": [[1, 2]]}, "now", "missing from the input"),
@@ -113,7 +117,7 @@ def test_every_graph_of_every_model_takes_the_ages_and_passes_parity(variant: st
     assert all(section is None or section["parity"]["max_abs_diff"] < 1e-5 for section in sections.values())
     item, history = torch.tensor([3, 3]), torch.tensor([[1, 2, 3], [1, 2, 3]])
     with torch.inference_mode():
-        scores = din(item, history, torch.tensor([[1.0, 2.0, 3.0], [1e6, 1e7, 1e8]]))
+        scores = din(item, history, torch.tensor([[1, 2, 3], [10**6, 10**7, 10**8]]))
     assert scores[0] != scores[1]
 
 
@@ -137,6 +141,9 @@ def test_a_row_scores_with_its_times_as_in_training_through_predict_rank_and_the
     np.testing.assert_allclose(ranked.scores, replicated, rtol=0, atol=1e-6)
     (raw,) = raw_session(bundle, tmp_path).run(["probability"], raw_feed(predictor, rows, 60))
     np.testing.assert_allclose(raw, predictor.predict(rows), rtol=0, atol=1e-5)
+    for precision in ("fp16", "int8"):  # the ages are whole units, int64: no conversion touches their buckets
+        reduced = CliRunner().invoke(main, ["export", str(bundle), "--precision", precision, "--force", "--out", str(tmp_path / precision)])
+        assert reduced.exit_code == 0 and "validation AUC" in reduced.output, reduced.output
 
 
 @pytest.mark.slow
@@ -144,10 +151,6 @@ def test_the_server_takes_the_times_or_fills_them_from_the_store_and_logs_them(t
     """Over HTTP: rows sent with their times and each row's time score as predict does; rows sent with the user and
     the candidate alone, as of each row's time, get history and times from the store (loaded from the log by the
     real command) and score the same; the served log holds the times and the row's time."""
-    from click.testing import CliRunner
-
-    from din_export.cli import main
-
     log_folder, samples, bundle = timed
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
     loaded = CliRunner().invoke(main, ["events", "load", "--recipe", str(log_folder.parent / "recipe.toml"), "--log",

@@ -83,9 +83,9 @@ def random_feed(schema: FeatureSchema, batch: int, sequence: int, rng: np.random
         elif feature.kind == "numeric":
             feed[feature.name] = rng.standard_normal(batch).astype(np.float32)
         elif feature.kind == "times":  # ages from 0 to past the last bucket, log-uniform, some on a bucket's bound
-            ages = np.floor(2.0 ** rng.uniform(-1, 41, (batch, sequence)))
-            ages[rng.random((batch, sequence)) < 0.2] = 2.0 ** rng.integers(0, 40)
-            feed[feature.name] = np.where(positions, ages, 0).astype(np.float32)
+            ages = np.floor(2.0 ** rng.uniform(-1, 41, (batch, sequence))).astype(np.int64)
+            ages[rng.random((batch, sequence)) < 0.2] = 2 ** rng.integers(0, 40)
+            feed[feature.name] = np.where(positions, ages, 0).astype(np.int64)
         else:
             ids = rng.integers(1, schema[feature.shares].size, (batch, sequence))
             feed[feature.name] = np.where(positions, ids, 0).astype(np.int64)

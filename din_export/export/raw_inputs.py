@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from din_runtime.encoding import NORMALIZED_LIMIT, OOV_INDEX, PADDING_INDEX
+from din_runtime.encoding import MAX_AGE, NORMALIZED_LIMIT, OOV_INDEX, PADDING_INDEX
 from din_runtime.manifest import LENGTH_INPUT
 from din_runtime.schema import CategoricalFeature, FeatureSchema, NumericFeature, TimesFeature
 
@@ -99,16 +99,18 @@ def _history(feature_name: str, vocabulary: CategoricalFeature, target: str, pre
 
 def _ages(feature: TimesFeature, target: str, prefix: str) -> list[onnx.NodeProto]:
     """The behaviours' ages as the runtime computes them: in float64, the row's time minus each of its most recent
-    behaviours' times, at least 0, padding 0, then float32."""
+    behaviours' times, floored, within [0, 2^62], padding 0, then int64."""
     name = f"{prefix}{feature.name}__"
     return [
         helper.make_node("GatherElements", [feature.name, f"{prefix}recent__index"], [name + "recent"], axis=1),
         helper.make_node("Unsqueeze", [feature.at, f"{prefix}recent__axis"], [name + "at"]),
         helper.make_node("Sub", [name + "at", name + "recent"], [name + "age"]),
         _constant(name + "zero", np.array(0.0, dtype=np.float64)),
-        helper.make_node("Max", [name + "age", name + "zero"], [name + "later"]),
-        helper.make_node("Where", [f"{prefix}recent__mask", name + "later", name + "zero"], [name + "ages"]),
-        helper.make_node("Cast", [name + "ages"], [target], to=TensorProto.FLOAT),
+        _constant(name + "most", np.array(MAX_AGE, dtype=np.float64)),
+        helper.make_node("Floor", [name + "age"], [name + "whole"]),
+        helper.make_node("Clip", [name + "whole", name + "zero", name + "most"], [name + "kept"]),
+        helper.make_node("Where", [f"{prefix}recent__mask", name + "kept", name + "zero"], [name + "ages"]),
+        helper.make_node("Cast", [name + "ages"], [target], to=TensorProto.INT64),
     ]
 
 

@@ -214,16 +214,16 @@ class Recency(nn.Module):
 
 
 class AgeRecency(nn.Module):
-    """When a behaviour happened in time: its age at the row's time (row time minus behaviour time, in the log's
-    units), in log2 buckets (bucket 0 below 1 unit, bucket b from 2^(b-1) up to 2^b units; the last open-ended), as
-    an embedding added to its key. Bucket bounds are powers of two, exact in float32, and buckets come from
-    comparisons in the graph, so serving buckets exactly as training does."""
+    """When a behaviour happened in time: its age at the row's time (row time minus behaviour time, in whole units
+    of the log's time, int64), in log2 buckets (bucket 0 below 1 unit, bucket b from 2^(b-1) up to 2^b units; the
+    last open-ended), as an embedding added to its key. Buckets come from integer comparisons in the graph, so
+    serving buckets exactly as training does, at any precision of the rest of the graph."""
 
     def __init__(self, dim: int, buckets: int = AGE_BUCKETS, init_std: float = 0.02) -> None:
         super().__init__()
         self.table = nn.Embedding(buckets, dim)
         nn.init.normal_(self.table.weight, std=init_std)
-        self.register_buffer("bounds", torch.tensor([2.0**b for b in range(buckets - 1)]), persistent=False)
+        self.register_buffer("bounds", torch.tensor([2**b for b in range(buckets - 1)], dtype=torch.long), persistent=False)
 
     def buckets(self, ages: torch.Tensor) -> torch.Tensor:
         """Each age's bucket (batch, seq_len)."""

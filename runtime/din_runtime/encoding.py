@@ -35,6 +35,7 @@ SMALL_INPUT = 64
 FEW_VALUES = 8  # and up to this many, one Python lookup each (numpy's four calls cost more than eight lookups)
 SMALL_HISTORY_ROWS = 4  # histories of up to this many rows, given as lists of plain IDs, take the per-value path too
 SMALL_STR_VOCABULARY = 1 << 20  # the per-value path for text keys keeps a dict of the keys, up to this many
+MAX_AGE = float(1 << 62)  # a behaviour's age is capped here (far past the model's last bucket), so it fits int64
 
 
 @dataclass(frozen=True)
@@ -353,14 +354,16 @@ def pad_recent(indices: np.ndarray, offsets: np.ndarray, max_len: int) -> np.nda
 
 
 def behaviour_ages(feature: TimesFeature, times: Ragged, at: Any, max_len: int) -> np.ndarray:
-    """Each behaviour's age at its row's time (row time minus behaviour time, in the log's units), the most recent
-    max_len kept and padded as the histories are, float32. A behaviour stamped after its row's time (a clock ahead)
-    counts as just happened, age 0; a time that is missing or not a number is an error naming the field and row."""
+    """Each behaviour's age at its row's time (row time minus behaviour time, in the log's units) in whole units,
+    int64, the most recent max_len kept and padded as the histories are. Whole units lose nothing the model reads
+    (its log2 buckets' bounds are whole numbers) and keep the graph's input clear of float16 and int8 conversion. A
+    behaviour stamped after its row's time (a clock ahead) counts as just happened, age 0; a time that is missing
+    or not a number is an error naming the field and row."""
     rows = len(times)
     row_times = _numbers(feature.at, at, rows)
     values = _numbers(feature.name, times.values, len(times.values), times.row_of)
-    ages = np.repeat(row_times, times.lengths) - values
-    return pad_recent(np.maximum(ages, 0.0), times.offsets, max_len).astype(np.float32)
+    ages = np.clip(np.floor(np.repeat(row_times, times.lengths) - values), 0.0, MAX_AGE)
+    return pad_recent(ages.astype(np.int64), times.offsets, max_len)
 
 
 def _numbers(name: str, values: Any, count: int, row_of=lambda i: i) -> np.ndarray:

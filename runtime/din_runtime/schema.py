@@ -106,7 +106,8 @@ SAMPLE_TIME = "event_time"  # the column (request field) that holds a row's own 
 class TimesFeature:
     """When each behaviour happened, aligned with the behaviour sequences (the i-th time is the i-th behaviour's).
     The model sees each behaviour's age at the row's own time (the `at` column): row time minus behaviour time, in
-    the log's units, which its recency buckets on a log2 scale. Its input is those ages, float32 (batch, seq_len)."""
+    the log's units, which its recency buckets on a log2 scale. Its input is those ages in whole units, int64
+    (batch, seq_len)."""
 
     name: str
     at: str = SAMPLE_TIME
