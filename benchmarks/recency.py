@@ -9,7 +9,7 @@ Test AUC, GAUC and logloss from each bundle's manifest, per seed, then mean and 
     python benchmarks/recency.py --max-lens 10 50 200 --seeds 0 1 2
     python benchmarks/recency.py --max-lens 50 --recency position --models din dien bst din-seq --seeds 0 1 2
     python benchmarks/recency.py --max-lens 10 50 200 --recency position time time+position
-    python benchmarks/recency.py --max-lens 50 --recency time+position --models dien bst din din-seq --seeds 0 1 2 --peer
+    python benchmarks/recency.py --max-lens 50 --recency time+position --models dien bst din din-seq --seeds 0 1 2 --peer-seeds 0
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ def main() -> None:
     parser.add_argument("--recipe", choices=list(RECIPES), default="ids-genre")
     parser.add_argument("--epoch-samples", type=int, default=0, help="train-and-export --epoch-samples, one epoch (CI runs it small)")
     parser.add_argument("--scratch", type=Path, help="where samples and bundles go (default: a temporary folder)")
-    parser.add_argument("--peer", action="store_true", help="also DeepCTR-Torch 0.3.0's DIEN on the same samples, per seed "
-                        "(peer_deepctr.py's settings; needs deepctr-torch and scikit-learn installed)")
+    parser.add_argument("--peer-seeds", nargs="*", type=int, help="also DeepCTR-Torch 0.3.0's DIEN on the same samples, with these "
+                        "seeds (peer_deepctr.py's settings; needs deepctr-torch and scikit-learn installed)")
     args = parser.parse_args()
     recipe_path = RECIPES[args.recipe]
     print(f"CPU: {cpu_model()}; MovieLens-100k, {recipe_path.name}; seeds {args.seeds}", flush=True)
@@ -113,8 +113,8 @@ def main() -> None:
                         speeds.append(manifest["training"]["samples_per_second"])
                     rows.append((max_len, model, recency, found, statistics.mean(seconds), statistics.mean(speeds)))
                     print(f"max_len {max_len}, {model}, recency {recency}: {json.dumps(found)}", flush=True)
-            if args.peer:
-                rows.append(peer_dien(data, max_len, args.seeds))
+            if args.peer_seeds:
+                rows.append(peer_dien(data, max_len, args.peer_seeds))
     print("\n| max_len | model | recency | test AUC | test GAUC | test logloss | training s | samples/s |\n|---:|---|---|---:|---:|---:|---:|---:|")
     for max_len, model, recency, found, seconds, speed in rows:
         print(f"| {max_len} | {model} | {recency} | {summary(found['auc'])} | {summary(found['gauc'])} | {summary(found['logloss'])} "

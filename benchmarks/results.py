@@ -163,7 +163,7 @@ def recency(scratch: Path) -> tuple[str, str]:
 
 def family(scratch: Path) -> tuple[str, str]:
     arguments = ["--max-lens", "50", "--recency", "time+position", "--models", "dien", "bst", "din", "din-seq", "--seeds", "0", "1", "2",
-                 "--peer"]
+                 "--peer-seeds", "0"]
     output = run([sys.executable, "benchmarks/recency.py", *arguments, "--scratch", str(scratch)])
     return "python benchmarks/recency.py " + " ".join(arguments), tables_in(output)
 
