@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "examples" / "movielens-100k-ids-genre.toml"
 ML100K = ROOT.parent / "shared" / "data" / "ml-100k"
 MODELS = ("din", "dien", "bst", "din-seq")
-USER_SIDE = ("user_id", "hist_item_id", "hist_genre")
+USER_SIDE = ("user_id", "hist_item_id", "hist_genre", "hist_time", "event_time")  # what a ranking request sends for its user
 
 
 def peer_dien_epoch(data, rows: int, batch_size: int) -> Callable[[], None] | None:  # noqa: ANN001 - din-export's EncodedData
@@ -92,7 +92,7 @@ def serving_latency(samples: Path, scratch: Path, rounds: int, bundle_samples: i
     longest = int(np.argmax([len(h) for h in table["hist_item_id"]]))
     one = {name: values[longest:longest + 1] for name, values in table.items()}
     batch = {name: values[:256] for name, values in table.items()}
-    user = {name: table[name][longest] for name in USER_SIDE}
+    user = {name: table[name][longest] for name in USER_SIDE if name in table}
     pool = pq.read_table(samples / "items.parquet").to_pydict() if (samples / "items.parquet").exists() else None
     candidates = ({"item_id": pool["item_id"][:1000]} if pool else
                   {name: [table[name][i % len(table[name])] for i in range(1000)] for name in ("item_id", "genre")})

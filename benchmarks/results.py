@@ -97,11 +97,11 @@ def quality_movielens(scratch: Path) -> tuple[str, str]:
     run([str(BIN / "din-export"), "prepare", "--spec", "examples/movielens-100k.toml", "--log", str(ML100K / "ml-100k.inter"),
          "--items", str(ML100K / "ml-100k.item"), "--users", str(ML100K / "ml-100k.user"), "--out", str(data)])
     rows = []
-    for variant in ("din", "base", "din-seq"):
+    for variant in ("din", "base", "din-seq", "dien", "bst"):
         run([str(BIN / "din-export"), "train-and-export", "--data", str(data), "--model", variant, "--out", str(scratch / variant), "--quiet"])
         rows.append(manifest_row(scratch / variant, f"`{variant}`"))
     command = ("din-export prepare --spec examples/movielens-100k.toml --log ml-100k.inter --items ml-100k.item --users "
-               "ml-100k.user --out data/ml-100k && din-export train-and-export --data data/ml-100k --model din|base|din-seq")
+               "ml-100k.user --out data/ml-100k && din-export train-and-export --data data/ml-100k --model din|base|din-seq|dien|bst")
     return command, QUALITY_HEADER + "\n" + "\n".join(rows)
 
 

@@ -32,6 +32,7 @@ from helpers import ML100K, ML100K_RECIPE, need_ml100k, start_redis, start_serve
 pytestmark = pytest.mark.slow  # servers, stores and a trained MovieLens bundle: the full run, not the inner loop
 BACKENDS = ("sqlite", "redis")
 CANDIDATES = 1000
+AS_OF = 9.0e8  # after every MovieLens rating: the whole history, its ages taken at this time
 USERS = 40  # requests per form per round: one per user, users in turn
 ROUNDS = 10
 EVENT_BATCHES = {1: 200, 100: 20}  # events per request: requests per round
@@ -86,15 +87,16 @@ def rank_bodies(store_url: str, items_path: Path) -> list[tuple[bytes, bytes]]:
     store = open_store(store_url)
     try:
         users = list(range(1, USERS + 1))
-        histories, attributes = store.histories(users, [None] * USERS, 50), store.user_values(users)
+        histories, attributes = store.histories(users, [AS_OF] * USERS, 50), store.user_values(users)
     finally:
         store.close()
     bodies = []
     for user, history, values in zip(users, histories, attributes, strict=True):
         chosen = items.take(rng.choice(items.num_rows, CANDIDATES, replace=False))
         candidates = {"item_id": chosen.column("item_id").to_pylist(), "release_year": chosen.column("release_year").to_pylist()}
-        by_id = {"user": {"user_id": user}, "candidates": candidates}
-        in_body = {"user": {"user_id": user, "hist_item_id": history.items[-50:], **values}, "candidates": candidates}
+        by_id = {"user": {"user_id": user}, "candidates": candidates, "parameters": {"as_of": AS_OF}}
+        in_body = {"user": {"user_id": user, "hist_item_id": history.items[-50:], "hist_time": history.times[-50:], "event_time": AS_OF,
+                            **values}, "candidates": candidates}
         bodies.append((json.dumps(by_id).encode(), json.dumps(in_body).encode()))
     return bodies
 

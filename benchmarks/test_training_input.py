@@ -3,6 +3,7 @@ din-export does) against a torch Dataset that builds each row in Python (the pat
 code), each feeding the same DIN training step, and each alone (input only). Same machine, same run, same
 first 20,000 training rows; samples per second = 20,000 / the time of one epoch."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ class PerRowDataset(Dataset):
         self.encoding = encoding
         self.index = {f["name"]: {k: i + 2 for i, k in enumerate(f["keys"])} for f in encoding if f["kind"] == "categorical"}
         self.numeric = {f["name"]: f for f in encoding if f["kind"] == "numeric"}
+        self.max_len = max(f["max_len"] for f in encoding if f["kind"] == "sequence")
 
     def __len__(self) -> int:
         return len(self.table["label"])
@@ -47,6 +49,9 @@ class PerRowDataset(Dataset):
                 f = self.numeric[name]
                 x = f["fill"] if value is None else value
                 row.append(torch.tensor((x - f["shift"]) / f["scale"], dtype=torch.float32))
+            elif feature["kind"] == "times":  # each behaviour's age at the row's time, in whole units
+                ages = [max(math.floor(self.table[feature["at"]][i] - t), 0) for t in value][-self.max_len:]
+                row.append(torch.tensor(ages + [0] * (self.max_len - len(ages))))
             else:
                 ids = [self.index[feature["shares"]].get(v, 1) for v in value][-feature["max_len"]:]
                 row.append(torch.tensor(ids + [0] * (feature["max_len"] - len(ids))))
@@ -59,7 +64,7 @@ def movielens(ml100k_samples: Path):
     table = pq.read_table(ml100k_samples / "train.parquet").slice(0, ROWS)
     schema = fit_schema(raw_columns(table, spec), spec).schema
     encoding = schema.to_manifest()
-    split = EncodedSplit(FeatureEncoder(schema).encode(raw_columns(table, spec)), labels(table, spec), None, schema.sequence_names)
+    split = EncodedSplit(FeatureEncoder(schema).encode(raw_columns(table, spec)), labels(table, spec), None, schema.history_names)
     return table.to_pydict(), encoding, split
 
 

@@ -122,9 +122,8 @@ def rank_positives(predictor: Any, columns: dict[str, Any], truth: np.ndarray, n
     keys = pool.columns[pool.item]
     key_text = keys.astype(str)
     per_candidate = [name for name in pool.columns if name in columns or name == pool.item]
-    user_side = [name for name in predictor.feature_names if name not in pool.columns and name in columns
+    user_side = [name for name in predictor.request_names if name not in pool.columns and name in columns
                  and not (name in predictor.encoder.derived and predictor.encoder.derived[name][0] == pool.item)]
-    user_side += [name for name in predictor.row_times if name in columns]  # the row's own time, for its behaviours' ages
     ranks = []
     for row in np.flatnonzero(truth > 0.5):
         positive = row_value(columns[pool.item], row)

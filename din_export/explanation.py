@@ -34,8 +34,7 @@ def draw_explanation(bundle: Path, table_path: Path, rows: int, out: Path) -> in
         if len(chosen) == rows:
             break
     candidates = {name: [row_value(columns[name], r) for r in chosen] for name in given}
-    user_side = [*predictor.feature_names, *predictor.row_times]  # the row's own time too, for its behaviours' ages
-    user_row = {name: row_value(columns[name], 0) for name in user_side if name not in per_candidate and name in columns}
+    user_row = {name: row_value(columns[name], 0) for name in predictor.request_names if name not in per_candidate and name in columns}
     ranking = predictor.rank(user_row, candidates, explain=True)
     history = next(s for s in predictor.schema.sequences if s.shares == item)
     behaviours = user_row[history.name][-history.max_len:]

@@ -122,7 +122,7 @@ def test_removing_the_highest_weighted_behaviour_moves_the_score_more_than_the_l
     sum is its magnitude: highest and lowest by |weight|."""
     table = pq.read_table(ml100k_samples / "test.parquet").slice(0, 600).to_pydict()
     predictor = Predictor.load(ml100k_bundle, providers="cpu")
-    features = [name for name in predictor.feature_names if name in table]
+    features = [name for name in predictor.request_names if name in table]
     rows = {name: table[name] for name in features}
     usable = [i for i, history in enumerate(rows["hist_item_id"]) if len(history) >= 5]
     rows = {name: [values[i] for i in usable] for name, values in rows.items()}

@@ -53,7 +53,7 @@ def test_rank_on_movielens_equals_predict(ml100k_samples: Path, ml100k_bundle: P
     rows = pq.read_table(ml100k_samples / "test.parquet").slice(0, 500).to_pydict()
     item_side = ("item_id", "genre", "release_year")  # a movie's own features; the rest describe the user
     predictor = Predictor.load(ml100k_bundle, providers="cpu")
-    user_row = {name: rows[name][42] for name in predictor.feature_names if name not in item_side}
+    user_row = {name: rows[name][42] for name in predictor.request_names if name not in item_side}
     candidates = {name: rows[name] for name in item_side}
     ranking = predictor.rank(user_row, candidates, top_k=20)
     replicated = predictor.predict({**candidates, **{name: [value] * 500 for name, value in user_row.items()}})

@@ -77,7 +77,7 @@ def test_raw_graph_equals_predict_on_movielens_text_keys(ml100k_bundle: Path, ml
     predictor = Predictor.load(ml100k_bundle, providers="cpu")
     assert any(f.kind == "categorical" and f.key_type == "str" for f in predictor.schema.features)
     rows = pq.read_table(ml100k_samples / "test.parquet").slice(0, 80).to_pylist()
-    columns = {name: [row[name] for row in rows] for name in predictor.feature_names}
+    columns = {name: [row[name] for row in rows] for name in predictor.request_names}
     first_text = next(f.name for f in predictor.schema.categoricals if f.key_type == "str")
     columns[first_text][0] = None  # missing
     columns[first_text][1] = "never-seen"

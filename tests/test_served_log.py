@@ -169,7 +169,8 @@ def test_a_full_queue_drops_and_counts_rows_and_never_blocks(tmp_path: Path, ml1
                     on_rows=lambda result, count: counts.__setitem__(result, counts.get(result, 0) + count))
     columns = {"user_id": [1, 2, 3], "item_id": [50, 172, 1], "release_year": [1977.0, None, 1995.0], "hist_item_id": [[1, 2], [], [3] * 80],
                "gender": ["M", "F", "M"], "occupation": ["other"] * 3, "age": [30.0, 40.0, 20.0], "genre": ["Drama"] * 3,
-               "hist_genre": [["Drama", "Comedy"], [], ["Action"] * 80]}
+               "hist_genre": [["Drama", "Comedy"], [], ["Action"] * 80], "hist_time": [[5.0, 6.0], [], [1.0] * 80],
+               "event_time": [10.0, 10.0, 10.0]}
     rows = Served("r", 1.0, "ml", 1, predictor.encoder, columns, predictor.predict(columns))
     assert log.record(rows) is True
     assert log.record(rows) is False  # 3 queued + 3 > 5: dropped at once, counted
@@ -179,6 +180,7 @@ def test_a_full_queue_drops_and_counts_rows_and_never_blocks(tmp_path: Path, ml1
     table = pq.read_table(written)
     assert table.column("release_year").null_count == 1
     assert [len(h) for h in table.column("hist_item_id").to_pylist()] == [2, 0, 50]  # the most recent max_len the model read
+    assert table.column("hist_time").to_pylist()[0] == [5.0, 6.0] and table.column("event_time").to_pylist() == [10.0] * 3
     assert served_table(rows).column("probability").to_pylist() == table.column("probability").to_pylist()
 
 
@@ -188,7 +190,8 @@ def test_the_metric_counts_logged_rows(ml100k_bundle: Path, tmp_path: Path) -> N
         status, _ = post_json(url, "/v2/models/ml/infer", {"inputs": [tensor("user_id", [1, 2]), tensor("item_id", [50, 172]),
                                                                      tensor("release_year", [1977.0, 1980.0]), tensor("age", [30.0, 40.0]),
                                                                      tensor("gender", ["M", "F"]), tensor("occupation", ["other", "writer"]),
-                                                                     tensor("hist_item_id", ["1 2 3", "4"])], "id": "mine"})
+                                                                     tensor("hist_item_id", ["1 2 3", "4"]), tensor("hist_time", ["1 2 3", "4"]),
+                                                                     tensor("event_time", [9.0, 9.0])], "id": "mine"})
         assert status == 200
         import time
         deadline = time.monotonic() + 10

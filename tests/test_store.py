@@ -214,7 +214,7 @@ def test_the_server_fills_each_request_from_the_store_as_of_its_time(served: tup
 def test_an_event_posted_is_in_the_next_requests_history(served: tuple[str, str], ml100k_bundle: Path) -> None:
     url, store_url = served
     request = {"user": {"user_id": 1}, "candidates": {"item_id": [50, 172], "release_year": [1977.0, 1980.0]},
-               "explain": True}
+               "explain": True, "parameters": {"as_of": 2.5e9}}  # the behaviours' ages taken at that time
     status, before = post(url, "/v2/models/ml/rank", request)
     assert status == 200
     sent = {"events": [{"id": "fresh-1", "user_id": 1, "item_id": 1682, "time": 2.0e9}]}
@@ -224,11 +224,11 @@ def test_an_event_posted_is_in_the_next_requests_history(served: tuple[str, str]
     assert status == 200 and len(after["weights"][0]) == min(50, len(before["weights"][0]) + 1)
     store = open_store(store_url)
     try:
-        (history,) = store.histories([1], [None], 50)
+        (history,) = store.histories([1], [2.5e9], 50)
         assert history.items[-1] == 1682
         predictor = Predictor.load(ml100k_bundle, providers="cpu")
-        direct = predictor.rank({"user_id": 1, "hist_item_id": history.items, **store.user_values([1])[0]},
-                                {k: v for k, v in request["candidates"].items()})
+        direct = predictor.rank({"user_id": 1, "hist_item_id": history.items, "hist_time": history.times, "event_time": 2.5e9,
+                                 **store.user_values([1])[0]}, {k: v for k, v in request["candidates"].items()})
         assert after["order"] == direct.order.tolist()
         np.testing.assert_allclose(after["probabilities"], direct.probabilities, rtol=0, atol=1e-6)
     finally:

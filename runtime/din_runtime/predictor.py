@@ -161,6 +161,12 @@ class Predictor:
     def feature_names(self) -> list[str]:
         return self.encoder.names
 
+    @property
+    def request_names(self) -> list[str]:
+        """Every column a request carries: the features and, where the model reads the behaviours' times, each row's
+        own time (no graph input: the encoder takes the behaviours' ages from it)."""
+        return [*self.encoder.names, *self.row_times]
+
     def encode(self, features: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The exact feed predict hands to ONNX Runtime: ONNX input name to numpy array."""
         return self.encoder.encode(features)
