@@ -53,12 +53,12 @@ def test_the_recency_script_trains_each_form_at_each_max_len() -> None:
     assert all(0 < float(row[3]) <= 1 and float(row[5]) > 0 for row in table)
 
 
-def test_the_family_speed_script_times_every_model_against_din() -> None:
+def test_the_family_speed_script_times_a_model_against_din() -> None:
     need_ml100k()
     output = run("family_speed.py", "--rows", "1024", "--rounds", "1", "--serving-rounds", "1", "--bundle-samples", "1000",
-                 "--models", "dien", "bst")  # din joins as the reference
+                 "--models", "dien")  # din joins as the reference; the others take the same paths, timed in the results run
     training = [row for row in rows(output) if row[0] in ("din", "dien", "bst", "din-seq")]
-    assert [row[0] for row in training] == ["din", "dien", "bst"] and training[0][2] == "1.00x"
+    assert [row[0] for row in training] == ["din", "dien"] and training[0][2] == "1.00x"
     latency = {row[0]: row[1:] for row in rows(output) if row[0].startswith(("predict", "rank"))}
     assert list(latency) == ["predict, 1 row", "predict, 256 rows", "rank, 1,000 candidates"]
     assert all(float(cell.split()[0]) > 0 for cells in latency.values() for cell in cells)

@@ -105,7 +105,7 @@ def test_a_spec_has_one_times_feature_and_its_row_time_is_no_feature() -> None:
             spec_from_dict({**base, "features": {**base["features"], **extra}})
 
 
-@pytest.mark.parametrize("variant", ["din", "dien", "bst", "din-seq"])
+@pytest.mark.parametrize("variant", ["din", "dien", "bst"])  # din-seq's graphs are DIN's behind the encoder bst tests
 def test_every_graph_of_every_model_takes_the_ages_and_passes_parity(variant: str, tmp_path: Path) -> None:
     """Untrained models with the ages as an input: model, rank and explain graphs within 1e-5 of PyTorch on every
     length (0, 1, 2, max_len, 3 x max_len), ages across all buckets and on their bounds; the ages change the score."""
