@@ -28,7 +28,7 @@ def read_table(path: str | Path, spec: Spec, keep_references: bool = False) -> p
     path = Path(path)
     if not path.exists():  # a file, or a folder of Parquet parts (what Spark writes)
         raise TableError(f"{path}: no such file")
-    sequences = {f.name for f in spec.features if f.kind in ("sequence", "times")}  # per-behaviour lists
+    sequences = {f.name for f in spec.features if f.per_behaviour}  # per-behaviour lists
     table = read_source(path, column_types={name: pa.string() for name in sequences})
     if is_reference(table) and keep_references:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), STORE_KEY: str(path.parent / SEQUENCE_STORE)})
@@ -84,11 +84,10 @@ def raw_columns(table: pa.Table, spec: Spec, reads: StoreReads | None = None) ->
         if feature.name in columns:
             continue
         column = table.column(feature.name)
-        if feature.kind == "times":
+        if feature.per_behaviour:
             columns[feature.name] = _ragged(feature.name, column)
-            columns[feature.at] = _row_times(feature.at, table)
-        elif feature.kind == "sequence":
-            columns[feature.name] = _ragged(feature.name, column)
+            if feature.kind == "times":
+                columns[feature.at] = _row_times(feature.at, table)
         elif feature.kind == "numeric":
             if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_null(column.type)):
                 raise TableError(f"column '{feature.name}': numeric feature holds {column.type}, not numbers")

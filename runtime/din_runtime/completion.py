@@ -81,7 +81,7 @@ def complete(columns: Mapping[str, Any], schema: FeatureSchema, store: Behaviour
     times = _times(as_of, len(users))
     pairs = list(dict.fromkeys((str(u), t) for u, t in zip(users, times, strict=True))) if histories or ages else []  # one read per user and time
     distinct = list(dict.fromkeys(str(u) for u in users)) if attributes else []
-    longest = max((s.max_len for s in (schema.sequences if ages else histories)), default=0)
+    longest = schema.max_len if ages else max((s.max_len for s in histories), default=0)
     read, held = store.user_side([u for u, _ in pairs], [t for _, t in pairs], longest, distinct)
     found = dict(zip(pairs, read, strict=True))
     filled = dict(columns)
@@ -94,8 +94,7 @@ def complete(columns: Mapping[str, Any], schema: FeatureSchema, store: Behaviour
         else:
             raise InputError(sequence.name, "missing from the input, and the store does not hold its values")
     for feature in ages:  # each behaviour's time as stored; the row's own time: its own, else as_of, else now
-        kept = max(s.max_len for s in schema.sequences)
-        filled[feature.name] = [found[str(u), t].times[-kept:] for u, t in zip(users, times, strict=True)]
+        filled[feature.name] = [found[str(u), t].times[-schema.max_len:] for u, t in zip(users, times, strict=True)]
         now = clock.time()
         filled.setdefault(feature.at, [now if t is None else t for t in times])
     by_user = dict(zip(distinct, held, strict=True))
