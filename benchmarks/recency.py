@@ -10,6 +10,7 @@ Test AUC, GAUC and logloss from each bundle's manifest, per seed, then mean and 
     python benchmarks/recency.py --max-lens 50 --recency position --models din dien bst din-seq --seeds 0 1 2
     python benchmarks/recency.py --max-lens 10 50 200 --recency position time time+position
     python benchmarks/recency.py --max-lens 50 --recency time+position --models dien bst din din-seq --seeds 0 1 2 --peer-seeds 0
+    python benchmarks/recency.py --max-lens 200 50 --recency time+position --flags "--augmentation crop --augmentation-rate 0.5"
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -79,11 +81,14 @@ def main() -> None:
     parser.add_argument("--recipe", choices=list(RECIPES), default="ids-genre")
     parser.add_argument("--epoch-samples", type=int, default=0, help="train-and-export --epoch-samples, one epoch (CI runs it small)")
     parser.add_argument("--scratch", type=Path, help="where samples and bundles go (default: a temporary folder)")
+    parser.add_argument("--flags", default="", help="more train-and-export flags for every run, in one string "
+                        "(e.g. \"--augmentation crop --augmentation-rate 0.5\")")
     parser.add_argument("--peer-seeds", nargs="*", type=int, help="also DeepCTR-Torch 0.3.0's DIEN on the same samples, with these "
                         "seeds (peer_deepctr.py's settings; needs deepctr-torch and scikit-learn installed)")
     args = parser.parse_args()
     recipe_path = RECIPES[args.recipe]
-    print(f"CPU: {cpu_model()}; MovieLens-100k, {recipe_path.name}; seeds {args.seeds}", flush=True)
+    print(f"CPU: {cpu_model()}; MovieLens-100k, {recipe_path.name}; seeds {args.seeds}"
+          + (f"; train-and-export {args.flags}" if args.flags else ""), flush=True)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         for max_len in args.max_lens:
@@ -105,7 +110,7 @@ def main() -> None:
                         spec = data / ("spec.toml" if "time" in recency else "untimed.toml")
                         din_export("train-and-export", "--data", data, "--spec", spec, "--model", model,
                                    "--recency", "position" if "position" in recency else "none",
-                                   "--seed", seed, *small, "--out", bundle, "--quiet")
+                                   "--seed", seed, *small, *shlex.split(args.flags), "--out", bundle, "--quiet")
                         manifest = json.loads((bundle / "manifest.json").read_text())
                         for metric in METRICS:
                             found[metric].append(manifest["metrics"]["test"][metric])

@@ -3,6 +3,8 @@ several data sets, test AUC / GAUC / logloss, best epoch and training samples/s 
 
     python benchmarks/recipe_search.py --data ids-genre --candidates old-default lr-3e-3 --seeds 0 1 2
     python benchmarks/recipe_search.py --data ids-genre --candidates default --models din base din-seq   # the quality table
+    python benchmarks/recipe_search.py --data ids-genre --models bst --candidates default encoder-heads-1 encoder-heads-4 \
+        encoder-layers-2 dropout-0.1 lr-3e-3-now   # the family's own settings, from today's defaults
 
 Data sets (MovieLens-100k read from ../shared/data/ml-100k, prepared into a temporary folder, never copied):
   ids-genre   examples/movielens-100k-ids-genre.toml: user, movie, first genre and their histories, one uniform
@@ -35,7 +37,7 @@ from din_export.data.source import DataSource
 from din_export.data.spec import load_spec
 from din_export.data.splits import EncodedData, load_data
 from din_export.data.synthetic import SPEC_PATH
-from din_export.model.din import DIN
+from din_export.model.family import MODELS, build_model
 from din_export.training.metrics import evaluate
 from din_export.training.train import predict, train
 
@@ -56,6 +58,10 @@ OLD_DEFAULT: dict[str, dict[str, Any]] = {
 }
 
 
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def _candidate(model: dict[str, Any] | None = None, **training: Any) -> dict[str, dict[str, Any]]:
     return {"model": {**OLD_DEFAULT["model"], **(model or {})}, "training": {**OLD_DEFAULT["training"], **training}}
 
@@ -67,8 +73,22 @@ def _current_default() -> dict[str, dict[str, Any]]:
             "training": {k: getattr(training, k) for k in OLD_DEFAULT["training"]}}
 
 
+def _from_default(model: dict[str, Any] | None = None, **training: Any) -> dict[str, dict[str, Any]]:
+    """A candidate that changes today's defaults (where the family's own settings, encoder_heads and the like, are
+    searched), described by what it changes from them."""
+    default = _current_default()
+    return {"model": {**default["model"], **(model or {})}, "training": {**default["training"], **training},
+            "description": ", ".join(f"{k} {_shown(v)}" for k, v in {**(model or {}), **training}.items()) + " (from today's default)"}
+
+
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "default": _current_default(),
+    "encoder-heads-1": _from_default({"encoder_heads": 1}),
+    "encoder-heads-4": _from_default({"encoder_heads": 4}),
+    "encoder-layers-2": _from_default({"encoder_layers": 2}),
+    "dropout-0.1": _from_default({"dropout": 0.1}),
+    "lr-3e-3-now": _from_default(learning_rate=3e-3),
+    "auxiliary-0.5": _from_default({"auxiliary_weight": 0.5}),
     "old-default": _candidate(),
     "lr-3e-3": _candidate(learning_rate=3e-3),
     "lr-3e-3-warmup": _candidate(learning_rate=3e-3, warmup_steps=300),
@@ -143,7 +163,7 @@ def run(data: EncodedData, settings: dict[str, dict[str, Any]], seed: int, epoch
     model_config = ModelConfig(**{**settings["model"], "variant": variant})
     train_config = TrainConfig(**{**settings["training"], "epochs": epochs, "seed": seed, "progress": False})
     torch.manual_seed(seed)
-    din = DIN(data.schema, model_config)
+    din = build_model(data.schema, model_config)
     started = time.perf_counter()
     result = train(din, data.splits["train"], data.splits["valid"], train_config)
     test = evaluate(data.splits["test"].labels, predict(din, data.splits["test"]), data.splits["test"].groups)
@@ -166,13 +186,11 @@ def changes(candidate: str) -> str:
     if candidate not in CANDIDATES:
         return "?"
     settings = CANDIDATES[candidate]
+    if "description" in settings:
+        return settings["description"]
     changed = [f"{k} {_shown(v)}" for section in ("model", "training") for k, v in settings[section].items()
                if OLD_DEFAULT[section].get(k) != v]
     return ", ".join(changed) or "(none)"
-
-
-def _shown(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def summarise(rows: list[dict[str, Any]]) -> str:
@@ -194,7 +212,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["ids-genre"], choices=[*RECIPES, "synthetic"])
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
-    parser.add_argument("--models", nargs="+", default=["din"], choices=["din", "base", "din-seq"])
+    parser.add_argument("--models", nargs="+", default=["din"], choices=list(MODELS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)")
@@ -211,6 +229,7 @@ def main() -> None:
                     for variant in args.models:
                         for seed in args.seeds:
                             row = {"data": data_name, "candidate": candidate, "variant": variant, "seed": seed,
+                                   "description": changes(candidate),
                                    **run(data, CANDIDATES[candidate], seed, args.epochs, variant)}
                             with open(args.results, "a", encoding="utf-8") as stream:
                                 stream.write(json.dumps(row) + "\n")

@@ -155,17 +155,23 @@ def server_load(scratch: Path) -> tuple[str, str]:
     return "python -m pytest -n 0 benchmarks/test_server_load.py --benchmark-json=serve.json", "\n".join(lines)
 
 
-def recency(scratch: Path) -> tuple[str, str]:
-    arguments = ["--max-lens", "50", "200", "10", "--recency", "position", "time", "time+position", "--seeds", "0"]
+def _recency_script(scratch: Path, *arguments: str) -> tuple[str, str]:
     output = run([sys.executable, "benchmarks/recency.py", *arguments, "--scratch", str(scratch)])
     return "python benchmarks/recency.py " + " ".join(arguments), tables_in(output)
+
+
+def recency(scratch: Path) -> tuple[str, str]:
+    return _recency_script(scratch, "--max-lens", "50", "200", "10", "--recency", "position", "time", "time+position", "--seeds", "0")
+
+
+def max_len(scratch: Path) -> tuple[str, str]:
+    """The default DIN (recency by place and age) at each max_len, 3 seeds: does a longer history help?"""
+    return _recency_script(scratch, "--max-lens", "10", "50", "200", "--recency", "time+position", "--seeds", "0", "1", "2")
 
 
 def family(scratch: Path) -> tuple[str, str]:
-    arguments = ["--max-lens", "50", "--recency", "time+position", "--models", "dien", "bst", "din", "din-seq", "--seeds", "0", "1", "2",
-                 "--peer-seeds", "0"]
-    output = run([sys.executable, "benchmarks/recency.py", *arguments, "--scratch", str(scratch)])
-    return "python benchmarks/recency.py " + " ".join(arguments), tables_in(output)
+    return _recency_script(scratch, "--max-lens", "50", "--recency", "time+position", "--models", "dien", "bst", "din", "din-seq",
+                           "--seeds", "0", "1", "2", "--peer-seeds", "0")
 
 
 def family_speed(scratch: Path) -> tuple[str, str]:
@@ -307,6 +313,7 @@ MEASUREMENTS = {
     "swap-latency": Measurement(swap_latency),
     "store-serving": Measurement(store_serving, needs_movielens=True),
     "recency": Measurement(recency, needs_movielens=True),
+    "max-len": Measurement(max_len, needs_movielens=True),
     "family": Measurement(family, needs_movielens=True),
     "family-speed": Measurement(family_speed, needs_movielens=True),
     "recurrence-export": Measurement(recurrence_export),
