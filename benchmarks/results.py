@@ -211,6 +211,12 @@ def store_ingest(scratch: Path) -> tuple[str, str]:
     return "python benchmarks/store_ingest.py " + " ".join(arguments), tables_in(output)
 
 
+def thread_pools(scratch: Path) -> tuple[str, str]:
+    arguments = ["--rounds", "5"]
+    output = run([sys.executable, "benchmarks/thread_pools.py", *arguments])
+    return "python benchmarks/thread_pools.py " + " ".join(arguments), tables_in(output)
+
+
 def swap_latency(scratch: Path) -> tuple[str, str]:
     report = scratch / "swap.json"
     run([sys.executable, "-m", "pytest", "-n", "0", "benchmarks/test_swap_latency.py", f"--benchmark-json={report}", "-q", "-p", "no:cacheprovider"])
@@ -311,6 +317,7 @@ MEASUREMENTS = {
     "serving-race": Measurement(serving_race),
     "server-load": Measurement(server_load),
     "swap-latency": Measurement(swap_latency),
+    "thread-pools": Measurement(thread_pools),
     "store-serving": Measurement(store_serving, needs_movielens=True),
     "recency": Measurement(recency, needs_movielens=True),
     "max-len": Measurement(max_len, needs_movielens=True),

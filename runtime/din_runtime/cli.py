@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from . import __version__
+from . import thread_pool as thread_pools
 from .commands import OneLineErrors, from_renamed, renamed_flag
 from .completion import check_fields, fields_of
 from .config import (
@@ -146,6 +147,9 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=LIMITS.max_body_mb, show_default=True,
               help="Larger request bodies are refused with 413.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads (default: its own choice).")
+@click.option("--thread-pool", type=click.Choice(thread_pools.MODES), default="shared", show_default=True,
+              help="shared: every model, version and graph the server loads runs on one pool of --threads threads, so more "
+                   "models add no threads; per-session: each session its own pool of --threads (and a 1-thread one for small calls).")
 @click.option("--providers", type=click.Choice(CHOICES), default="auto", show_default=True)
 @click.option("--store", "store_url", help="A behaviour store (sqlite:///PATH, or redis://HOST:PORT/DB shared by replicas): "
                                            "requests may leave the user's histories and attributes out (filled for each "
@@ -163,8 +167,8 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
 @click.option("--log-queue-rows", type=click.IntRange(min=1), default=SERVED_LOG_QUEUE_ROWS, show_default=True,
               help="With --log-requests: rows waiting for the writer beyond this many are dropped and counted, never waited for.")
 def serve_command(source: Path, host: str, port: int, name: str | None, model_control: str | None, poll_seconds: float | None,
-                  max_batch: int, max_delay_ms: float, max_queue: int, max_body_mb: float, threads: int | None, providers: str,
-                  store_url: str | None, keep: int, log_folder: Path | None, log_max_rows: int, log_max_seconds: float,
+                  max_batch: int, max_delay_ms: float, max_queue: int, max_body_mb: float, threads: int | None, thread_pool: str,
+                  providers: str, store_url: str | None, keep: int, log_folder: Path | None, log_max_rows: int, log_max_seconds: float,
                   log_queue_rows: int) -> None:
     """Serve a bundle, or a model repository in Triton's layout (REPO/NAME/VERSION/, each version a bundle), over HTTP
     with the KServe v2 protocol (Triton's): infer, rank, health, metadata, the repository extension, /metrics."""
@@ -179,6 +183,8 @@ def serve_command(source: Path, host: str, port: int, name: str | None, model_co
     if poll_seconds is not None and control != "poll":
         raise click.UsageError(f"--poll rescans in poll mode; --model-control {control} does not poll")
 
+    if thread_pool == "shared":  # before the first session of the process: ONNX Runtime sizes the pool once
+        thread_pools.share(threads)
     store = None if store_url is None else open_store(store_url, keep=keep, new_fields=store_fields_for(source))
 
     def load(folder: Path) -> Predictor:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from . import thread_pool
 from .completion import complete, complete_user
 from .config import RANK_BLOCK, SESSION_ROWS, SMALL_CALL_MAX_BYTES, SMALL_CALL_ROWS
 from .encoding import FeatureEncoder, to_ragged
@@ -125,7 +126,8 @@ class Predictor:
         providers: "auto" (CUDA where usable, else CPU), "cpu", "cuda" (raises if CUDA is not in use, or warns with
         fallback=True), or an explicit list of ONNX Runtime provider names (the first must end up in use).
         provider_options: passed through to ONNX Runtime, one dict per requested provider.
-        threads, optimization ("disable", "basic", "extended", "all"): session settings, unless session_options is given.
+        threads, optimization ("disable", "basic", "extended", "all"): session settings, unless session_options is given
+        (threads counts for nothing in a process that shares one pool: thread_pool.share).
         session_rows: larger batches are run in session calls of this many rows, bounding the session's memory
         (`chunk_rows`, its name in 0.1.0, is accepted with a DeprecationWarning for one release).
         rank_block: rank scores its candidates in blocks of at most this many candidate x behaviour pairs.
@@ -146,9 +148,10 @@ class Predictor:
             sessions.append(_open_session(verify_model_file(bundle, manifest, "ranking"), session.get_providers() if fell_back else providers,
                                           options, fallback, None if fell_back else provider_options))
         # A single-threaded session for small calls: only where the settings are ours (not the caller's own options),
-        # on the CPU, with more than one thread for the batch session and a graph small enough to hold twice.
+        # on the CPU, with more than one thread for the batch session and a graph small enough to hold twice; never in a
+        # process that shares one pool (every session runs on it).
         small = (session_options is None and (threads or os.cpu_count() or 1) > 1 and model_path.stat().st_size <= SMALL_CALL_MAX_BYTES
-                 and session.get_providers()[0] == "CPUExecutionProvider")
+                 and session.get_providers()[0] == "CPUExecutionProvider" and not thread_pool.shared())
         return cls(bundle, manifest, sessions[0], session_rows, sessions[1] if len(sessions) > 1 else None, rank_block, options,
                    session_options_for(1, optimization) if small else None)
 

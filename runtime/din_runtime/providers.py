@@ -18,6 +18,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from . import thread_pool
 from .errors import ProviderError
 
 CUDA = "CUDAExecutionProvider"
@@ -80,7 +81,9 @@ def preferred(choice: ProviderChoice) -> str:
 def create_session(model_path: str, choice: ProviderChoice, options: ort.SessionOptions | None = None, fallback: bool = False,
                    provider_options: list[dict[str, Any]] | None = None) -> ort.InferenceSession:
     """Create a session and check that the first requested provider is in use when it was required; with
-    fallback=True a provider that could not be used is a logged warning instead of an error."""
+    fallback=True a provider that could not be used is a logged warning instead of an error. In a process that shares
+    one thread pool (thread_pool.share) the session runs on it, whatever threads its options ask for."""
+    options = thread_pool.mark(options or ort.SessionOptions())
     try:
         requested, required = resolve(choice)
     except ProviderError as error:  # e.g. CUDA asked of ONNX Runtime's CPU package: with fallback, the CPU and a warning
@@ -112,4 +115,4 @@ def create_session(model_path: str, choice: ProviderChoice, options: ort.Session
 
 def cpu_session(model_path: str | Path, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """A session on the CPU provider alone: what export checks, verification and offline scoring run on."""
-    return ort.InferenceSession(str(model_path), sess_options=options, providers=[CPU])
+    return ort.InferenceSession(str(model_path), sess_options=thread_pool.mark(options or ort.SessionOptions()), providers=[CPU])
