@@ -2,7 +2,7 @@
 pool per session (`per-session`, what every server did before), with one model loaded and with three, all four
 servers running at once, 2 threads each, and measured alternately round by round (so the machine's drift hits all
 alike): rows per second when --clients concurrent clients (asyncio tasks of tritonclient.http.aio, in this
-process) each send --requests requests of --rows rows, spread over the server's models. The reference-sized DIN
+process) each send --requests requests of --rows rows (each size in turn), spread over the server's models. The reference-sized DIN
 (embedding 18, attention 80-40, MLP 200-80) on the built-in data, 50 behaviours; median of --rounds rounds.
 
     python benchmarks/thread_pools.py --rounds 5
@@ -63,17 +63,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clients", type=int, default=12)
     parser.add_argument("--requests", type=int, default=20, help="requests per client per round")
-    parser.add_argument("--rows", type=int, default=64, help="rows per request")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 64], help="rows per request, each size measured")
     args = parser.parse_args()
-    print(f"CPU: {cpu_model()}; {args.clients} clients x {args.requests} requests of {args.rows} rows per round, 2 threads per server")
+    print(f"CPU: {cpu_model()}; {args.clients} clients x {args.requests} requests per round, 2 threads per server")
     processes: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as scratch:
         bundle = build_bundle(Path(scratch) / "din", samples=2000, epochs=1, embedding_dim=18, attention_hidden=(80, 40),
                               mlp_hidden=(200, 80), mlp_activation="prelu")
         predictor = Predictor.load(bundle, providers="cpu")
-        table = generate(args.rows * 8, seed=5).to_pydict()
-        requests = [triton_inputs({name: column[start:start + args.rows] for name, column in table.items()}, predictor)
-                    for start in range(0, args.rows * 8, args.rows)]
+        table = generate(max(args.rows) * 8, seed=5).to_pydict()
+        requests = {rows: [triton_inputs({name: column[start:start + rows] for name, column in table.items()}, predictor)
+                           for start in range(0, rows * 8, rows)] for rows in args.rows}
         servers = {}
         try:
             for pool in POOLS:
@@ -85,19 +85,22 @@ def main() -> None:
                     process, url = start_server(repo, None, "--threads", "2", "--thread-pool", pool)
                     processes.append(process)
                     servers[pool, count] = (url, models)
-            rates: dict[tuple[str, int], list[float]] = {key: [] for key in servers}
+            rates: dict[tuple[int, str, int], list[float]] = {(rows, *key): [] for rows in args.rows for key in servers}
             for _ in range(args.rounds):
-                for key, (url, models) in servers.items():
-                    rates[key].append(asyncio.run(rows_per_second(url, models, requests, args.clients, args.requests, args.rows)))
+                for rows in args.rows:
+                    for (pool, count), (url, models) in servers.items():
+                        rate = asyncio.run(rows_per_second(url, models, requests[rows], args.clients, args.requests, rows))
+                        rates[rows, pool, count].append(rate)
         finally:
             for process in processes:
                 process.terminate()
                 process.wait(timeout=30)
     print(f"\nrows/s, median of {args.rounds} alternating rounds\n")
-    print("| models loaded | shared pool | a pool per session | shared / per session |\n|---:|---:|---:|---:|")
-    for count in (1, 3):
-        shared, own = (statistics.median(rates[pool, count]) for pool in POOLS)
-        print(f"| {count} | {shared:,.0f} | {own:,.0f} | {shared / own:.2f}x |")
+    print("| rows per request | models loaded | shared pool | a pool per session | shared / per session |\n|---:|---:|---:|---:|---:|")
+    for rows in args.rows:
+        for count in (1, 3):
+            shared, own = (statistics.median(rates[rows, pool, count]) for pool in POOLS)
+            print(f"| {rows} | {count} | {shared:,.0f} | {own:,.0f} | {shared / own:.2f}x |")
 
 
 if __name__ == "__main__":
