@@ -22,6 +22,7 @@ import copy
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -99,30 +100,35 @@ def peer_inputs(kind: str, data: EncodedData, split: str, seed: int) -> dict[str
     return x if kind == "din" else with_negatives(data, x, seed + {"train": 0, "valid": 1, "test": 2}[split])[1]
 
 
-def run(data: EncodedData, seed: int, kind: str = "din") -> dict:
+def run(data: EncodedData, seed: int, kind: str = "din", patience: int = PATIENCE,
+        on_epoch: Callable[[int, float], None] | None = None, epochs: int = MAX_EPOCHS) -> dict:
+    """Train and test one peer model; `on_epoch(epoch, valid AUC)` after each epoch's validation (patience above
+    `epochs` runs all of them)."""
     model = peer_model(kind, data, seed)
     train_x, valid_x, test_x = (peer_inputs(kind, data, s, seed) for s in ("train", "valid", "test"))
     labels = data.splits["train"].labels
-    best_auc, best_epoch, best_state, stale, fit_seconds, epochs = -1.0, 0, None, 0, 0.0, 0
-    for epoch in range(1, MAX_EPOCHS + 1):
+    best_auc, best_epoch, best_state, stale, fit_seconds, epochs_run = -1.0, 0, None, 0, 0.0, 0
+    for epoch in range(1, epochs + 1):
         np.random.seed(seed + epoch)  # DeepCTR shuffles with torch's DataLoader; numpy is seeded for completeness
         started = time.perf_counter()
         model.fit(train_x, labels, batch_size=BATCH, epochs=1, verbose=0)
         fit_seconds += time.perf_counter() - started
-        epochs = epoch
+        epochs_run = epoch
         valid_auc = evaluate(data.splits["valid"].labels, model.predict(valid_x, 8192).reshape(-1), None)["auc"]
+        if on_epoch is not None:
+            on_epoch(epoch, valid_auc)
         if valid_auc > best_auc:
             best_auc, best_epoch, best_state, stale = valid_auc, epoch, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
-            if stale >= PATIENCE:
+            if stale >= patience:
                 break
     model.load_state_dict(best_state)
     test = evaluate(data.splits["test"].labels, model.predict(test_x, 8192).reshape(-1), data.splits["test"].groups)
     return {"data": "ids-genre", "candidate": "deepctr-torch-0.3.0", "variant": kind, "seed": seed, "auc": test["auc"],
             "description": f"DeepCTR-Torch's {kind.upper()}: embedding 18, attention 64-16, DNN 256-128, Adam 1e-3, batch 256",
-            "gauc": test.get("gauc"), "logloss": test["logloss"], "best_epoch": best_epoch, "epochs_run": epochs,
-            "samples_per_second": epochs * len(labels) / fit_seconds}
+            "gauc": test.get("gauc"), "logloss": test["logloss"], "best_epoch": best_epoch, "epochs_run": epochs_run,
+            "samples_per_second": epochs_run * len(labels) / fit_seconds}
 
 
 def main() -> None:

@@ -211,6 +211,12 @@ def store_ingest(scratch: Path) -> tuple[str, str]:
     return "python benchmarks/store_ingest.py " + " ".join(arguments), tables_in(output)
 
 
+def time_to_quality(scratch: Path) -> tuple[str, str]:
+    output = run([sys.executable, "benchmarks/time_to_quality.py"], env=MALLOC)
+    return ("MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python benchmarks/time_to_quality.py",
+            tables_in(output))
+
+
 def thread_pools(scratch: Path) -> tuple[str, str]:
     arguments = ["--rounds", "5"]
     output = run([sys.executable, "benchmarks/thread_pools.py", *arguments])
@@ -318,6 +324,7 @@ MEASUREMENTS = {
     "server-load": Measurement(server_load),
     "swap-latency": Measurement(swap_latency),
     "thread-pools": Measurement(thread_pools),
+    "time-to-quality": Measurement(time_to_quality, needs_movielens=True),
     "store-serving": Measurement(store_serving, needs_movielens=True),
     "recency": Measurement(recency, needs_movielens=True),
     "max-len": Measurement(max_len, needs_movielens=True),

@@ -1,6 +1,7 @@
 """The calibration, explain-cost and variant-evaluation scripts behind the quality results run at a small size on
 every CI run, so they cannot rot between the runs that measure them."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,15 @@ def test_the_training_profile_sums_an_epoch_by_operator() -> None:
     assert len(table) == 5 and "matrix products" in output
     shares = [float(row[2].rstrip("%")) for row in table]
     assert shares == sorted(shares, reverse=True) and all(float(row[1]) > 0 for row in table)
+
+
+def test_the_time_to_quality_script_times_both_to_the_peers_best() -> None:
+    """The peer runs where DeepCTR-Torch is installed (a benchmark-only install); din-export's side runs everywhere."""
+    need_ml100k()
+    peer = importlib.util.find_spec("deepctr_torch") is not None
+    output = run("time_to_quality.py", "--train-rows", "3000", "--epochs", "1", *(["--peer-epochs", "1"] if peer else ["--target", "0.5"]))
+    table = {row[0]: row[1:] for row in rows(output) if row[0].endswith("DIN")}
+    assert list(table) == (["DeepCTR-Torch DIN"] if peer else []) + ["din-export DIN"]
+    if peer:
+        assert table["DeepCTR-Torch DIN"][1] == "1" and table["DeepCTR-Torch DIN"][3] == "1"  # its one epoch is the target
+    assert float(table["din-export DIN"][2]) > 0 and "target" in output
