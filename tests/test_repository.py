@@ -379,30 +379,23 @@ def test_unload_returns_the_memory_of_a_large_version(tmp_path: Path, serving) -
     assert after <= before * 1.10, (before, loaded, after)
 
 
-def _threads_of(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
 def test_one_thread_pool_runs_every_model_the_server_loads(bundles: dict, rows: dict, tmp_path: Path, serving) -> None:
-    """`serve --thread-pool shared` (the default): every session of every model runs on one pool of --threads, so
-    loading two more models (two graphs each) adds none of ONNX Runtime's threads; `per-session` adds a pool per
-    session. Both score as Predictor does."""
+    """`serve --thread-pool shared` (the default): every session of every model runs on one pool of --threads, so three
+    models (two graphs each) hold five fewer threads than with `per-session`, a pool per session. Both score as
+    Predictor does."""
     expected = Predictor.load(bundles["v1"], providers="cpu").predict(rows)
-    grown = {}
+    threads = {}
     for pool in ("shared", "per-session"):
-        counts = []
-        for models in (1, 3):
-            repo = tmp_path / f"repo-{pool}-{models}"
-            for number in range(models):
-                publish(bundles["v1"], repo / f"m{number}", 1)
-            process, url = start_server(repo, None, "--threads", "2", "--thread-pool", pool)
-            serving.processes.append(process)
-            client = httpclient.InferenceServerClient(url)
-            for number in range(models):
-                result = client.infer(f"m{number}", triton_inputs(rows, None)).as_numpy("probability")
-                np.testing.assert_allclose(result, expected, atol=1e-6)
-            counts.append(_threads_of(process.pid))
-        grown[pool] = counts[1] - counts[0]
-    print(f"\nthreads added by two more models: {grown}", file=sys.stderr)
-    # per-session: 4 more sessions of 2 threads, each with a worker thread of its own; shared: the one pool's
-    assert grown["per-session"] - grown["shared"] >= 4, grown
+        repo = tmp_path / f"repo-{pool}"
+        for number in range(3):
+            publish(bundles["v1"], repo / f"m{number}", 1)
+        process, url = start_server(repo, None, "--threads", "2", "--thread-pool", pool)
+        serving.processes.append(process)
+        client = httpclient.InferenceServerClient(url)
+        for number in range(3):
+            np.testing.assert_allclose(client.infer(f"m{number}", triton_inputs(rows, None)).as_numpy("probability"), expected, atol=1e-6)
+        client.infer("m0", triton_inputs({name: values[:1] for name, values in rows.items()}, None))  # a small call too
+        threads[pool] = len(os.listdir(f"/proc/{process.pid}/task"))
+    print(f"\nthreads of a server of three models: {threads}", file=sys.stderr)
+    # per-session: six sessions of 2 threads (one worker thread each) and a 1-thread one for small calls; shared: one pool
+    assert threads["per-session"] - threads["shared"] >= 5, threads
