@@ -147,9 +147,10 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=LIMITS.max_body_mb, show_default=True,
               help="Larger request bodies are refused with 413.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads (default: its own choice).")
-@click.option("--thread-pool", type=click.Choice(thread_pools.MODES), default="shared", show_default=True,
-              help="shared: every model, version and graph the server loads runs on one pool of --threads threads, so more "
-                   "models add no threads; per-session: each session its own pool of --threads (and a 1-thread one for small calls).")
+@click.option("--thread-pool", type=click.Choice(thread_pools.MODES), default="per-session", show_default=True,
+              help="per-session: each session its own pool of --threads, stopped from spinning after each call, and a "
+                   "1-thread one for small calls; shared: every model, version and graph runs on one pool of --threads, so "
+                   "more models add no threads (faster for large requests, slower for single rows: its pool spins).")
 @click.option("--providers", type=click.Choice(CHOICES), default="auto", show_default=True)
 @click.option("--store", "store_url", help="A behaviour store (sqlite:///PATH, or redis://HOST:PORT/DB shared by replicas): "
                                            "requests may leave the user's histories and attributes out (filled for each "

@@ -1,10 +1,13 @@
-"""One ONNX Runtime thread pool for the whole process: a server's every model, version and graph runs on it, so
-loading a third model adds no threads to compete for the cores (each session's own pool would).
+"""One ONNX Runtime thread pool for the whole process (`din-runtime serve --thread-pool shared`): a server's every
+model, version and graph runs on it, so loading a third model adds no threads to compete for the cores (each
+session's own pool would). Not the default: ONNX Runtime's global pool keeps spinning for tens of milliseconds
+after each call (its spin control is not in the Python API; `session.force_spinning_stop` stops only a session's
+own pool), which took a third off a server's single-row throughput (Results: serving).
 
 ONNX Runtime sizes its global pools once, before its environment exists (the first session creates it), and from
 then on every session of the process must run on them (`use_per_session_threads = False`; one that asks for its
 own pool is refused). So a process that shares does so from its start: `din-runtime serve` calls `share` before
-loading anything, and `session_options_for` marks every session it makes.
+loading anything, and every session the runtime creates is marked (providers.create_session).
 """
 
 from __future__ import annotations
