@@ -104,9 +104,12 @@ def serving_latency(samples: Path, scratch: Path, rounds: int, bundle_samples: i
     calls = {"predict, 1 row": lambda p: p.predict(one), "predict, 256 rows": lambda p: p.predict(batch),
              "rank, 1,000 candidates": lambda p: p.rank(user, candidates)}
     seconds = {(call, variant): [] for call in calls for variant in models}
-    for _ in range(rounds):
+    order = list(predictors)
+    for round_ in range(rounds):
         for call, run in calls.items():
-            for variant, predictor in predictors.items():
+            # each round starts with another model: the first call after another kind of call finds colder caches
+            for variant in order[round_ % len(order):] + order[:round_ % len(order)]:
+                predictor = predictors[variant]
                 started = time.perf_counter()
                 run(predictor)
                 seconds[call, variant].append(time.perf_counter() - started)
