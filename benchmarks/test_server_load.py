@@ -14,13 +14,12 @@ import asyncio
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.http.aio as aioclient
 from test_server import MODEL, triton_inputs
+from thread_pools import timed_load
 
 from din_export.data.synthetic import generate
 from din_runtime import Predictor
@@ -31,33 +30,6 @@ ROWS = (1, 64)
 REQUESTS_PER_CLIENT = 20
 ROUNDS = 3
 SERVERS = {"batching": ("--max-batch", "256"), "no batching": ("--max-batch", "1")}
-
-
-async def load(url: str, inputs_of: list, clients: int) -> tuple[float, list[float]]:
-    """(seconds for all timed requests, each timed request's latency in seconds). Every client first opens its
-    connection with one untimed request, and the clock starts when all have: steady state, as services that keep
-    their connections see it, not 32 TCP handshakes at once."""
-    latencies: list[float] = []
-    ready = asyncio.Barrier(clients + 1)
-
-    async def client(i: int) -> None:
-        connection = aioclient.InferenceServerClient(url)
-        try:
-            await connection.infer(MODEL, inputs_of[i % len(inputs_of)])
-            await ready.wait()
-            for k in range(REQUESTS_PER_CLIENT):
-                started = time.perf_counter()
-                result = await connection.infer(MODEL, inputs_of[(i + k) % len(inputs_of)])
-                latencies.append(time.perf_counter() - started)
-                assert result.as_numpy("probability") is not None
-        finally:
-            await connection.close()
-
-    tasks = [asyncio.create_task(client(i)) for i in range(clients)]
-    await ready.wait()
-    started = time.perf_counter()
-    await asyncio.gather(*tasks)
-    return time.perf_counter() - started, latencies
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +52,7 @@ def test_server_load(benchmark, servers: dict[str, str], reference_bundle: Path,
 
     def alternate() -> None:
         for name, url in servers.items():
-            results[name].append(asyncio.run(load(url, requests, clients)))
+            results[name].append(asyncio.run(timed_load(url, [MODEL], requests, clients, REQUESTS_PER_CLIENT)))
 
     benchmark.pedantic(alternate, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     summary = {}

@@ -35,9 +35,12 @@ from helpers import build_bundle, start_server  # noqa: E402 - the tests' helper
 POOLS = ("shared", "per-session")
 
 
-async def rows_per_second(url: str, models: list[str], requests: list, clients: int, per_client: int, rows: int) -> float:
-    """Rows scored per second by `clients` concurrent clients, client i sending to model i mod len(models); each
-    opens its connection with one untimed request before the clock starts."""
+async def timed_load(url: str, models: list[str], requests: list, clients: int, per_client: int) -> tuple[float, list[float]]:
+    """(seconds for all timed requests, each timed request's latency in seconds) of `clients` concurrent clients,
+    client i sending `per_client` requests to model i mod len(models). Every client first opens its connection with
+    one untimed request, and the clock starts when all have: steady state, as services that keep their connections
+    see it, not dozens of TCP handshakes at once."""
+    latencies: list[float] = []
     ready = asyncio.Barrier(clients + 1)
 
     async def client(i: int) -> None:
@@ -47,7 +50,10 @@ async def rows_per_second(url: str, models: list[str], requests: list, clients: 
             await connection.infer(model, requests[i % len(requests)])
             await ready.wait()
             for k in range(per_client):
-                await connection.infer(model, requests[(i + k) % len(requests)])
+                started = time.perf_counter()
+                result = await connection.infer(model, requests[(i + k) % len(requests)])
+                latencies.append(time.perf_counter() - started)
+                assert result.as_numpy("probability") is not None
         finally:
             await connection.close()
 
@@ -55,7 +61,7 @@ async def rows_per_second(url: str, models: list[str], requests: list, clients: 
     await ready.wait()
     started = time.perf_counter()
     await asyncio.gather(*tasks)
-    return clients * per_client * rows / (time.perf_counter() - started)
+    return time.perf_counter() - started, latencies
 
 
 def main() -> None:
@@ -89,8 +95,8 @@ def main() -> None:
             for _ in range(args.rounds):
                 for rows in args.rows:
                     for (pool, count), (url, models) in servers.items():
-                        rate = asyncio.run(rows_per_second(url, models, requests[rows], args.clients, args.requests, rows))
-                        rates[rows, pool, count].append(rate)
+                        seconds, _ = asyncio.run(timed_load(url, models, requests[rows], args.clients, args.requests))
+                        rates[rows, pool, count].append(args.clients * args.requests * rows / seconds)
         finally:
             for process in processes:
                 process.terminate()
