@@ -25,9 +25,9 @@ def share(threads: int | None) -> None:
     """Run every session of this process on one intra-op pool of `threads` threads (None: one per physical core,
     ONNX Runtime's default). Once per process, before its first session; asking again for the same size is a no-op."""
     global _size
-    size = 0 if threads is None else threads
-    if size < 0:
+    if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, not {threads}")
+    size = 0 if threads is None else threads
     with _LOCK:
         if _size is not None:
             if _size != size:
