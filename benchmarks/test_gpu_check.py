@@ -15,13 +15,15 @@ HERE = Path(__file__).parent
 @pytest.mark.slow
 def test_the_gpu_check_runs_and_says_what_it_found(tmp_path: Path) -> None:
     report_path = tmp_path / "gpu.json"
-    result = subprocess.run([sys.executable, str(HERE / "gpu_check.py"), "--samples", "2000", "--json", str(report_path)],
+    result = subprocess.run([sys.executable, str(HERE / "gpu_check.py"), "--samples", "2000", "--models", "din", "dien", "--json", str(report_path)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(report_path.read_text())
-    assert report["training_samples_per_second"]["cpu"] > 0 and report["serving"]["cpu"]["max_abs_diff"] == 0
-    assert set(report["serving"]["cpu"]["ms"]) == {"1", "256", "4096"}
+    assert set(report["training_samples_per_second"]) == set(report["serving"]) == {"din", "dien"}
+    for variant in ("din", "dien"):
+        assert report["training_samples_per_second"][variant]["cpu"] > 0 and report["serving"][variant]["cpu"]["max_abs_diff"] == 0
+        assert set(report["serving"][variant]["cpu"]["ms"]) == {"1", "256", "4096"}
+        if torch.cuda.is_available():
+            assert report["training_samples_per_second"][variant]["cuda"] > 0
     if not torch.cuda.is_available():
         assert "no GPU found" in result.stdout
-    else:
-        assert report["training_samples_per_second"]["cuda"] > 0
