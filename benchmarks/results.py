@@ -127,17 +127,21 @@ def serving_race(scratch: Path) -> tuple[str, str]:
     found = {b["name"]: b["extra_info"] for b in _benchmarks(report)}
     race = found["test_serving_race"]
     columns = ["predict", "predict, batch session", "predict, item IDs only", "encode", "predict, arrays", "session",
-               "torch.compile", "OpenVINO", "eager", "floor"]
-    ratios = ["torch.compile / session", "OpenVINO / session", "session / floor", "torch.compile / predict"]
+               "session int8", "predict int8", "torch.compile", "OpenVINO", "eager", "floor", "floor int8"]
+    ratios = ["torch.compile / session", "OpenVINO / session", "session / floor", "torch.compile / predict",
+              "session / session int8", "torch.compile / session int8", "torch.compile / predict int8", "session int8 / floor int8"]
     lines = ["| B x L | " + " | ".join(columns + ratios) + " | encoding share of predict, arrays |",
              "|---|" + "---:|" * (len(columns) + len(ratios) + 1)]
     for shape, row in race["ms per call"].items():
         lines.append(f"| {shape.replace('x', ' x ')} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " | "
                      + " | ".join(f"{row[r]:.2f}x" for r in ratios) + f" | {row['encoding share of predict, arrays']:.1%} |")
-    lines += ["", f"GEMM rate in the same rounds (1024^3 float32 in ONNX Runtime, 2 threads): {race['GEMM GFLOP/s']} GFLOP/s."]
+    lines += ["", f"GEMM rates in the same rounds (1024^3 in ONNX Runtime, 2 threads): float32 {race['GEMM GFLOP/s']} GFLOP/s, "
+                  f"uint8 x int8 {race['int8 GEMM GOP/s']} GOP/s."]
     rank = found["test_rank_against_replicated_predict"]
-    lines += ["", "| rank, 1,000 candidates x 50 | predict on the replicated rows | predict / rank |", "|---:|---:|---:|",
-              f"| {rank['rank ms']:.3f} | {rank['predict replicated ms']:.3f} | {rank['speed-up']:.2f}x |"]
+    lines += ["", "| rank, 1,000 candidates x 50 | predict on the replicated rows | rank int8 | predict / rank | rank / rank int8 |",
+              "|---:|---:|---:|---:|---:|",
+              f"| {rank['rank ms']:.3f} | {rank['predict replicated ms']:.3f} | {rank['rank int8 ms']:.3f} | {rank['speed-up']:.2f}x | "
+              f"{rank['rank / rank int8']:.2f}x |"]
     return ("MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 python -m pytest -n 0 benchmarks/test_serving_race.py "
             "--benchmark-json=race.json"), "Milliseconds per call, medians over interleaved rounds.\n\n" + "\n".join(lines)
 

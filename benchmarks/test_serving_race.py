@@ -16,10 +16,15 @@ Histories are 50 long and, for `predict`, given as Python lists, as JSON decodes
   graph per shape, its fastest form), on encoded tensors;
 - OpenVINO: its CPU plugin on the bundle's model.onnx, on the encoded feed, in float32 (its default may compute in bf16);
 - eager: the bundle's PyTorch model, torch.inference_mode;
+- session int8 / predict int8: the same weights exported with `--precision int8` (int8 embedding tables and
+  per-behaviour matrix products, activation ranges calibrated on the validation split), its session alone and
+  predict on it;
 - floor: the folded graph's matrix-product FLOPs (benchmarks/flops.py) at the GEMM rate of a 1024^3 float32 product
-  in ONNX Runtime, timed once per round among the columns: what the arithmetic alone needs at this machine's rate.
+  in ONNX Runtime, timed once per round among the columns: what the arithmetic alone needs at this machine's rate;
+  floor int8: the same operations at the rate of a 1024^3 uint8 x int8 product (MatMulInteger) of the same rounds.
 
-Also rank of 1,000 candidates against predict on the replicated rows (2-D history arrays, predict's fastest form).
+Also rank of 1,000 candidates against predict on the replicated rows (2-D history arrays, predict's fastest form),
+and rank on the int8 bundle.
 Every engine gets 2 threads. Run (PyTorch at its best: glibc malloc kept from returning memory between calls):
 
     MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 \\
@@ -40,9 +45,11 @@ import torch
 from flops import flops_per_row
 
 from din_export.bundle import load_bundle
+from din_export.export.graphs import TOLERANCE
+from din_export.export.rebuild import export_bundle
 from din_export.model.base import ProbabilityModel, in_form
 from din_runtime import Predictor
-from test_latency import GEMM_SIZE, THREADS, matmul_session, ranking_request, raw_batch
+from test_latency import GEMM_SIZE, THREADS, integer_matmul_session, matmul_session, ranking_request, raw_batch
 
 SHAPES = ((1, 50), (256, 50), (1024, 50))
 ROUNDS = 20
@@ -74,21 +81,26 @@ def per_call_ms(function: Callable[[], object], calls: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def engines(reference_bundle: Path, torch_threads) -> dict:
-    """Every engine loaded once: the predictor, the folded PyTorch model eager and compiled, OpenVINO's compiled model."""
+def engines(reference_bundle: Path, torch_threads, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Every engine loaded once: the predictor (float32 and int8), the folded PyTorch model eager and compiled,
+    OpenVINO's compiled model, and the two GEMM rates' sessions."""
     torch_threads(THREADS)
     predictor = Predictor.load(reference_bundle, providers="cpu", threads=THREADS)
+    int8_bundle = tmp_path_factory.mktemp("race") / "int8"
+    export_bundle(reference_bundle, int8_bundle, precision="int8", force=True)  # one short epoch: the AUC gate is not the point here
+    int8 = Predictor.load(int8_bundle, providers="cpu", threads=THREADS)
     eager = ProbabilityModel(in_form(load_bundle(reference_bundle).din, "folded"))  # what model.onnx computes, calibration too
     compiled = torch.compile(eager, backend="inductor", dynamic=False)  # static: recompiled per shape, at its fastest
     core = ov.Core()
     openvino = core.compile_model(core.read_model(str(reference_bundle / "model.onnx")), "CPU",
                                   {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
-    return {"predictor": predictor, "eager": eager, "compiled": compiled, "openvino": openvino, "gemm": matmul_session(GEMM_SIZE)}
+    return {"predictor": predictor, "int8": int8, "eager": eager, "compiled": compiled, "openvino": openvino,
+            "gemm": matmul_session(GEMM_SIZE), "gemm int8": integer_matmul_session(GEMM_SIZE)}
 
 
 def columns(engines: dict, batch: int, length: int) -> dict[str, Callable[[], np.ndarray]]:
     """One zero-argument call per column, each returning probabilities of shape (batch,)."""
-    predictor = engines["predictor"]
+    predictor, int8 = engines["predictor"], engines["int8"]
     rows = consistent(predictor, as_lists(raw_batch(predictor, batch, length, seed=batch)))
     feed = predictor.encode(rows)
     tensors = [torch.from_numpy(feed[name]) for name in predictor.feature_names]
@@ -111,6 +123,8 @@ def columns(engines: dict, batch: int, length: int) -> dict[str, Callable[[], np
         "encode": lambda: np.zeros(batch) + len(predictor.encode(rows)),
         "encode, arrays": lambda: np.zeros(batch) + len(predictor.encode(arrays)),
         "session": lambda: predictor.session.run(None, feed)[0],
+        "session int8": lambda: int8.session.run(None, feed)[0],
+        "predict int8": lambda: int8.predict(rows),
         "torch.compile": torch_call(engines["compiled"]),
         "OpenVINO": lambda: next(iter(openvino(feed).values())),
         "eager": torch_call(engines["eager"]),
@@ -123,10 +137,13 @@ def test_serving_race(benchmark, engines: dict) -> None:
         reference = row["predict"]()
         for name, call in ((name, call) for name, call in row.items() if not name.startswith("encode")):
             result = np.asarray(call()).reshape(-1)
-            assert result.shape == (shape[0],) and np.max(np.abs(result - reference)) <= 1e-4, name
+            tolerance = TOLERANCE["int8"] if "int8" in name else 1e-4
+            assert result.shape == (shape[0],) and np.max(np.abs(result - reference)) <= tolerance, name
     times: dict[tuple, dict[str, list[float]]] = {shape: {name: [] for name in row} for shape, row in calls.items()}
     gemm_input = {"a": np.random.default_rng(1).random((GEMM_SIZE, GEMM_SIZE), dtype=np.float32)}
+    integer_input = {"a": np.random.default_rng(1).integers(0, 256, (GEMM_SIZE, GEMM_SIZE), dtype=np.uint8)}
     gemm_seconds: list[float] = []
+    integer_seconds: list[float] = []
     turn = [0]
 
     def interleaved() -> None:
@@ -137,15 +154,23 @@ def test_serving_race(benchmark, engines: dict) -> None:
             for name in names[turn[0] % len(names):] + names[:turn[0] % len(names)]:
                 times[shape][name].append(per_call_ms(row[name], CALLS_PER_TIMING[shape[0]]))
             gemm_seconds.append(per_call_ms(lambda: engines["gemm"].run(None, gemm_input), 1) / 1e3)
+            integer_seconds.append(per_call_ms(lambda: engines["gemm int8"].run(None, integer_input), 1) / 1e3)
         turn[0] += 1
 
     benchmark.pedantic(interleaved, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     table = {f"{b}x{t}": {name: round(statistics.median(values), 4) for name, values in times[(b, t)].items()} for b, t in SHAPES}
     gflops = 2 * GEMM_SIZE ** 3 / statistics.median(gemm_seconds) / 1e9
+    integer_gops = 2 * GEMM_SIZE ** 3 / statistics.median(integer_seconds) / 1e9
     benchmark.extra_info["GEMM GFLOP/s"] = round(gflops, 1)
+    benchmark.extra_info["int8 GEMM GOP/s"] = round(integer_gops, 1)
     manifest = engines["predictor"].manifest
     for (batch, length), row in zip(SHAPES, table.values(), strict=True):
         row["floor"] = round(batch * flops_per_row(manifest, length, "folded") / gflops / 1e6, 4)
+        row["floor int8"] = round(batch * flops_per_row(manifest, length, "folded") / integer_gops / 1e6, 4)
+        row["session / session int8"] = round(row["session"] / row["session int8"], 2)
+        row["torch.compile / session int8"] = round(row["torch.compile"] / row["session int8"], 2)
+        row["torch.compile / predict int8"] = round(row["torch.compile"] / row["predict int8"], 2)
+        row["session int8 / floor int8"] = round(row["session int8"] / row["floor int8"], 2)
         row["session / floor"] = round(row["session"] / row["floor"], 2)
         row["torch.compile / session"] = round(row["torch.compile"] / row["session"], 2)
         row["OpenVINO / session"] = round(row["OpenVINO"] / row["session"], 2)
@@ -161,20 +186,25 @@ def test_serving_race(benchmark, engines: dict) -> None:
 
 def test_rank_against_replicated_predict(benchmark, engines: dict) -> None:
     """rank scores the history once; predict on the replicated rows carries it per candidate."""
-    predictor = engines["predictor"]
+    predictor, int8 = engines["predictor"], engines["int8"]
     user_row, candidates = ranking_request(predictor, RANK_CANDIDATES, 50)
     replicated = {**candidates, **{name: np.repeat(np.asarray(value)[None], RANK_CANDIDATES, axis=0) for name, value in user_row.items()}}
     ranking = predictor.rank(user_row, candidates)
     assert np.max(np.abs(predictor.predict(replicated)[ranking.order] - ranking.probabilities)) <= 1e-5
-    times: dict[str, list[float]] = {"rank": [], "predict replicated": []}
+    ranked_int8 = int8.rank(user_row, candidates)
+    assert np.max(np.abs(predictor.predict(replicated)[ranked_int8.order] - ranked_int8.probabilities)) <= TOLERANCE["int8"]
+    calls = {"rank": lambda: predictor.rank(user_row, candidates), "predict replicated": lambda: predictor.predict(replicated),
+             "rank int8": lambda: int8.rank(user_row, candidates)}
+    times: dict[str, list[float]] = {name: [] for name in calls}
 
     def interleaved() -> None:
-        times["rank"].append(per_call_ms(lambda: predictor.rank(user_row, candidates), 1))
-        times["predict replicated"].append(per_call_ms(lambda: predictor.predict(replicated), 1))
+        for name, call in calls.items():
+            times[name].append(per_call_ms(call, 1))
 
     benchmark.pedantic(interleaved, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     medians = {name: round(statistics.median(values), 3) for name, values in times.items()}
     benchmark.extra_info.update({f"{name} ms": value for name, value in medians.items()})
     benchmark.extra_info["speed-up"] = round(medians["predict replicated"] / medians["rank"], 2)
+    benchmark.extra_info["rank / rank int8"] = round(medians["rank"] / medians["rank int8"], 2)
     print(f"\nrank of {RANK_CANDIDATES} at length 50: {benchmark.extra_info}")
     assert medians["rank"] > 0

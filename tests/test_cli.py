@@ -96,3 +96,16 @@ def test_existing_bundle_is_replaced_only_when_the_new_one_is_complete(tmp_path:
     assert result.exit_code != 0
     assert (out / "model.onnx").read_bytes() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no staging folder left behind
+
+
+def test_train_and_export_int8_in_one_command(tmp_path: Path) -> None:
+    out = tmp_path / "int8"
+    result = run(["train-and-export", "--samples", "2000", "--out", str(out), "--precision", "int8", "--max-auc-drop", "1", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "int8 products" in result.output and "validation AUC: float32" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["onnx"]["precision"] == "int8" and manifest["metrics"]["test"]["auc"] > 0
+    assert Predictor.load(out, providers="cpu").predict(generate(5, seed=1).to_pydict()).shape == (5,)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8"]  # the float32 bundle replaced whole, nothing left beside it
+    refused = CliRunner().invoke(main, ["train-and-export", "--samples", "600", "--max-auc-drop", "0.01", "--out", str(tmp_path / "f"), "--quiet"])
+    assert refused.exit_code != 0 and "--max-auc-drop applies to --precision int8" in refused.output

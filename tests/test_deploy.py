@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from click.testing import CliRunner
@@ -14,6 +15,7 @@ from tritonclient.grpc import model_config_pb2
 
 from din_export.cli import main
 from din_export.export.errors import DimensionError, OutputNameError, ParityError
+from din_export.export.graphs import TOLERANCE, random_feed
 from din_export.export.precision import PrecisionRejected
 from din_export.export.rebuild import export_bundle
 from din_export.export.verify import verify_bundle
@@ -77,6 +79,31 @@ def test_precision_variants_verify_and_record_validation_metrics(source_bundle: 
     else:
         export_bundle(source_bundle, tmp_path / "kept", precision=precision, max_auc_drop=0.0)
     assert Predictor.load(out, providers="cpu").manifest["onnx"]["precision"] == precision
+
+
+@pytest.mark.slow
+def test_int8_computes_the_per_behaviour_products_in_integers_and_stays_near_float32(source_bundle: Path, tmp_path: Path) -> None:
+    manifest = export_bundle(source_bundle, tmp_path / "int8", precision="int8", force=True)
+    converted = manifest["onnx"]["precisions"]["converted"]
+    assert set(converted) == {"onnx", "ranking", "explain"}
+    for record in converted.values():  # the attention unit in int8, the MLP on the pooled interest in float32
+        assert record["products"]["nodes"] and record["float32"]["products"] and record["products"]["calibration_rows"] > 0
+        assert record["embeddings"]["tables"]
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "int8" / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    kernels = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert kernels & {"QLinearMatMul", "QGemm"}, kernels  # ONNX Runtime fused the QDQ pairs into integer kernels
+    full, reduced = (Predictor.load(b, providers="cpu") for b in (source_bundle, tmp_path / "int8"))
+    max_len = full.schema.max_len
+    for length in (0, 1, 2, max_len):  # every row of a feed with histories of this length
+        feed = random_feed(full.schema, 64, max(length, 1), np.random.default_rng(length))
+        for name in full.schema.history_names:
+            feed[name][:, length:] = 0
+        expected, got = (p.session.run(["probability"], feed)[0] for p in (full, reduced))
+        assert np.max(np.abs(got - expected)) <= TOLERANCE["int8"], length
+    result = invoke("inspect", tmp_path / "int8")
+    assert "int8 products" in result.output and "validation AUC: float32" in result.output
 
 
 def test_export_from_a_checkpoint_file(bundle: Path, tmp_path: Path) -> None:

@@ -90,6 +90,21 @@ def report(bundle: Path, manifest: dict[str, Any]) -> None:
                else "reliability diagram: none in this bundle")
 
 
+def precision_lines(precisions: dict[str, Any]) -> list[str]:
+    """What a reduced precision converted, per graph, and what its AUC check found."""
+    lines = [f"{section}: {record['weights']} weights, {record['arithmetic']} arithmetic" if "arithmetic" in record else
+             f"{section}: int8 embedding tables {', '.join(record['embeddings']['tables']) or 'none'}; int8 products "
+             f"{len(record['products']['nodes'])} (weights per channel, activations calibrated on {record['products']['calibration_rows']:,} "
+             f"validation rows); float32 products {len(record['float32']['products'])}"
+             + (f", {len(record['float32']['loop_body_products'])} in loop bodies" if record['float32']['loop_body_products'] else "")
+             for section, record in precisions.get("converted", {}).items()]
+    if "auc_drop" in precisions:
+        reduced = next(name for name in precisions if name not in ("fp32", "converted", "auc_drop", "max_auc_drop"))
+        lines.append(f"validation AUC: float32 {precisions['fp32']['auc']:.4f}, {reduced} {precisions[reduced]['auc']:.4f} "
+                     f"(drop {precisions['auc_drop']:.4f}, allowed {precisions['max_auc_drop']:g})")
+    return lines
+
+
 def inspection(bundle: Path, manifest: dict[str, Any], actual_sha256: str) -> None:
     """A bundle's graph: inputs, outputs, symbolic dimensions, opset, form, precision, metrics, files and sha256."""
     onnx_info = manifest["onnx"]
@@ -99,6 +114,8 @@ def inspection(bundle: Path, manifest: dict[str, Any], actual_sha256: str) -> No
     for kind in ("inputs", "outputs"):
         for entry in onnx_info[kind]:
             click.echo(f"  {kind[:-1]:<7}{entry['name']:<20}{entry['dtype']:<9}{entry['dims']}")
+    for line in precision_lines(onnx_info.get("precisions") or {}):
+        click.echo(line)
     for split in ("valid", "test"):
         row = manifest["metrics"].get(split)
         if row:

@@ -11,7 +11,7 @@ import click
 
 from din_runtime.commands import from_renamed, renamed_flag
 
-from ..config import FORMS, VARIANTS, ModelConfig, TuneConfig, accepts_of
+from ..config import DEFAULT_MAX_AUC_DROP, FORMS, PRECISIONS, VARIANTS, ModelConfig, TuneConfig, accepts_of
 from . import output
 from .group import main
 from .options import (
@@ -24,6 +24,7 @@ from .options import (
     click_type,
     data_flags,
     explicit,
+    only_with,
     options,
     setting,
     vocabulary_caps,
@@ -40,6 +41,11 @@ from .options import (
 @click.option("--attention-form", type=click.Choice(FORMS), default=FORMS[0], show_default=True, callback=from_renamed,
               help="The attention unit in the exported graphs: folded (its first layer folded for inference) or plain.")
 @renamed_flag("--graph", "--attention-form", "attention_form", type=click.Choice(FORMS))
+@click.option("--precision", type=click.Choice(PRECISIONS[:2]), default=PRECISIONS[0], show_default=True,
+              help="int8: the bundle's graphs re-exported in int8 (as `export --precision int8`) once trained, kept only if "
+                   "their validation AUC is within --max-auc-drop of float32's.")
+@click.option("--max-auc-drop", type=click.FloatRange(min=0), default=DEFAULT_MAX_AUC_DROP, show_default=True,
+              help="With --precision int8: the validation AUC it may lose against float32.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last per-epoch checkpoint (same data and settings).")
 @click.option("--warm-start", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A bundle to continue: its vocabularies extended (every known key keeps its row), its weights copied, its "
@@ -57,6 +63,8 @@ def train_and_export_command(ctx: click.Context, **params: Any) -> None:
     from ..config import resolve
     from ..data.source import resolve_data
     from ..data.spec import with_caps
+    from ..export.precision import PrecisionRejected
+    from ..export.rebuild import export_bundle
     from ..pipeline import train_and_export
     from ..warm_start import continued_settings, load_parent
 
@@ -71,11 +79,20 @@ def train_and_export_command(ctx: click.Context, **params: Any) -> None:
         model_flags, training_flags = continued_settings(parent, spec, model_flags, training_flags)
     model_config, train_config = resolve(spec, model_flags, training_flags)  # every setting checked: nothing read yet
     out = params["out"] or DEFAULT_MODELS_DIR / f"{data.name}-{model_config.variant}"
+    only_with(ctx, ("max_auc_drop",), params["precision"] != PRECISIONS[0], "--precision int8")
     with tempfile.TemporaryDirectory(prefix="din-export-") as scratch:
         manifest = train_and_export(data.source_in(Path(scratch)), out, spec, model_config, train_config, resume=params["resume"],
                                     attention_form=params["attention_form"], warm_start=parent)
-    if manifest is not None:  # None: another rank of a torchrun job
+        if manifest is None:  # another rank of a torchrun job
+            return
         output.trained(out, manifest)
+        if params["precision"] != PRECISIONS[0]:  # while the training data (perhaps prepared into scratch) is still there
+            try:
+                reduced = export_bundle(out, out, params["attention_form"], params["precision"], max_auc_drop=params["max_auc_drop"])
+            except PrecisionRejected as error:
+                raise click.ClickException(f"{error}; the float32 bundle stays at {out}") from None
+            for line in output.precision_lines(reduced["onnx"]["precisions"]):
+                click.echo(line)
 
 
 TUNE_DEFAULTS = TuneConfig()

@@ -195,7 +195,7 @@ def write_onnx(module: torch.nn.Module, example: dict[str, np.ndarray], dynamic_
         quiet.setLevel(previous_level)
 
 
-def _graphs_of(model: onnx.ModelProto) -> list[onnx.GraphProto]:
+def graphs_of(model: onnx.ModelProto) -> list[onnx.GraphProto]:
     """The main graph and every subgraph (If/Loop bodies), where node metadata may also sit."""
     graphs, pending = [], [model.graph]
     while pending:
@@ -225,7 +225,7 @@ def name_inputs(model: onnx.ModelProto, names: list[str]) -> None:
     """Give the placeholder inputs their features' names (the exporter saw only the module's argument order, which
     is the schema's). An internal value that already holds one of those names is renamed first, to `NAME.N`, a
     name no value has, so every value stays uniquely named whatever the features are called."""
-    graphs = _graphs_of(model)
+    graphs = graphs_of(model)
     placeholders = [value.name for value in model.graph.input]
     if placeholders != [placeholder(i) for i in range(len(names))]:
         raise ExportError(f"the exported inputs {placeholders} are not the {len(names)} placeholders written")
@@ -251,7 +251,7 @@ def strip_build_metadata(model: onnx.ModelProto) -> None:
     """Drop the exporter's per-node and per-value metadata (source file paths, stack traces, module scopes of the
     exporting machine): a deployed file should not carry the build's paths, and the sha256 should not change with
     them. Nothing a consumer of the graph reads is in it."""
-    for graph in _graphs_of(model):
+    for graph in graphs_of(model):
         for node in graph.node:
             del node.metadata_props[:]
         for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):

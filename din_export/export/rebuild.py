@@ -7,6 +7,7 @@ drops by more than the threshold, unless forced.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..files import staged_bundle
 from .errors import ExportError
 from .graph_files import export_verified
 from .graphs import BATCH, GraphContract
-from .precision import PrecisionRejected, convert, session_metrics
+from .precision import PrecisionRejected, calibration_feeds, convert, session_metrics
 
 OPTIMIZATION_LEVEL = "basic"  # ONNX Runtime's basic optimisations are hardware-independent, so the saved file stays portable
 
@@ -63,14 +64,16 @@ def export_bundle(source: Path, out: Path, attention_form: str = FORMS[0], preci
     source, out = Path(source), Path(out)
     bundle = load_bundle(source)
     precisions: dict[str, Any] = {}
+    validation = functools.cache(lambda: _validation_split(bundle, valid))
 
     def finish(path: Path, contract: GraphContract) -> None:
         """Convert to the precision (the batch graph scored first, so a lossy one is refused), then optimise."""
         if precision != "fp32":
             converted = path.with_name(f"{precision}.onnx")
-            convert(path, converted, precision)
+            calibration = calibration_feeds(validation(), contract, bundle.schema) if precision == "int8" else None
+            precisions.setdefault("converted", {})[contract.section] = convert(path, converted, precision, calibration)
             if contract is BATCH:
-                split = _validation_split(bundle, valid)
+                split = validation()
                 precisions.update({"fp32": session_metrics(path, split), precision: session_metrics(converted, split)})
                 drop = precisions["fp32"]["auc"] - precisions[precision]["auc"]
                 precisions.update(auc_drop=drop, max_auc_drop=max_auc_drop)
