@@ -9,8 +9,9 @@ import pytest
 
 from din_export.data.synthetic import generate
 from din_runtime import Predictor
+from din_runtime.errors import ProviderError
 from din_runtime.predictor import SMALL_CALL_ROWS, session_options_for
-from din_runtime.providers import CPU, CUDA
+from din_runtime.providers import CPU, CUDA, OPENVINO
 from helpers import rank_against_predict
 
 
@@ -58,6 +59,28 @@ def test_cuda_with_fallback_warns_instead_of_raising(bundle: Path, caplog: pytes
     else:
         assert predictor.providers == [CPU]
         assert "fallback=True" in caplog.text
+
+
+def test_openvino_runs_with_parity_or_is_refused_in_one_line(bundle: Path) -> None:
+    """OpenVINO's plugin provider where it is installed and offers a CPU device (Intel); else a one-line refusal
+    saying which of the two is missing, and with fallback the CPU provider."""
+    try:
+        import onnxruntime_ep_openvino  # noqa: F401 - only whether it is there
+        installed = True
+    except ImportError:
+        installed = False
+    batch = rows(300, seed=5)
+    try:
+        predictor = Predictor.load(bundle, providers="openvino")
+    except ProviderError as error:
+        message = str(error)
+        assert "\n" not in message and message.startswith("OpenVINO was asked for")
+        assert ("not installed" in message) is not installed and ("no CPU device" in message) is installed
+        assert Predictor.load(bundle, providers="openvino", fallback=True).providers == [CPU]
+        return
+    assert predictor.providers[0] == OPENVINO  # no silent fallback to ONNX Runtime's CPU kernels
+    expected = Predictor.load(bundle, providers="cpu").predict(batch)
+    assert np.max(np.abs(predictor.predict(batch) - expected)) <= 1e-5
 
 
 def test_many_threads_get_the_sequential_results(bundle: Path) -> None:

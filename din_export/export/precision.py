@@ -17,6 +17,7 @@ fp16: float16 weights and arithmetic for CUDA, with float32 inputs and outputs k
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,13 +99,17 @@ def per_behaviour_products(model: onnx.ModelProto) -> tuple[list[str], list[str]
     return per_behaviour, other
 
 
-def quantize_int8(source: Path, target: Path, calibration: Feeds) -> dict[str, Any]:
-    """The int8 graph (module docstring) and what was quantised: the manifest's record of it."""
+ProductChoice = Callable[[onnx.ModelProto], tuple[list[str], list[str]]]  # (products to quantise, products kept float32)
+
+
+def quantize_int8(source: Path, target: Path, calibration: Feeds, choose: ProductChoice = per_behaviour_products) -> dict[str, Any]:
+    """The int8 graph (module docstring) and what was quantised: the manifest's record of it. `choose`: which matrix
+    products go to int8 (benchmarks/int8_options.py measures other choices)."""
     model = onnx.load(str(source))
     del model.graph.value_info[:]
     tables = sorted({i for node in model.graph.node if node.op_type in EMBEDDING_OPS for i in node.input[:1]}
                     & {t.name for t in model.graph.initializer})
-    products, float_products = per_behaviour_products(model)
+    products, float_products = choose(model)
     advice = _WithoutPreprocessingAdvice()
     logging.getLogger().addFilter(advice)
     try:
@@ -112,11 +117,14 @@ def quantize_int8(source: Path, target: Path, calibration: Feeds) -> dict[str, A
             cleared, embedded = Path(scratch) / "cleared.onnx", Path(scratch) / "embedded.onnx"
             onnx.save(model, str(cleared))
             quantize_dynamic(str(cleared), str(embedded), weight_type=QuantType.QInt8, op_types_to_quantize=EMBEDDING_OPS)
-            rows = sum(len(next(iter(feed.values()))) for feed in calibration())
-            quantize_static(str(embedded), str(target), _Feeds(calibration()), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=PRODUCT_OPS, nodes_to_quantize=products, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                            calibration_providers=["CPUExecutionProvider"])
+            rows = sum(len(next(iter(feed.values()))) for feed in calibration()) if products else 0
+            if not products:
+                os.replace(embedded, target)
+            else:
+                quantize_static(str(embedded), str(target), _Feeds(calibration()), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=PRODUCT_OPS, nodes_to_quantize=products, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                                calibration_providers=["CPUExecutionProvider"])
     finally:
         logging.getLogger().removeFilter(advice)
     in_loops = [node.name for graph in graphs_of(onnx.load(str(target)))[1:] for node in graph.node if node.op_type in PRODUCT_OPS]

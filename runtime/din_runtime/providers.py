@@ -1,6 +1,8 @@
 """Choosing ONNX Runtime execution providers and confirming the ones actually in use.
 
-ONNX Runtime falls back from CUDA to CPU without raising; this module makes that visible.
+ONNX Runtime falls back from CUDA to CPU without raising; this module makes that visible. OpenVINO's execution
+provider comes as a plugin library (the `onnxruntime-ep-openvino` package, `din-runtime[openvino]`), registered
+with ONNX Runtime once per process and attached to a session through the OpenVINO CPU device it reports.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ from .errors import ProviderError
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-CHOICES = ("auto", "cpu", "cuda")  # what the command lines offer; a list of provider names works in Python too
+OPENVINO = "OpenVINOExecutionProvider"
+CHOICES = ("auto", "cpu", "cuda", "openvino")  # what the command lines offer; a list of provider names works in Python too
+OPENVINO_OPTIONS = {"precision": "FP32"}  # float32 arithmetic, for parity (OpenVINO may pick bf16 on CPUs that have it)
+_PLUGIN = threading.Lock()
+_registered: set[str] = set()  # plugin libraries registered with ONNX Runtime in this process (once each)
 ProviderChoice = str | Sequence[str]
 _STDERR = threading.Lock()
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -49,9 +55,35 @@ def _stderr_held() -> Iterator[list[str]]:
             held.append(_ANSI.sub("", sink.read().decode("utf-8", errors="replace")))
 
 
+def openvino_devices() -> list[Any]:
+    """The OpenVINO plugin's CPU devices (ONNX Runtime's OrtEpDevice), the plugin registered on first use; a
+    ProviderError saying why where there are none."""
+    try:
+        import onnxruntime_ep_openvino as plugin
+    except ImportError:
+        raise ProviderError("OpenVINO was asked for, but the onnxruntime-ep-openvino package is not installed "
+                            "(pip install 'din-runtime[openvino]')") from None
+    with _PLUGIN:
+        if OPENVINO not in _registered:
+            try:
+                ort.register_execution_provider_library("openvino", plugin.get_library_path())
+            except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types for a library it cannot load
+                raise ProviderError(f"OpenVINO's plugin library could not be registered: {str(error).splitlines()[0][:200]}") from None
+            _registered.add(OPENVINO)
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == OPENVINO and d.ep_metadata.get("ov_device") == "CPU"]
+    if not devices:
+        hardware = sorted({f"{d.device.type.name} by {d.device.vendor or 'an unnamed vendor'}" for d in ort.get_ep_devices()})
+        raise ProviderError(f"OpenVINO was asked for, but its plugin offers no CPU device on this machine (ONNX Runtime sees "
+                            f"{', '.join(hardware)}; the plugin serves Intel hardware)")
+    return devices
+
+
 def resolve(choice: ProviderChoice) -> tuple[list[str], bool]:
     """Return (providers to request, whether the first one is required rather than preferred)."""
     available = ort.get_available_providers()
+    if choice == "openvino":
+        openvino_devices()
+        return [OPENVINO, CPU], True
     if choice == "auto":
         return ([CUDA, CPU] if CUDA in available else [CPU]), False
     if choice == "cpu":
@@ -74,7 +106,7 @@ def preferred(choice: ProviderChoice) -> str:
     if choice == "auto":
         return CUDA if CUDA in ort.get_available_providers() else CPU
     if isinstance(choice, str):
-        return {"cpu": CPU, "cuda": CUDA}.get(choice, choice)
+        return {"cpu": CPU, "cuda": CUDA, "openvino": OPENVINO}.get(choice, choice)
     return list(choice)[0] if list(choice) else CPU
 
 
@@ -94,7 +126,10 @@ def create_session(model_path: str, choice: ProviderChoice, options: ort.Session
     if provider_options is not None and len(provider_options) != len(requested):
         raise ValueError(f"provider_options needs one dict per provider {requested}")
     held = [""]
-    if requested[0] != CUDA:
+    if requested[0] == OPENVINO:  # a plugin provider joins through its devices; ONNX Runtime's CPU provider takes the rest
+        options.add_provider_for_devices(openvino_devices(), {**OPENVINO_OPTIONS, **((provider_options or [{}])[0])})
+        session = ort.InferenceSession(model_path, sess_options=options)
+    elif requested[0] != CUDA:
         session = ort.InferenceSession(model_path, sess_options=options, providers=requested, provider_options=provider_options)
     else:  # ONNX Runtime's own load error for missing CUDA libraries is reported once, below, in our words with its reason
         with _stderr_held() as held:
