@@ -6,12 +6,13 @@ Each option converts the bundle's model.onnx and rank.onnx (activation ranges, w
 validation split as `export --precision int8` does):
 
 - fp32: the graphs as trained;
-- tables: the embedding tables alone in int8;
+- tables: the embedding tables alone in int8 (`--precision int8`, by default);
 - dynamic: the tables and every matrix product, activation ranges found per call (ONNX Runtime's quantize_dynamic,
   weights per channel);
-- static, constant weights: the tables and the products whose right-hand side is a weight (QDQ);
-- static, per behaviour: the tables and the products that run once per behaviour (QDQ): `--precision int8`;
-- static, all: the tables and every product (QDQ).
+- static, constant weights: the tables and the products whose right-hand side is a weight (QDQ;
+  `--int8-products constant-weights`);
+- static, per behaviour: the tables and the products that run once per behaviour (QDQ; `--int8-products per-behaviour`);
+- static, all: the tables and every product (QDQ; `--int8-products all`).
 
 For each: validation AUC, the largest probability difference from fp32 on random feeds with histories of 0, 1, 2,
 max_len and 3 x max_len behaviours, and the time per call at 1 x 50, 256 x 50 and rank of 1,000 candidates x 50,
@@ -36,7 +37,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from din_export.bundle import load_bundle
 from din_export.export.graphs import BATCH, RANKING, GraphContract, one_history, random_feed
-from din_export.export.precision import PRODUCT_OPS, calibration_feeds, per_behaviour_products, quantize_int8, session_metrics
+from din_export.export.precision import PRODUCT_OPS, calibration_feeds, quantize_int8, session_metrics
 from din_export.export.rebuild import _validation_split
 from din_runtime.manifest import MODEL_FILE, RANKING_FILE
 from din_runtime.providers import cpu_session
@@ -45,22 +46,8 @@ THREADS = 2
 CALLS = {"1 x 50": 100, "256 x 50": 4, "rank 1,000 x 50": 2}
 
 
-def constant_weight_products(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    weights = {t.name for t in model.graph.initializer}
-    products = [node for node in model.graph.node if node.op_type in PRODUCT_OPS]
-    return [n.name for n in products if n.input[1] in weights], [n.name for n in products if n.input[1] not in weights]
-
-
-def every_product(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    return [node.name for node in model.graph.node if node.op_type in PRODUCT_OPS], []
-
-
-def no_product(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    return [], [node.name for node in model.graph.node if node.op_type in PRODUCT_OPS]
-
-
-STATIC = {"tables": no_product, "static, constant weights": constant_weight_products,
-          "static, per behaviour": per_behaviour_products, "static, all": every_product}
+STATIC = {"tables": "none", "static, constant weights": "constant-weights", "static, per behaviour": "per-behaviour",
+          "static, all": "all"}  # option: its --int8-products
 
 
 def convert(option: str, source: Path, target: Path, feeds) -> None:

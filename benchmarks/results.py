@@ -221,6 +221,20 @@ def time_to_quality(scratch: Path) -> tuple[str, str]:
             tables_in(output))
 
 
+def int8_options(scratch: Path) -> tuple[str, str]:
+    """The int8 choices on a MovieLens-100k ids+genre DIN (defaults, at most 4 epochs to bound the time)."""
+    data, bundle = scratch / "ids-genre", scratch / "din"
+    run([str(BIN / "din-export"), "prepare", "--spec", "examples/movielens-100k-ids-genre.toml", "--log", str(ML100K / "ml-100k.inter"),
+         "--items", str(ML100K / "ml-100k.item"), "--out", str(data)])
+    run([str(BIN / "din-export"), "train-and-export", "--data", str(data), "--spec", str(data / "spec.toml"), "--epochs", "4",
+         "--out", str(bundle), "--quiet"])
+    output = run([sys.executable, "benchmarks/int8_options.py", str(bundle)])
+    command = ("din-export prepare --spec examples/movielens-100k-ids-genre.toml --log ml-100k.inter --items ml-100k.item --out ids-genre "
+               "&& din-export train-and-export --data ids-genre --spec ids-genre/spec.toml --epochs 4 --out din "
+               "&& python benchmarks/int8_options.py din")
+    return command, tables_in(output)
+
+
 def thread_pools(scratch: Path) -> tuple[str, str]:
     arguments = ["--rounds", "5"]
     output = run([sys.executable, "benchmarks/thread_pools.py", *arguments])
@@ -328,6 +342,7 @@ MEASUREMENTS = {
     "server-load": Measurement(server_load),
     "swap-latency": Measurement(swap_latency),
     "thread-pools": Measurement(thread_pools),
+    "int8-options": Measurement(int8_options, needs_movielens=True),
     "time-to-quality": Measurement(time_to_quality, needs_movielens=True),
     "store-serving": Measurement(store_serving, needs_movielens=True),
     "recency": Measurement(recency, needs_movielens=True),

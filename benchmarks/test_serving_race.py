@@ -16,9 +16,9 @@ Histories are 50 long and, for `predict`, given as Python lists, as JSON decodes
   graph per shape, its fastest form), on encoded tensors;
 - OpenVINO: its CPU plugin on the bundle's model.onnx, on the encoded feed, in float32 (its default may compute in bf16);
 - eager: the bundle's PyTorch model, torch.inference_mode;
-- session int8 / predict int8: the same weights exported with `--precision int8` (int8 embedding tables and
-  per-behaviour matrix products, activation ranges calibrated on the validation split), its session alone and
-  predict on it;
+- session int8 / predict int8: the same weights exported with `--precision int8 --int8-products per-behaviour`
+  (int8 embedding tables and the attention unit's matrix products in integers, activation ranges calibrated on the
+  validation split), its session alone and predict on it;
 - floor: the folded graph's matrix-product FLOPs (benchmarks/flops.py) at the GEMM rate of a 1024^3 float32 product
   in ONNX Runtime, timed once per round among the columns: what the arithmetic alone needs at this machine's rate;
   floor int8: the same operations at the rate of a 1024^3 uint8 x int8 product (MatMulInteger) of the same rounds.
@@ -87,7 +87,8 @@ def engines(reference_bundle: Path, torch_threads, tmp_path_factory: pytest.Temp
     torch_threads(THREADS)
     predictor = Predictor.load(reference_bundle, providers="cpu", threads=THREADS)
     int8_bundle = tmp_path_factory.mktemp("race") / "int8"
-    export_bundle(reference_bundle, int8_bundle, precision="int8", force=True)  # one short epoch: the AUC gate is not the point here
+    # one short epoch: the AUC gate is not the point here
+    export_bundle(reference_bundle, int8_bundle, precision="int8", force=True, int8_products="per-behaviour")
     int8 = Predictor.load(int8_bundle, providers="cpu", threads=THREADS)
     eager = ProbabilityModel(in_form(load_bundle(reference_bundle).din, "folded"))  # what model.onnx computes, calibration too
     compiled = torch.compile(eager, backend="inductor", dynamic=False)  # static: recompiled per shape, at its fastest

@@ -48,6 +48,10 @@ HELD_OUT_FRACTION = 0.1  # train-and-export --data without --valid / --test: eac
 STRATEGIES = ("uniform", "popularity")  # [sampling] strategy
 SYNTHETIC_SAMPLES = 100_000  # rows of the built-in data (--samples)
 SYNTHETIC_MIN_SAMPLES = 100
+# `--precision int8 --int8-products`: which matrix products compute in int8 beside the int8 tables. "none" by
+# measurement (benchmarks/int8_options.py, Export guide "int8"): on the CPUs measured, ONNX Runtime's integer
+# kernels at this model's product widths were no faster than float32, and slower for single rows.
+INT8_PRODUCTS = ("none", "per-behaviour", "constant-weights", "all")
 CALIBRATION_ROWS = 4096  # `--precision int8`: validation rows whose activation ranges fix the int8 scales
 CALIBRATION_BATCH_ROWS = 512
 SCORING_BATCH_ROWS = 4096  # rows per ONNX Runtime call when an export scores a split (a precision's AUC check)

@@ -83,7 +83,9 @@ def test_precision_variants_verify_and_record_validation_metrics(source_bundle: 
 
 @pytest.mark.slow
 def test_int8_computes_the_per_behaviour_products_in_integers_and_stays_near_float32(source_bundle: Path, tmp_path: Path) -> None:
-    manifest = export_bundle(source_bundle, tmp_path / "int8", precision="int8", force=True)
+    tables_only = export_bundle(source_bundle, tmp_path / "tables", precision="int8", force=True)["onnx"]["precisions"]["converted"]
+    assert all(not r["products"]["nodes"] and r["products"]["calibration_rows"] == 0 for r in tables_only.values())  # the default
+    manifest = export_bundle(source_bundle, tmp_path / "int8", precision="int8", force=True, int8_products="per-behaviour")
     converted = manifest["onnx"]["precisions"]["converted"]
     assert set(converted) == {"onnx", "ranking", "explain"}
     for record in converted.values():  # the attention unit in int8, the MLP on the pooled interest in float32

@@ -14,6 +14,7 @@ from ..config import (
     EXPLAIN_FIGURE_MAX_ROWS,
     EXPLAIN_FIGURE_ROWS,
     FORMS,
+    INT8_PRODUCTS,
     PRECISIONS,
     TRITON_INSTANCES,
     TRITON_MAX_BATCH_SIZE,
@@ -33,22 +34,27 @@ EXPLANATION_FILE = "explanation.png"  # report --explain's figure, by default in
               help="The attention unit in the graphs: folded (for inference) or plain.")
 @renamed_flag("--graph", "--attention-form", "attention_form", type=click.Choice(FORMS))
 @click.option("--precision", type=click.Choice(PRECISIONS), default=PRECISIONS[0], show_default=True, callback=from_renamed,
-              help="int8: ONNX Runtime dynamic quantisation; fp16: half precision for CUDA (float32 inputs and outputs).")
+              help="int8: int8 embedding tables (and, with --int8-products, matrix products); fp16: half precision for CUDA "
+                   "(float32 inputs and outputs).")
 @renamed_flag("--variant", "--precision", "precision", type=click.Choice(PRECISIONS))  # its name in 0.1.0
 @click.option("--valid", type=FILE, help="Validation table to score a precision on (default: the bundle's own validation split).")
 @click.option("--max-auc-drop", type=click.FloatRange(min=0), default=DEFAULT_MAX_AUC_DROP, show_default=True,
               help="Refuse a precision whose validation AUC is lower than float32's by more than this.")
 @click.option("--force", is_flag=True, help="Keep a precision even past --max-auc-drop.")
+@click.option("--int8-products", type=click.Choice(INT8_PRODUCTS), default=INT8_PRODUCTS[0], show_default=True,
+              help="With --precision int8, the matrix products computed in int8 too (static, calibrated on validation rows): "
+                   "per-behaviour (the attention unit), constant-weights, all, or none (measured no faster here; Export guide).")
 @click.option("--optimize", is_flag=True, help="Save ONNX Runtime's basic (portable) offline optimisation of the graph.")
 @click.pass_context
 def export_command(ctx: click.Context, source: Path, out: Path, attention_form: str, precision: str, valid: Path | None,
-                   max_auc_drop: float, force: bool, optimize: bool) -> None:
+                   max_auc_drop: float, force: bool, int8_products: str, optimize: bool) -> None:
     """Export a bundle folder or a weights.pt checkpoint again, without retraining: attention form, precision, optimisation."""
     from ..export.rebuild import export_bundle
 
     only_with(ctx, ("valid", "max_auc_drop", "force"), precision != PRECISIONS[0],
               "--precision int8 or fp16 (the AUC check of a reduced precision); float32 has none")
-    manifest = export_bundle(source, out, attention_form, precision, valid, max_auc_drop, force, optimize)
+    only_with(ctx, ("int8_products",), precision == "int8", "--precision int8")
+    manifest = export_bundle(source, out, attention_form, precision, valid, max_auc_drop, force, optimize, int8_products)
     onnx_info = manifest["onnx"]
     click.echo(f"bundle written to {out}: {attention_form} attention, {precision}; ONNX vs PyTorch max |diff| "
                f"{onnx_info['parity']['max_abs_diff']:.2e} (tolerance {onnx_info['parity']['atol']})")

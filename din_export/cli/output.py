@@ -94,8 +94,9 @@ def precision_lines(precisions: dict[str, Any]) -> list[str]:
     """What a reduced precision converted, per graph, and what its AUC check found."""
     lines = [f"{section}: {record['weights']} weights, {record['arithmetic']} arithmetic" if "arithmetic" in record else
              f"{section}: int8 embedding tables {', '.join(record['embeddings']['tables']) or 'none'}; int8 products "
-             f"{len(record['products']['nodes'])} (weights per channel, activations calibrated on {record['products']['calibration_rows']:,} "
-             f"validation rows); float32 products {len(record['float32']['products'])}"
+             f"{len(record['products']['nodes'])} ({record['products']['choice']}"
+             + (f"; weights per channel, activations calibrated on {record['products']['calibration_rows']:,} validation rows"
+                if record['products']['nodes'] else "") + f"); float32 products {len(record['float32']['products'])}"
              + (f", {len(record['float32']['loop_body_products'])} in loop bodies" if record['float32']['loop_body_products'] else "")
              for section, record in precisions.get("converted", {}).items()]
     if "auc_drop" in precisions:

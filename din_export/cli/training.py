@@ -11,7 +11,7 @@ import click
 
 from din_runtime.commands import from_renamed, renamed_flag
 
-from ..config import DEFAULT_MAX_AUC_DROP, FORMS, PRECISIONS, VARIANTS, ModelConfig, TuneConfig, accepts_of
+from ..config import DEFAULT_MAX_AUC_DROP, FORMS, INT8_PRODUCTS, PRECISIONS, VARIANTS, ModelConfig, TuneConfig, accepts_of
 from . import output
 from .group import main
 from .options import (
@@ -46,6 +46,8 @@ from .options import (
                    "their validation AUC is within --max-auc-drop of float32's.")
 @click.option("--max-auc-drop", type=click.FloatRange(min=0), default=DEFAULT_MAX_AUC_DROP, show_default=True,
               help="With --precision int8: the validation AUC it may lose against float32.")
+@click.option("--int8-products", type=click.Choice(INT8_PRODUCTS), default=INT8_PRODUCTS[0], show_default=True,
+              help="With --precision int8: the matrix products computed in int8 too (as `export --int8-products`).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its last per-epoch checkpoint (same data and settings).")
 @click.option("--warm-start", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A bundle to continue: its vocabularies extended (every known key keeps its row), its weights copied, its "
@@ -79,7 +81,7 @@ def train_and_export_command(ctx: click.Context, **params: Any) -> None:
         model_flags, training_flags = continued_settings(parent, spec, model_flags, training_flags)
     model_config, train_config = resolve(spec, model_flags, training_flags)  # every setting checked: nothing read yet
     out = params["out"] or DEFAULT_MODELS_DIR / f"{data.name}-{model_config.variant}"
-    only_with(ctx, ("max_auc_drop",), params["precision"] != PRECISIONS[0], "--precision int8")
+    only_with(ctx, ("max_auc_drop", "int8_products"), params["precision"] != PRECISIONS[0], "--precision int8")
     with tempfile.TemporaryDirectory(prefix="din-export-") as scratch:
         manifest = train_and_export(data.source_in(Path(scratch)), out, spec, model_config, train_config, resume=params["resume"],
                                     attention_form=params["attention_form"], warm_start=parent)
@@ -88,7 +90,8 @@ def train_and_export_command(ctx: click.Context, **params: Any) -> None:
         output.trained(out, manifest)
         if params["precision"] != PRECISIONS[0]:  # while the training data (perhaps prepared into scratch) is still there
             try:
-                reduced = export_bundle(out, out, params["attention_form"], params["precision"], max_auc_drop=params["max_auc_drop"])
+                reduced = export_bundle(out, out, params["attention_form"], params["precision"], max_auc_drop=params["max_auc_drop"],
+                                        int8_products=params["int8_products"])
             except PrecisionRejected as error:
                 raise click.ClickException(f"{error}; the float32 bundle stays at {out}") from None
             for line in output.precision_lines(reduced["onnx"]["precisions"]):

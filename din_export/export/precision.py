@@ -1,14 +1,16 @@
 """Precision (--precision): quantised and half-precision graphs, scored on validation data beside float32.
 
-int8, two passes of ONNX Runtime's quantiser:
+int8, up to two passes of ONNX Runtime's quantiser:
 - the embedding tables (Gather), which hold nearly all the weights: int8 tables, each looked-up row dequantised
-  (dynamic quantisation of the weights alone; nothing to calibrate);
-- every matrix product of the main graph (the attention unit's layers, the folded first layer's batched product,
-  the MLP): static QDQ, int8 weights per output channel, uint8 activations whose ranges are calibrated on rows of
-  the validation split, so that ONNX Runtime fuses them into integer kernels (QLinearMatMul, QGemm,
-  QLinearSigmoid between them). Products inside a recurrence's loop body (DIEN's GRU and AUGRU) stay float32: the
-  static quantiser does not enter subgraphs. Chosen by measurement against dynamic quantisation of the products
-  (activation ranges found per call) and against QDQ of the constant-weight products alone (Export guide, "int8").
+  (dynamic quantisation of the weights alone; nothing to calibrate). Always.
+- with --int8-products, matrix products of the main graph: static QDQ, int8 weights per output channel, uint8
+  activations whose ranges are calibrated on rows of the validation split, which ONNX Runtime fuses into integer
+  kernels (QLinearMatMul, QGemm, QLinearSigmoid between them). "per-behaviour" takes the products that run once
+  per behaviour (the attention unit), whose inputs are bounded whatever the history's length; the pooling sum and
+  the MLP on the pooled interest grow with it, so ranges calibrated at max_len would clip longer histories.
+  Products inside a loop body (DIEN's GRU and AUGRU) stay float32: the static quantiser does not enter subgraphs.
+  The default is "none": measured with benchmarks/int8_options.py, no choice of products ran faster than float32
+  on this model's narrow products (Export guide, "int8").
 The exporter stores value_info for intermediate tensors, which the quantiser's shape handling trips over, so it
 is cleared first.
 fp16: float16 weights and arithmetic for CUDA, with float32 inputs and outputs kept (keep_io_types).
@@ -34,7 +36,7 @@ from din_runtime.manifest import OUTPUT_NAME
 from din_runtime.providers import cpu_session
 from din_runtime.schema import FeatureSchema
 
-from ..config import CALIBRATION_BATCH_ROWS, CALIBRATION_ROWS, PRECISIONS, SCORING_BATCH_ROWS
+from ..config import CALIBRATION_BATCH_ROWS, CALIBRATION_ROWS, INT8_PRODUCTS, PRECISIONS, SCORING_BATCH_ROWS
 from ..data.splits import EncodedSplit
 from ..training.metrics import evaluate
 from .errors import ExportError
@@ -99,17 +101,36 @@ def per_behaviour_products(model: onnx.ModelProto) -> tuple[list[str], list[str]
     return per_behaviour, other
 
 
-ProductChoice = Callable[[onnx.ModelProto], tuple[list[str], list[str]]]  # (products to quantise, products kept float32)
+def constant_weight_products(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    """The products whose right-hand side is a weight, and the rest (activation by activation)."""
+    weights = {t.name for t in model.graph.initializer}
+    products = [node for node in model.graph.node if node.op_type in PRODUCT_OPS]
+    return [n.name for n in products if n.input[1] in weights], [n.name for n in products if n.input[1] not in weights]
 
 
-def quantize_int8(source: Path, target: Path, calibration: Feeds, choose: ProductChoice = per_behaviour_products) -> dict[str, Any]:
-    """The int8 graph (module docstring) and what was quantised: the manifest's record of it. `choose`: which matrix
-    products go to int8 (benchmarks/int8_options.py measures other choices)."""
+def every_product(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    return [node.name for node in model.graph.node if node.op_type in PRODUCT_OPS], []
+
+
+def no_product(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    return [], [node.name for node in model.graph.node if node.op_type in PRODUCT_OPS]
+
+
+# --int8-products: (products to quantise, products kept float32) of a graph
+PRODUCT_CHOICES: dict[str, Callable[[onnx.ModelProto], tuple[list[str], list[str]]]] = {
+    "none": no_product, "per-behaviour": per_behaviour_products, "constant-weights": constant_weight_products, "all": every_product}
+
+
+def quantize_int8(source: Path, target: Path, calibration: Feeds | None, products_choice: str = INT8_PRODUCTS[0]) -> dict[str, Any]:
+    """The int8 graph (module docstring) and what was quantised: the manifest's record of it. `products_choice`:
+    which matrix products go to int8 (a key of PRODUCT_CHOICES); all but "none" need calibration feeds."""
     model = onnx.load(str(source))
     del model.graph.value_info[:]
     tables = sorted({i for node in model.graph.node if node.op_type in EMBEDDING_OPS for i in node.input[:1]}
                     & {t.name for t in model.graph.initializer})
-    products, float_products = choose(model)
+    products, float_products = PRODUCT_CHOICES[products_choice](model)
+    if products and calibration is None:
+        raise ValueError(f"int8 products '{products_choice}' need calibration feeds (rows of the validation split)")
     advice = _WithoutPreprocessingAdvice()
     logging.getLogger().addFilter(advice)
     try:
@@ -117,7 +138,7 @@ def quantize_int8(source: Path, target: Path, calibration: Feeds, choose: Produc
             cleared, embedded = Path(scratch) / "cleared.onnx", Path(scratch) / "embedded.onnx"
             onnx.save(model, str(cleared))
             quantize_dynamic(str(cleared), str(embedded), weight_type=QuantType.QInt8, op_types_to_quantize=EMBEDDING_OPS)
-            rows = sum(len(next(iter(feed.values()))) for feed in calibration()) if products else 0
+            rows = sum(len(next(iter(feed.values()))) for feed in calibration()) if calibration and products else 0
             if not products:
                 os.replace(embedded, target)
             else:
@@ -129,18 +150,17 @@ def quantize_int8(source: Path, target: Path, calibration: Feeds, choose: Produc
         logging.getLogger().removeFilter(advice)
     in_loops = [node.name for graph in graphs_of(onnx.load(str(target)))[1:] for node in graph.node if node.op_type in PRODUCT_OPS]
     return {"embeddings": {"tables": tables, "weights": "int8 per table"},
-            "products": {"nodes": products, "weights": "int8 per output channel", "activations": "uint8, static",
+            "products": {"choice": products_choice, "nodes": products, "weights": "int8 per output channel", "activations": "uint8, static",
                          "calibration_rows": rows, "format": "QDQ"},
             "float32": {"products": float_products, "loop_body_products": in_loops}}
 
 
-def convert(source: Path, target: Path, precision: str, calibration: Feeds | None = None) -> dict[str, Any]:
+def convert(source: Path, target: Path, precision: str, calibration: Feeds | None = None,
+            int8_products: str = INT8_PRODUCTS[0]) -> dict[str, Any]:
     """Write the `precision` form of the float32 graph at `source` to `target`; return what was converted (int8:
-    calibrated on `calibration`'s feeds)."""
+    `int8_products` quantised too, calibrated on `calibration`'s feeds)."""
     if precision == "int8":
-        if calibration is None:
-            raise ValueError("int8 needs calibration feeds (rows of the validation split)")
-        return quantize_int8(source, target, calibration)
+        return quantize_int8(source, target, calibration, int8_products)
     if precision == "fp16":
         converted = ir.from_proto(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
         converted.graph.sort()  # the converter appends Cast nodes out of topological order, which onnx.checker rejects

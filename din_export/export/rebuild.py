@@ -20,7 +20,7 @@ from din_runtime.manifest import PLOT_FILE, RELIABILITY_FILE
 from din_runtime.providers import cpu_session
 
 from ..bundle import LoadedBundle, load_bundle, save_checkpoint, write_manifest
-from ..config import DEFAULT_MAX_AUC_DROP, FORMS
+from ..config import DEFAULT_MAX_AUC_DROP, FORMS, INT8_PRODUCTS
 from ..data.samples import read_table
 from ..data.source import DataSource
 from ..data.splits import EncodedSplit, encode_split, load_tables
@@ -59,8 +59,10 @@ def optimize_offline(path: Path) -> None:
 
 
 def export_bundle(source: Path, out: Path, attention_form: str = FORMS[0], precision: str = "fp32", valid: Path | None = None,
-                  max_auc_drop: float = DEFAULT_MAX_AUC_DROP, force: bool = False, optimize: bool = False) -> dict[str, Any]:
-    """Write a verified bundle at `out` and return its manifest."""
+                  max_auc_drop: float = DEFAULT_MAX_AUC_DROP, force: bool = False, optimize: bool = False,
+                  int8_products: str = INT8_PRODUCTS[0]) -> dict[str, Any]:
+    """Write a verified bundle at `out` and return its manifest. int8_products: with precision int8, which matrix
+    products compute in int8 (config.INT8_PRODUCTS)."""
     source, out = Path(source), Path(out)
     bundle = load_bundle(source)
     precisions: dict[str, Any] = {}
@@ -70,8 +72,9 @@ def export_bundle(source: Path, out: Path, attention_form: str = FORMS[0], preci
         """Convert to the precision (the batch graph scored first, so a lossy one is refused), then optimise."""
         if precision != "fp32":
             converted = path.with_name(f"{precision}.onnx")
-            calibration = calibration_feeds(validation(), contract, bundle.schema) if precision == "int8" else None
-            precisions.setdefault("converted", {})[contract.section] = convert(path, converted, precision, calibration)
+            calibrated = precision == "int8" and int8_products != INT8_PRODUCTS[0]
+            calibration = calibration_feeds(validation(), contract, bundle.schema) if calibrated else None
+            precisions.setdefault("converted", {})[contract.section] = convert(path, converted, precision, calibration, int8_products)
             if contract is BATCH:
                 split = validation()
                 precisions.update({"fp32": session_metrics(path, split), precision: session_metrics(converted, split)})
