@@ -153,25 +153,20 @@ def test_predict_replicated(benchmark, predictor: Predictor, candidates: int, le
     assert np.max(np.abs(probabilities[ranking.order] - ranking.probabilities)) <= 1e-5
 
 
-def matmul_session(size: int) -> ort.InferenceSession:
-    """ONNX Runtime running one float32 (size x size) @ (size x size) product, with a constant right-hand side."""
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [size, size], np.random.default_rng(0).random((size, size), dtype=np.float32).ravel())
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["y"])], "gemm",
-                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def integer_matmul_session(size: int) -> ort.InferenceSession:
-    """ONNX Runtime running one (size x size) uint8 @ int8 product into int32 (MatMulInteger, a constant right-hand
-    side): the machine's integer rate, which int8 graphs compute at (VNNI where the CPU has it)."""
-    weight = helper.make_tensor("w", TensorProto.INT8, [size, size], np.random.default_rng(0).integers(-127, 128, (size, size)).ravel())
-    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "gemm_int8",
-                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])], [weight])
+def matmul_session(size: int, integer: bool = False) -> ort.InferenceSession:
+    """ONNX Runtime running one (size x size) @ (size x size) product with a constant right-hand side: float32
+    (MatMul), or with `integer` uint8 @ int8 into int32 (MatMulInteger), the rate int8 graphs compute at (VNNI
+    where the CPU has it)."""
+    rng = np.random.default_rng(0)
+    if integer:
+        op, a_type, w_type, y_type = "MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32
+        values = rng.integers(-127, 128, (size, size))
+    else:
+        op, a_type, w_type, y_type = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT
+        values = rng.random((size, size), dtype=np.float32)
+    weight = helper.make_tensor("w", w_type, [size, size], values.ravel())
+    graph = helper.make_graph([helper.make_node(op, ["a", "w"], ["y"])], "gemm", [helper.make_tensor_value_info("a", a_type, [size, size])],
+                              [helper.make_tensor_value_info("y", y_type, [size, size])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS

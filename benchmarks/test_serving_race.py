@@ -49,7 +49,7 @@ from din_export.export.graphs import TOLERANCE
 from din_export.export.rebuild import export_bundle
 from din_export.model.base import ProbabilityModel, in_form
 from din_runtime import Predictor
-from test_latency import GEMM_SIZE, THREADS, integer_matmul_session, matmul_session, ranking_request, raw_batch
+from test_latency import GEMM_SIZE, THREADS, matmul_session, ranking_request, raw_batch
 
 SHAPES = ((1, 50), (256, 50), (1024, 50))
 ROUNDS = 20
@@ -96,7 +96,7 @@ def engines(reference_bundle: Path, torch_threads, tmp_path_factory: pytest.Temp
     openvino = core.compile_model(core.read_model(str(reference_bundle / "model.onnx")), "CPU",
                                   {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
     return {"predictor": predictor, "int8": int8, "eager": eager, "compiled": compiled, "openvino": openvino,
-            "gemm": matmul_session(GEMM_SIZE), "gemm int8": integer_matmul_session(GEMM_SIZE)}
+            "gemm": matmul_session(GEMM_SIZE), "gemm int8": matmul_session(GEMM_SIZE, integer=True)}
 
 
 def columns(engines: dict, batch: int, length: int) -> dict[str, Callable[[], np.ndarray]]:
