@@ -154,8 +154,12 @@ def test_graphs_raw_inputs_evaluate_and_compare(family: dict[str, Path], rows: d
         for graph in ("model.onnx", "rank.onnx", "explain.onnx"):
             shapes = [tuple(t.dims) for t in onnx.load(str(bundle / graph)).graph.initializer]
             assert not any(DIEN_AUXILIARY_HIDDEN[0] in shape for shape in shapes), graph
-    reduced = CliRunner().invoke(main, ["export", str(bundle), "--precision", "int8", "--force", "--out", str(tmp_path / "int8")])
+    reduced = CliRunner().invoke(main, ["export", str(bundle), "--precision", "int8", "--int8-products", "per-behaviour", "--force",
+                                        "--out", str(tmp_path / "int8")])
     assert reduced.exit_code == 0 and "validation AUC" in reduced.output, reduced.output  # parity at int8 tolerance, Scan and all
+    converted = json.loads((tmp_path / "int8" / "manifest.json").read_text())["onnx"]["precisions"]["converted"]
+    assert converted["onnx"]["products"]["nodes"]  # the per-behaviour products in int8, whatever the model
+    assert bool(converted["onnx"]["float32"]["loop_body_products"]) == (variant == "dien")  # DIEN's recurrences stay float32
     table = tmp_path / "table.parquet"
     pq.write_table(generate(400, seed=11), table)
     evaluated = CliRunner().invoke(main, ["evaluate", str(bundle), "--data", str(table), "--json"])
