@@ -44,7 +44,6 @@ from .graphs import SEQUENCE_DIM, GraphContract, graphs_of
 
 EMBEDDING_OPS = ["Gather"]
 PRODUCT_OPS = ["MatMul", "Gemm"]
-INTEGER_KERNELS = ("QLinearMatMul", "QGemm", "MatMulInteger", "QLinearSigmoid")
 
 Feeds = Callable[[], Iterator[dict[str, np.ndarray]]]  # calibration inputs for one graph, as a fresh iterator per call
 
