@@ -36,11 +36,14 @@ from .files import write_atomic
 from .manifest import MANIFEST_FILE, read_manifest, schema_of
 from .predictor import Predictor
 from .providers import CHOICES
+
 from .repository import CONTROL_MODES, Repository, check_name
 from .served_log import ServedLog
 from .stores import KEEP, StoreFields, open_store
 
 LIMITS = ServerLimits()  # the serve options' defaults
+PROVIDERS_HELP = ("auto: CUDA where usable, else the CPU; cuda: an error unless CUDA is in use; openvino: OpenVINO's execution "
+                  "provider (din-runtime[openvino]), an error unless it is in use.")
 
 
 def _csv_chunks(path: Path, rows: int) -> Iterator[dict[str, list]]:
@@ -116,7 +119,7 @@ def main(debug: bool) -> None:
               help="Rows read and scored at a time.")
 @renamed_flag("--chunk-rows", "--read-rows", "read_rows", type=click.IntRange(min=1))
 @click.option("--providers", type=click.Choice(CHOICES), default="auto", show_default=True,
-              help="auto: CUDA where usable, else the CPU; cuda: an error unless CUDA is in use.")
+              help=PROVIDERS_HELP)
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def predict_command(bundle: Path, input: Path, output: Path, id_column: str | None, read_rows: int, providers: str, quiet: bool) -> None:
     """Score a CSV or Parquet table in chunks into OUTPUT (CSV: the ID column and probability)."""
@@ -151,7 +154,7 @@ def predict_command(bundle: Path, input: Path, output: Path, id_column: str | No
               help="per-session: each session its own pool of --threads, stopped from spinning after each call, and a "
                    "1-thread one for small calls; shared: every model, version and graph runs on one pool of --threads, so "
                    "more models add no threads (faster for large requests, slower for single rows: its pool spins).")
-@click.option("--providers", type=click.Choice(CHOICES), default="auto", show_default=True)
+@click.option("--providers", type=click.Choice(CHOICES), default="auto", show_default=True, help=PROVIDERS_HELP)
 @click.option("--store", "store_url", help="A behaviour store (sqlite:///PATH, or redis://HOST:PORT/DB shared by replicas): "
                                            "requests may leave the user's histories and attributes out (filled for each "
                                            "row's user, as of parameters.as_of), and POST /v2/events adds behaviours. A "
