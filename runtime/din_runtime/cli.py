@@ -36,7 +36,6 @@ from .files import write_atomic
 from .manifest import MANIFEST_FILE, read_manifest, schema_of
 from .predictor import Predictor
 from .providers import CHOICES
-
 from .repository import CONTROL_MODES, Repository, check_name
 from .served_log import ServedLog
 from .stores import KEEP, StoreFields, open_store
