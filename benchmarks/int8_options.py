@@ -38,7 +38,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from din_export.bundle import load_bundle
 from din_export.export.graphs import BATCH, RANKING, GraphContract, one_history, random_feed
 from din_export.export.precision import PRODUCT_OPS, calibration_feeds, quantize_int8, session_metrics
-from din_export.export.rebuild import _validation_split
+from din_export.export.rebuild import validation_split
 from din_runtime.manifest import MODEL_FILE, RANKING_FILE
 from din_runtime.providers import cpu_session
 
@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser's advice, once per graph
     loaded = load_bundle(args.bundle)
-    schema, split = loaded.schema, _validation_split(loaded, args.valid)
+    schema, split = loaded.schema, validation_split(loaded, args.valid)
     with tempfile.TemporaryDirectory() as scratch:
         graphs = options_graphs(args.bundle, Path(scratch), split)
         sessions = {option: {c: session(path) for c, path in by_graph.items()} for option, by_graph in graphs.items()}

@@ -45,7 +45,7 @@ from .graphs import SEQUENCE_DIM, GraphContract, graphs_of
 EMBEDDING_OPS = ["Gather"]
 PRODUCT_OPS = ["MatMul", "Gemm"]
 
-Feeds = Callable[[], Iterator[dict[str, np.ndarray]]]  # calibration inputs for one graph, as a fresh iterator per call
+Feeds = list[dict[str, np.ndarray]]  # calibration inputs for one graph, batch by batch
 
 
 class PrecisionRejected(ExportError):
@@ -77,11 +77,7 @@ def calibration_feeds(split: EncodedSplit, contract: GraphContract, schema: Feat
     ordered by user), in batches; for the ranking graph each batch's rows are candidates against one of their
     histories, as rank calls it."""
     chosen = np.unique(np.linspace(0, len(split) - 1, min(rows, len(split))).astype(np.int64))
-
-    def feeds() -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(chosen), batch_rows):
-            yield contract.cases(split.rows(chosen[start:start + batch_rows]), schema)[-1][0]
-    return feeds
+    return [contract.cases(split.rows(chosen[start:start + batch_rows]), schema)[-1][0] for start in range(0, len(chosen), batch_rows)]
 
 
 def per_behaviour_products(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
@@ -137,11 +133,11 @@ def quantize_int8(source: Path, target: Path, calibration: Feeds | None, product
             cleared, embedded = Path(scratch) / "cleared.onnx", Path(scratch) / "embedded.onnx"
             onnx.save(model, str(cleared))
             quantize_dynamic(str(cleared), str(embedded), weight_type=QuantType.QInt8, op_types_to_quantize=EMBEDDING_OPS)
-            rows = sum(len(next(iter(feed.values()))) for feed in calibration()) if calibration and products else 0
+            rows = sum(len(next(iter(feed.values()))) for feed in calibration) if calibration and products else 0
             if not products:
                 os.replace(embedded, target)
             else:
-                quantize_static(str(embedded), str(target), _Feeds(calibration()), quant_format=QuantFormat.QDQ,
+                quantize_static(str(embedded), str(target), _Feeds(iter(calibration)), quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=PRODUCT_OPS, nodes_to_quantize=products, per_channel=True,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                                 calibration_providers=["CPUExecutionProvider"])

@@ -33,7 +33,7 @@ from .precision import PrecisionRejected, calibration_feeds, convert, session_me
 OPTIMIZATION_LEVEL = "basic"  # ONNX Runtime's basic optimisations are hardware-independent, so the saved file stays portable
 
 
-def _validation_split(bundle: LoadedBundle, valid: Path | None) -> EncodedSplit:
+def validation_split(bundle: LoadedBundle, valid: Path | None) -> EncodedSplit:
     spec, data = bundle.spec, (bundle.manifest or {}).get("data") or {}
     if valid is not None:
         table = read_table(valid, spec)
@@ -66,14 +66,13 @@ def export_bundle(source: Path, out: Path, attention_form: str = FORMS[0], preci
     source, out = Path(source), Path(out)
     bundle = load_bundle(source)
     precisions: dict[str, Any] = {}
-    validation = functools.cache(lambda: _validation_split(bundle, valid))
+    validation = functools.cache(lambda: validation_split(bundle, valid))
 
     def finish(path: Path, contract: GraphContract) -> None:
         """Convert to the precision (the batch graph scored first, so a lossy one is refused), then optimise."""
         if precision != "fp32":
             converted = path.with_name(f"{precision}.onnx")
-            calibrated = precision == "int8" and int8_products != INT8_PRODUCTS[0]
-            calibration = calibration_feeds(validation(), contract, bundle.schema) if calibrated else None
+            calibration = calibration_feeds(validation(), contract, bundle.schema) if precision == "int8" else None
             precisions.setdefault("converted", {})[contract.section] = convert(path, converted, precision, calibration, int8_products)
             if contract is BATCH:
                 split = validation()

@@ -29,7 +29,7 @@ OPENVINO = "OpenVINOExecutionProvider"
 CHOICES = ("auto", "cpu", "cuda", "openvino")  # what the command lines offer; a list of provider names works in Python too
 OPENVINO_OPTIONS = {"precision": "FP32"}  # float32 arithmetic, for parity (OpenVINO may pick bf16 on CPUs that have it)
 _PLUGIN = threading.Lock()
-_registered: set[str] = set()  # plugin libraries registered with ONNX Runtime in this process (once each)
+_openvino_registered = False  # ONNX Runtime refuses a plugin library registered twice in one process
 ProviderChoice = str | Sequence[str]
 _STDERR = threading.Lock()
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -63,13 +63,14 @@ def openvino_devices() -> list[Any]:
     except ImportError:
         raise ProviderError("OpenVINO was asked for, but the onnxruntime-ep-openvino package is not installed "
                             "(pip install 'din-runtime[openvino]')") from None
+    global _openvino_registered
     with _PLUGIN:
-        if OPENVINO not in _registered:
+        if not _openvino_registered:
             try:
                 ort.register_execution_provider_library("openvino", plugin.get_library_path())
             except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types for a library it cannot load
                 raise ProviderError(f"OpenVINO's plugin library could not be registered: {str(error).splitlines()[0][:200]}") from None
-            _registered.add(OPENVINO)
+            _openvino_registered = True
     devices = [d for d in ort.get_ep_devices() if d.ep_name == OPENVINO and d.ep_metadata.get("ov_device") == "CPU"]
     if not devices:
         hardware = sorted({f"{d.device.type.name} by {d.device.vendor or 'an unnamed vendor'}" for d in ort.get_ep_devices()})
@@ -141,7 +142,8 @@ def create_session(model_path: str, choice: ProviderChoice, options: ort.Session
         reasons = [line for line in held[0].splitlines() if "Failed to create" in line]
         # its first sentences say which versions it needs; the rest points at its web page
         reason = f" ({reasons[0].split('] ', 1)[-1].split(' Please')[0].strip()[:200]})" if reasons else ""
-        message = f"{requested[0]} was asked for but ONNX Runtime is using {in_use}; check the CUDA and cuDNN libraries{reason}"
+        advice = "; check the CUDA and cuDNN libraries" if requested[0] == CUDA else ""
+        message = f"{requested[0]} was asked for but ONNX Runtime is using {in_use}{advice}{reason}"
         if not fallback:
             raise ProviderError(message)
         logging.getLogger("din_runtime").warning("%s (fallback=True: continuing on %s)", message, in_use[0])
