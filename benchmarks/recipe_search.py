@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import time
 import tomllib
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ def _candidate(model: dict[str, Any] | None = None, **training: Any) -> dict[str
 def _current_default() -> dict[str, dict[str, Any]]:
     """train-and-export's defaults as they are now (the dataclasses), in the candidates' terms."""
     model, training = ModelConfig(), TrainConfig()
-    return {"model": {k: getattr(model, k) for k in OLD_DEFAULT["model"]},
+    by_variant = {f.name for f in fields(ModelConfig) if f.default is None}  # left out: each variant's own (dropout)
+    return {"model": {k: getattr(model, k) for k in OLD_DEFAULT["model"] if k not in by_variant},
             "training": {k: getattr(training, k) for k in OLD_DEFAULT["training"]}}
 
 

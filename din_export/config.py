@@ -63,6 +63,9 @@ TRITON_THREADS = 2  # ...ONNX Runtime's intra-op threads per instance
 # A warm start's training settings where neither the spec nor a flag sets them: fewer epochs at a lower rate
 # than a fresh model's, chosen by benchmarks/daily_retraining.py --schedules (docs: "Retraining every day").
 WARM_START_TRAINING: dict[str, Any] = {"epochs": 5, "learning_rate": 1e-3, "warmup_steps": 0}
+# [model] dropout where neither the spec nor a flag sets it, by variant (0 for the rest): DIEN's by
+# benchmarks/recipe_search.py (0.1 ahead on every seed, Models guide "Settings"); BST lost with it, DIN gained nothing.
+DROPOUT_BY_VARIANT: dict[str, float] = {"dien": 0.1}
 
 
 class SettingError(SpecError):
@@ -155,7 +158,8 @@ class ModelConfig:
     # chosen by benchmarks/recipe_search.py (README, "Training recipe")
     mlp_activation: str = setting("dice", Accepts(str, choices=ACTIVATIONS))
     embedding_init_std: float = setting(0.2, Accepts(float, low=0, low_open=True))
-    dropout: float = setting(0.0, Accepts(float, low=0, high=1, high_open=True))
+    # None: the variant's (DROPOUT_BY_VARIANT); a made config always holds a number
+    dropout: float | None = setting(None, Accepts(float, low=0, high=1, high_open=True, optional=True))
     batch_norm: bool = setting(False, Accepts(bool))
     base_pooling: str = setting("mean", Accepts(str, choices=BASE_POOLINGS))
     encoder_heads: int = setting(2, Accepts(int, low=1))
@@ -169,6 +173,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        if self.dropout is None:
+            object.__setattr__(self, "dropout", DROPOUT_BY_VARIANT.get(self.variant, 0.0))
 
     def check_for(self, sequences: int) -> None:
         """What depends on the spec: din-seq's and bst's self-attention splits the behaviour width (embedding_dim per sequence

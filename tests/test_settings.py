@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from din_export.cli import main
-from din_export.config import Accepts, ModelConfig, SettingError, TrainConfig, TuneConfig, resolve
+from din_export.config import VARIANTS, Accepts, ModelConfig, SettingError, TrainConfig, TuneConfig, resolve
 from din_export.data.spec import load_spec
 from din_export.data.synthetic import LOG_SPEC_PATH, SPEC_PATH
 from din_export.errors import SpecError
@@ -78,6 +78,19 @@ def test_a_spec_section_is_checked_like_a_flag_and_names_its_section() -> None:
         resolve(spec, {"variant": "din-seq", "encoder_heads": 3}, {})
     with pytest.raises(SpecError, match=r"unknown setting 'learning_rat' \(did you mean 'learning_rate'\?\)"):
         resolve(dataclasses.replace(spec, training={"learning_rat": 0.1}), {}, {})
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dropout_defaults_by_variant_and_a_spec_or_flag_overrides_it(variant: str) -> None:
+    """DIEN's measured dropout where nothing sets it, 0 for the rest; a spec's value wins over it and a flag over
+    both, and a saved configuration keeps the number it was trained with."""
+    spec = load_spec(SPEC_PATH)
+    default = {"dien": 0.1}.get(variant, 0.0)
+    assert resolve(spec, {"variant": variant}, {})[0].dropout == default
+    assert resolve(dataclasses.replace(spec, model={"dropout": 0.3}), {"variant": variant}, {})[0].dropout == 0.3
+    assert resolve(dataclasses.replace(spec, model={"dropout": 0.3}), {"variant": variant, "dropout": 0.0}, {})[0].dropout == 0.0
+    saved = ModelConfig(variant=variant).to_dict()
+    assert saved["dropout"] == default and ModelConfig.from_dict(saved).dropout == default
 
 
 @pytest.mark.parametrize(("section", "line", "message"), [

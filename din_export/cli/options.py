@@ -13,7 +13,7 @@ import click
 
 from din_runtime.commands import from_renamed, given, renamed_flag
 
-from ..config import SYNTHETIC_MIN_SAMPLES, SYNTHETIC_SAMPLES, Accepts, ModelConfig, SettingError, TrainConfig, accepts_of
+from ..config import DROPOUT_BY_VARIANT, SYNTHETIC_MIN_SAMPLES, SYNTHETIC_SAMPLES, Accepts, ModelConfig, SettingError, TrainConfig, accepts_of
 from ..data.source import DataFlags
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -131,7 +131,8 @@ MODEL_OPTIONS = [
     setting(ModelConfig, "mlp_hidden", help="Hidden sizes of the final MLP."),
     setting(ModelConfig, "mlp_activation", callback=from_renamed, help="Activation of the final MLP."),
     renamed_flag("--activation", "--mlp-activation", "mlp_activation", type=click_type(accepts_of(ModelConfig, "mlp_activation"))),
-    setting(ModelConfig, "dropout", help="Dropout after each final-MLP layer."),
+    setting(ModelConfig, "dropout", help="Dropout after each final-MLP layer.  [default: "
+            + "".join(f"{rate:g} for {variant}, " for variant, rate in DROPOUT_BY_VARIANT.items()) + "0 otherwise]"),
     setting(ModelConfig, "batch_norm", help="Batch normalisation in the final MLP."),
     setting(ModelConfig, "base_pooling", help="Pooling of --model base."),
     setting(ModelConfig, "encoder_heads", help="Attention heads of din-seq's and bst's self-attention (they must divide "
