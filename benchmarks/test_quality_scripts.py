@@ -75,7 +75,8 @@ def test_the_recurrence_export_script_checks_and_times_both_forms() -> None:
 
 def test_the_epoch_benchmark_times_train_and_the_cli_side_by_side() -> None:
     need_ml100k()
-    table = [row for row in rows(run("training_epoch.py", "--batch-sizes", "256", "--rounds", "1", "--rows", "2000", "--compile"))
+    table = [row for row in rows(run("training_epoch.py", "--batch-sizes", "256", "--rounds", "1", "--rows", "2000", "--compile",
+                                   "--compile-backend", "aot_eager"))  # the compiled path without inductor's minute of codegen
              if row[0].isdigit()]
     assert len(table) == 1 and table[0][:2] == ["256", "2,000"]
     assert float(table[0][2].replace(",", "")) > 0 and float(table[0][3].replace(",", "")) > 0

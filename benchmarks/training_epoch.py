@@ -7,9 +7,12 @@ in one process (ours, CLI, peer, ours, CLI, peer, ...) so that drift hits all al
     MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 \
         python benchmarks/training_epoch.py --rounds 3   # batch 256 and the default batch
         python benchmarks/training_epoch.py --rounds 3 --compile   # and train() on the model under torch.compile
+    python benchmarks/training_epoch.py --rows 2000 --rounds 1 --compile --compile-backend aot_eager   # CI's smoke
 
 Samples per second: rows of the training split over the seconds of the whole call (train(): its batch loop and the
-validation pass on 2,000 rows; the CLI: the whole command; DeepCTR: `fit`).
+validation pass on 2,000 rows; the CLI: the whole command; DeepCTR: `fit`). `--compile-backend aot_eager` traces
+forward and backward as inductor does but generates no kernels: the smoke's choice, which checks the compiled path
+in seconds where inductor's cold compilation takes over a minute; the figures are inductor's.
 """
 
 from __future__ import annotations
@@ -91,9 +94,9 @@ def warmed_model(data: EncodedData, split: EncodedSplit, valid: EncodedSplit, co
 
 
 def measure(samples: Path, batch_size: int, rounds: int, rows: int | None, scratch: Path,
-            compiled: bool = False) -> tuple[int, dict[str, float]]:
+            compiled: bool = False, backend: str = "inductor") -> tuple[int, dict[str, float]]:
     """(the training rows, samples/s of each run: the median over the rounds; with `compiled`, also the same model
-    under torch.compile (inductor, dynamic shapes: the history width changes from batch to batch), its compilation
+    under torch.compile (`backend`, dynamic shapes: the history width changes from batch to batch), its compilation
     in the warm-up from a cold cache, whose seconds are returned as "compile seconds")."""
     data, split, valid, config = epoch_inputs(samples, batch_size, rows)
     ours = warmed_model(data, split, valid, config)
@@ -107,7 +110,7 @@ def measure(samples: Path, batch_size: int, rounds: int, rows: int | None, scrat
         torch._dynamo.reset()  # the other batch size's compiled graphs would be reused: every measure() compiles cold
         torch.manual_seed(0)
         fused = DIN(data.schema, ModelConfig())
-        fused.compile(dynamic=True)
+        fused.compile(dynamic=True, backend=backend)
         started = time.perf_counter()
         train(fused, head(split, 10 * batch_size), valid, config)  # warm-up: compiles forward and backward
         compile_seconds = time.perf_counter() - started
@@ -153,9 +156,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=None, help="train on the first ROWS rows only (a smoke run)")
     parser.add_argument("--compile", action="store_true", help="also train() on the model under torch.compile")
+    parser.add_argument("--compile-backend", choices=("inductor", "aot_eager"), default="inductor",
+                        help="torch.compile's backend (aot_eager: no kernels generated, for a quick check of the path)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(f"CPU: {cpu_model()}; torch threads {torch.get_num_threads()}; rounds {args.rounds}")
+    print(f"CPU: {cpu_model()}; torch threads {torch.get_num_threads()}; rounds {args.rounds}"
+          + (f"; torch.compile backend {args.compile_backend}" if args.compile else ""))
     compiled = ("", "") if not args.compile else (" train(), torch.compile samples/s (compile s) |", "---:|")
     print("| batch | rows | din-export train() samples/s | din-export CLI samples/s | DeepCTR-Torch samples/s | train() / DeepCTR |"
           + compiled[0])
@@ -166,7 +172,7 @@ def main() -> None:
         samples = Path(scratch) / "ids-genre"
         prepare(RECIPE, Sources(ML100K / "ml-100k.inter", ML100K / "ml-100k.item"), samples)
         for batch_size in args.batch_sizes:
-            rows, rate = measure(samples, batch_size, args.rounds, args.rows, Path(scratch), args.compile)
+            rows, rate = measure(samples, batch_size, args.rounds, args.rows, Path(scratch), args.compile, args.compile_backend)
             peer = rate.get("DeepCTR-Torch")
             ours = rate["train()"]
             versus = ("not installed", "-") if peer is None else (f"{peer:,.0f}", f"{ours / peer:.2f}x")
