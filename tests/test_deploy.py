@@ -84,10 +84,9 @@ def test_precision_variants_verify_and_record_validation_metrics(source_bundle: 
 @pytest.mark.slow
 def test_int8_computes_the_per_behaviour_products_in_integers_and_stays_near_float32(ml100k_bundle: Path, tmp_path: Path) -> None:
     """On MovieLens-100k's bundle (its behaviours carry times too); the built-in data's converts in the test above."""
-    source_bundle = ml100k_bundle
-    tables_only = export_bundle(source_bundle, tmp_path / "tables", precision="int8", force=True)["onnx"]["precisions"]["converted"]
+    tables_only = export_bundle(ml100k_bundle, tmp_path / "tables", precision="int8", force=True)["onnx"]["precisions"]["converted"]
     assert all(not r["products"]["nodes"] and r["products"]["calibration_rows"] == 0 for r in tables_only.values())  # the default
-    manifest = export_bundle(source_bundle, tmp_path / "int8", precision="int8", force=True, int8_products="per-behaviour")
+    manifest = export_bundle(ml100k_bundle, tmp_path / "int8", precision="int8", force=True, int8_products="per-behaviour")
     converted = manifest["onnx"]["precisions"]["converted"]
     assert set(converted) == {"onnx", "ranking", "explain"}
     for record in converted.values():  # the attention unit in int8, the MLP on the pooled interest in float32
@@ -98,7 +97,7 @@ def test_int8_computes_the_per_behaviour_products_in_integers_and_stays_near_flo
     ort.InferenceSession(str(tmp_path / "int8" / "model.onnx"), options, providers=["CPUExecutionProvider"])
     kernels = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
     assert kernels & {"QLinearMatMul", "QGemm"}, kernels  # ONNX Runtime fused the QDQ pairs into integer kernels
-    full, reduced = (Predictor.load(b, providers="cpu") for b in (source_bundle, tmp_path / "int8"))
+    full, reduced = (Predictor.load(b, providers="cpu") for b in (ml100k_bundle, tmp_path / "int8"))
     max_len = full.schema.max_len
     for length in (0, 1, 2, max_len):  # every row of a feed with histories of this length
         feed = random_feed(full.schema, 64, max(length, 1), np.random.default_rng(length))

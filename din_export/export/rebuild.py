@@ -72,7 +72,8 @@ def export_bundle(source: Path, out: Path, attention_form: str = FORMS[0], preci
         """Convert to the precision (the batch graph scored first, so a lossy one is refused), then optimise."""
         if precision != "fp32":
             converted = path.with_name(f"{precision}.onnx")
-            calibration = calibration_feeds(validation(), contract, bundle.schema) if precision == "int8" else None
+            calibrated = precision == "int8" and int8_products != INT8_PRODUCTS[0]  # the tables alone need no feeds
+            calibration = calibration_feeds(validation(), contract, bundle.schema) if calibrated else None
             precisions.setdefault("converted", {})[contract.section] = convert(path, converted, precision, calibration, int8_products)
             if contract is BATCH:
                 split = validation()
